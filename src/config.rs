@@ -1,0 +1,554 @@
+//! Every setting comes from `WATCHDOG_*` environment variables and is validated
+//! here, before the process touches the network. Each error names the variable.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::detector::Thresholds;
+
+pub const ENV_PREFIX: &str = "WATCHDOG_";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{var} is required: {hint}")]
+    Missing { var: String, hint: &'static str },
+    #[error("{var}={value:?} is invalid: {reason}")]
+    Invalid {
+        var: String,
+        value: String,
+        reason: String,
+    },
+    #[error("{var} and {other} conflict: {reason}")]
+    Conflict {
+        var: String,
+        other: String,
+        reason: &'static str,
+    },
+    #[error("{var}: cannot read {path}: {reason}")]
+    File {
+        var: String,
+        path: String,
+        reason: String,
+    },
+    #[error("unknown setting {var}: {hint}")]
+    Unknown { var: String, hint: String },
+}
+
+/// The raw environment, every value a string so that each parse error can
+/// name its variable (envy's own errors do not say which value was bad).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    gold_host: Option<String>,
+    gold_port: Option<String>,
+    gold_user: Option<String>,
+    gold_password: Option<String>,
+    gold_password_file: Option<String>,
+    gold_database: Option<String>,
+    gold_sslmode: Option<String>,
+    gold_sslrootcert: Option<String>,
+    probe_interval: Option<String>,
+    probe_timeout: Option<String>,
+    fall: Option<String>,
+    rise: Option<String>,
+    promote_after: Option<String>,
+    listen_addr: Option<String>,
+    log_format: Option<String>,
+}
+
+const KNOWN: &[&str] = &[
+    "GOLD_HOST",
+    "GOLD_PORT",
+    "GOLD_USER",
+    "GOLD_PASSWORD",
+    "GOLD_PASSWORD_FILE",
+    "GOLD_DATABASE",
+    "GOLD_SSLMODE",
+    "GOLD_SSLROOTCERT",
+    "PROBE_INTERVAL",
+    "PROBE_TIMEOUT",
+    "FALL",
+    "RISE",
+    "PROMOTE_AFTER",
+    "LISTEN_ADDR",
+    "LOG_FORMAT",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyFull,
+}
+
+impl SslMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A secret that cannot leak through `Debug`, `Display` or serialisation.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for Password {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+/// How the probe logs in to Gold. The host/port live in the target.
+#[derive(Debug, Clone, Serialize)]
+pub struct GoldConn {
+    pub user: String,
+    pub password: Option<Password>,
+    pub password_file: Option<PathBuf>,
+    pub database: String,
+    pub sslmode: SslMode,
+    pub sslrootcert: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub gold_host: String,
+    pub gold_port: u16,
+    pub gold: GoldConn,
+    #[serde(with = "humantime_serde_compat")]
+    pub probe_interval: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub probe_timeout: Duration,
+    pub thresholds: Thresholds,
+    pub listen_addr: SocketAddr,
+    pub log_format: LogFormat,
+}
+
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const GOLD_PORT: u16 = 5432;
+    pub const GOLD_USER: &str = "postgres";
+    pub const GOLD_DATABASE: &str = "postgres";
+    pub const PROBE_INTERVAL: Duration = Duration::from_secs(10);
+    pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+    /// 3 × 10 s: longer than one F5 tunnel monitor cycle (10 s + 10 s timeout).
+    pub const FALL: u32 = 3;
+    pub const RISE: u32 = 2;
+    /// 18 × 10 s = 3 min: twice the worst Gold-internal Patroni failover
+    /// (ttl 30 s + loop_wait 10 s + restart) plus a tunnel re-route, so
+    /// neither is ever taken for a site loss.
+    pub const PROMOTE_AFTER: u32 = 18;
+    pub const LISTEN_ADDR: &str = "0.0.0.0:9808";
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Self::from_vars(std::env::vars())
+    }
+
+    /// Reads any set of variables; only those with the `WATCHDOG_` prefix count.
+    pub fn from_vars<I>(vars: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let vars: HashMap<String, String> = vars
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        // A typo such as WATCHDOG_PROMOTE_AFTR must not silently leave the
+        // default in force on a production promoter.
+        for key in vars.keys() {
+            let short = &key[ENV_PREFIX.len()..];
+            if !KNOWN.contains(&short) {
+                return Err(ConfigError::Unknown {
+                    var: key.clone(),
+                    hint: format!(
+                        "known settings are {}",
+                        KNOWN
+                            .iter()
+                            .map(|k| format!("{ENV_PREFIX}{k}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                });
+            }
+        }
+        let raw: Raw = envy::prefixed(ENV_PREFIX)
+            .from_iter(vars)
+            .map_err(|e| ConfigError::Unknown {
+                var: ENV_PREFIX.to_string(),
+                hint: e.to_string(),
+            })?;
+        raw.validate()
+    }
+}
+
+fn var(name: &str) -> String {
+    format!("{ENV_PREFIX}{name}")
+}
+
+fn invalid(name: &str, value: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        var: var(name),
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn non_empty(name: &str, value: Option<String>) -> Result<Option<String>, ConfigError> {
+    match value {
+        Some(v) if v.trim().is_empty() => Err(invalid(name, &v, "must not be empty")),
+        other => Ok(other),
+    }
+}
+
+fn parse_duration(name: &str, value: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+    let Some(v) = value else { return Ok(default) };
+    let d = humantime::parse_duration(v.trim())
+        .map_err(|e| invalid(name, &v, format!("{e}; use a duration such as 10s, 1500ms or 1m")))?;
+    if d.is_zero() {
+        return Err(invalid(name, &v, "must be greater than zero"));
+    }
+    Ok(d)
+}
+
+fn parse_count(name: &str, value: Option<String>, default: u32) -> Result<u32, ConfigError> {
+    let Some(v) = value else { return Ok(default) };
+    match v.trim().parse::<i64>() {
+        Ok(n) if n >= 1 && n <= i64::from(u32::MAX) => Ok(n as u32),
+        Ok(_) => Err(invalid(name, &v, "must be a whole number of at least 1")),
+        Err(_) => Err(invalid(name, &v, "must be a whole number of at least 1")),
+    }
+}
+
+fn parse_port(name: &str, value: &str) -> Result<u16, ConfigError> {
+    match value.trim().parse::<u16>() {
+        Ok(p) if p != 0 => Ok(p),
+        _ => Err(invalid(name, value, "must be a TCP port between 1 and 65535")),
+    }
+}
+
+fn read_password_file(name: &str, path: &str) -> Result<Password, ConfigError> {
+    let content = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        var: var(name),
+        path: path.to_string(),
+        reason: e.to_string(),
+    })?;
+    // Secrets mounted from Kubernetes often end with a newline nobody typed.
+    let trimmed = content.trim_end_matches(['\n', '\r']);
+    if trimmed.is_empty() {
+        return Err(ConfigError::File {
+            var: var(name),
+            path: path.to_string(),
+            reason: "the file is empty".to_string(),
+        });
+    }
+    Ok(Password(trimmed.to_string()))
+}
+
+impl Raw {
+    fn validate(self) -> Result<Config, ConfigError> {
+        let gold_host = non_empty("GOLD_HOST", self.gold_host)?.ok_or(ConfigError::Missing {
+            var: var("GOLD_HOST"),
+            hint: "the address of Gold's PostgreSQL as seen from this site (the Transport Service name)",
+        })?;
+        let gold_port = match self.gold_port {
+            Some(v) => parse_port("GOLD_PORT", &v)?,
+            None => defaults::GOLD_PORT,
+        };
+
+        let password = match (self.gold_password, self.gold_password_file.as_deref()) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Conflict {
+                    var: var("GOLD_PASSWORD"),
+                    other: var("GOLD_PASSWORD_FILE"),
+                    reason: "set only one of them",
+                });
+            }
+            (Some(p), None) => Some(Password(p)),
+            (None, Some(path)) => Some(read_password_file("GOLD_PASSWORD_FILE", path)?),
+            (None, None) => None,
+        };
+
+        let sslmode = match self.gold_sslmode.as_deref().map(str::trim) {
+            None | Some("prefer") => SslMode::Prefer,
+            Some("disable") => SslMode::Disable,
+            Some("require") => SslMode::Require,
+            Some("verify-full") => SslMode::VerifyFull,
+            Some(other) => {
+                return Err(invalid(
+                    "GOLD_SSLMODE",
+                    other,
+                    "must be one of disable, prefer, require, verify-full",
+                ));
+            }
+        };
+        let sslrootcert = non_empty("GOLD_SSLROOTCERT", self.gold_sslrootcert)?.map(PathBuf::from);
+        if sslmode == SslMode::VerifyFull {
+            let Some(ca) = &sslrootcert else {
+                return Err(ConfigError::Missing {
+                    var: var("GOLD_SSLROOTCERT"),
+                    hint: "verify-full needs the CA certificate (PEM) that signed Gold's server certificate",
+                });
+            };
+            std::fs::metadata(ca).map_err(|e| ConfigError::File {
+                var: var("GOLD_SSLROOTCERT"),
+                path: ca.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        }
+
+        let probe_interval = parse_duration("PROBE_INTERVAL", self.probe_interval, defaults::PROBE_INTERVAL)?;
+        let probe_timeout = parse_duration("PROBE_TIMEOUT", self.probe_timeout, defaults::PROBE_TIMEOUT)?;
+        if probe_timeout >= probe_interval {
+            return Err(ConfigError::Conflict {
+                var: var("PROBE_TIMEOUT"),
+                other: var("PROBE_INTERVAL"),
+                reason: "the probe timeout must be shorter than the probe interval, or probes would pile up",
+            });
+        }
+
+        let fall = parse_count("FALL", self.fall, defaults::FALL)?;
+        let rise = parse_count("RISE", self.rise, defaults::RISE)?;
+        let promote_after = parse_count("PROMOTE_AFTER", self.promote_after, defaults::PROMOTE_AFTER)?;
+        let thresholds = Thresholds::new(fall, rise, promote_after).map_err(|_| ConfigError::Conflict {
+            var: var("PROMOTE_AFTER"),
+            other: var("FALL"),
+            reason: "PROMOTE_AFTER must be at least FALL: Gold is declared down before it is declared lost",
+        })?;
+
+        let listen_raw = self
+            .listen_addr
+            .unwrap_or_else(|| defaults::LISTEN_ADDR.to_string());
+        let listen_addr = listen_raw.trim().parse::<SocketAddr>().map_err(|e| {
+            invalid(
+                "LISTEN_ADDR",
+                &listen_raw,
+                format!("{e}; use IP:PORT such as 0.0.0.0:9808"),
+            )
+        })?;
+
+        let log_format = match self.log_format.as_deref().map(str::trim) {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => return Err(invalid("LOG_FORMAT", other, "must be text or json")),
+        };
+
+        let user = non_empty("GOLD_USER", self.gold_user)?.unwrap_or_else(|| defaults::GOLD_USER.to_string());
+        let database = non_empty("GOLD_DATABASE", self.gold_database)?
+            .unwrap_or_else(|| defaults::GOLD_DATABASE.to_string());
+
+        Ok(Config {
+            gold_host,
+            gold_port,
+            gold: GoldConn {
+                user,
+                password,
+                password_file: self.gold_password_file.map(PathBuf::from),
+                database,
+                sslmode,
+                sslrootcert,
+            },
+            probe_interval,
+            probe_timeout,
+            thresholds,
+            listen_addr,
+            log_format,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut vars: Vec<(String, String)> = vec![("WATCHDOG_GOLD_HOST".into(), "gold.example".into())];
+        vars.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Config::from_vars(vars)
+    }
+
+    fn err_var(e: ConfigError) -> String {
+        match e {
+            ConfigError::Missing { var, .. }
+            | ConfigError::Invalid { var, .. }
+            | ConfigError::Conflict { var, .. }
+            | ConfigError::File { var, .. }
+            | ConfigError::Unknown { var, .. } => var,
+        }
+    }
+
+    #[test]
+    fn defaults_are_safe_for_a_real_deployment() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.gold_port, 5432);
+        assert_eq!(c.probe_interval, Duration::from_secs(10));
+        assert_eq!(c.probe_timeout, Duration::from_secs(5));
+        assert_eq!(c.gold.sslmode, SslMode::Prefer);
+        // Gold must stay unreachable longer than its own failover plus a
+        // tunnel re-route (~90 s worst case) before it counts as lost.
+        let lost_after = c.probe_interval * c.thresholds.promote_after();
+        assert!(lost_after >= Duration::from_secs(120), "{lost_after:?}");
+        // The tunnel's F5 monitor needs up to 20 s to mark a member down.
+        assert!(c.probe_interval * c.thresholds.fall() > Duration::from_secs(20));
+    }
+
+    #[test]
+    fn other_environment_variables_are_ignored() {
+        let mut vars = vec![("WATCHDOG_GOLD_HOST".to_string(), "g".to_string())];
+        vars.push(("PATH".into(), "/bin".into()));
+        vars.push(("GOLD_PORT".into(), "not-a-port".into()));
+        assert!(Config::from_vars(vars).is_ok());
+    }
+
+    #[test]
+    fn each_bad_value_names_its_variable() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (
+                &[("WATCHDOG_PROBE_INTERVAL", "ten seconds")],
+                "WATCHDOG_PROBE_INTERVAL",
+            ),
+            (&[("WATCHDOG_PROBE_INTERVAL", "0s")], "WATCHDOG_PROBE_INTERVAL"),
+            (&[("WATCHDOG_PROBE_TIMEOUT", "-1s")], "WATCHDOG_PROBE_TIMEOUT"),
+            (&[("WATCHDOG_PROBE_TIMEOUT", "10s")], "WATCHDOG_PROBE_TIMEOUT"),
+            (&[("WATCHDOG_PROBE_TIMEOUT", "11s")], "WATCHDOG_PROBE_TIMEOUT"),
+            (&[("WATCHDOG_FALL", "0")], "WATCHDOG_FALL"),
+            (&[("WATCHDOG_FALL", "-3")], "WATCHDOG_FALL"),
+            (&[("WATCHDOG_FALL", "three")], "WATCHDOG_FALL"),
+            (&[("WATCHDOG_RISE", "0")], "WATCHDOG_RISE"),
+            (&[("WATCHDOG_PROMOTE_AFTER", "0")], "WATCHDOG_PROMOTE_AFTER"),
+            (
+                &[("WATCHDOG_FALL", "5"), ("WATCHDOG_PROMOTE_AFTER", "4")],
+                "WATCHDOG_PROMOTE_AFTER",
+            ),
+            (&[("WATCHDOG_GOLD_PORT", "0")], "WATCHDOG_GOLD_PORT"),
+            (&[("WATCHDOG_GOLD_PORT", "70000")], "WATCHDOG_GOLD_PORT"),
+            (&[("WATCHDOG_GOLD_PORT", "")], "WATCHDOG_GOLD_PORT"),
+            (
+                &[("WATCHDOG_GOLD_PASSWORD_FILE", "/nonexistent/secret")],
+                "WATCHDOG_GOLD_PASSWORD_FILE",
+            ),
+            (
+                &[
+                    ("WATCHDOG_GOLD_PASSWORD", "x"),
+                    ("WATCHDOG_GOLD_PASSWORD_FILE", "/x"),
+                ],
+                "WATCHDOG_GOLD_PASSWORD",
+            ),
+            (&[("WATCHDOG_LISTEN_ADDR", "localhost")], "WATCHDOG_LISTEN_ADDR"),
+            (
+                &[("WATCHDOG_LISTEN_ADDR", "0.0.0.0:99999")],
+                "WATCHDOG_LISTEN_ADDR",
+            ),
+            (&[("WATCHDOG_GOLD_SSLMODE", "allow")], "WATCHDOG_GOLD_SSLMODE"),
+            (
+                &[("WATCHDOG_GOLD_SSLMODE", "verify-full")],
+                "WATCHDOG_GOLD_SSLROOTCERT",
+            ),
+            (
+                &[
+                    ("WATCHDOG_GOLD_SSLMODE", "verify-full"),
+                    ("WATCHDOG_GOLD_SSLROOTCERT", "/nonexistent/ca.pem"),
+                ],
+                "WATCHDOG_GOLD_SSLROOTCERT",
+            ),
+            (&[("WATCHDOG_LOG_FORMAT", "xml")], "WATCHDOG_LOG_FORMAT"),
+            (&[("WATCHDOG_GOLD_USER", " ")], "WATCHDOG_GOLD_USER"),
+            (&[("WATCHDOG_PROMOTE_AFTR", "3")], "WATCHDOG_PROMOTE_AFTR"),
+        ];
+        for (pairs, expected) in cases {
+            let e = cfg(pairs).expect_err(&format!("{pairs:?} must be rejected"));
+            let msg = e.to_string();
+            assert!(msg.contains(expected), "{pairs:?}: {msg}");
+            assert_eq!(&err_var(e), expected, "{pairs:?}");
+        }
+    }
+
+    #[test]
+    fn gold_host_is_required() {
+        let e = Config::from_vars(Vec::<(String, String)>::new()).unwrap_err();
+        assert_eq!(err_var(e), "WATCHDOG_GOLD_HOST");
+    }
+
+    #[test]
+    fn password_file_is_read_and_trailing_newline_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        let c = cfg(&[("WATCHDOG_GOLD_PASSWORD_FILE", path.to_str().unwrap())]).unwrap();
+        assert_eq!(c.gold.password.as_ref().map(Password::expose), Some("s3cret"));
+
+        std::fs::write(&path, "\n").unwrap();
+        let e = cfg(&[("WATCHDOG_GOLD_PASSWORD_FILE", path.to_str().unwrap())]).unwrap_err();
+        assert_eq!(err_var(e), "WATCHDOG_GOLD_PASSWORD_FILE");
+    }
+
+    #[test]
+    fn password_never_shows_in_debug_or_json() {
+        let c = cfg(&[("WATCHDOG_GOLD_PASSWORD", "hunter2-secret")]).unwrap();
+        assert!(!format!("{c:?}").contains("hunter2-secret"));
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(!json.contains("hunter2-secret"), "{json}");
+        assert!(json.contains("<redacted>"));
+    }
+
+    #[test]
+    fn bad_values_never_echo_a_password() {
+        let e = cfg(&[
+            ("WATCHDOG_GOLD_PASSWORD", "hunter2-secret"),
+            ("WATCHDOG_FALL", "x"),
+        ])
+        .unwrap_err();
+        assert!(!e.to_string().contains("hunter2-secret"));
+    }
+
+    #[test]
+    fn human_durations_are_accepted() {
+        let c = cfg(&[
+            ("WATCHDOG_PROBE_INTERVAL", "1m 30s"),
+            ("WATCHDOG_PROBE_TIMEOUT", "1500ms"),
+        ])
+        .unwrap();
+        assert_eq!(c.probe_interval, Duration::from_secs(90));
+        assert_eq!(c.probe_timeout, Duration::from_millis(1500));
+    }
+}

@@ -1,0 +1,233 @@
+//! Prometheus metrics, in the style of blackbox_exporter and
+//! postgres_exporter. The struct registers its own families; every label set
+//! that can ever appear is created up front so dashboards and alerts see a 0
+//! rather than a missing series.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+use crate::detector::{Transition, Verdict};
+use crate::probe::{Outcome, ProbeReport};
+use crate::status::State;
+use crate::target::Target;
+
+pub const PREFIX: &str = "patroni_dr_watchdog";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabels {
+    pub verdict: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub host: String,
+    pub port: String,
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    probe_success: Gauge,
+    probes: Family<OutcomeLabels, Counter>,
+    probe_duration: Family<ClassLabels, Histogram>,
+    last_probe_timestamp: Gauge<f64, AtomicU64>,
+    verdict: Family<VerdictLabels, Gauge>,
+    verdict_changes: Family<VerdictLabels, Counter>,
+    consecutive_failures: Gauge,
+    consecutive_successes: Gauge,
+    state: Family<StateLabels, Gauge>,
+    target: Family<TargetLabels, Gauge>,
+}
+
+fn duration_histogram() -> Histogram {
+    // 1 ms .. ~16 s: a loopback probe takes a few ms, a blackhole the timeout.
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut m = Metrics {
+            registry: Registry::with_prefix(PREFIX),
+            probe_success: Gauge::default(),
+            probes: Family::default(),
+            probe_duration: Family::new_with_constructor(duration_histogram),
+            last_probe_timestamp: Gauge::default(),
+            verdict: Family::default(),
+            verdict_changes: Family::default(),
+            consecutive_failures: Gauge::default(),
+            consecutive_successes: Gauge::default(),
+            state: Family::default(),
+            target: Family::default(),
+        };
+        let registry = &mut m.registry;
+        registry.register(
+            "probe_success",
+            "1 if the last probe found Gold's PostgreSQL writable, else 0",
+            m.probe_success.clone(),
+        );
+        registry.register(
+            "probes",
+            "Probes of Gold by outcome class (up, down, blind) and reason",
+            m.probes.clone(),
+        );
+        registry.register(
+            "probe_duration_seconds",
+            "Time one probe took, by outcome class",
+            m.probe_duration.clone(),
+        );
+        registry.register(
+            "last_probe_timestamp_seconds",
+            "Unix time at which the last probe finished",
+            m.last_probe_timestamp.clone(),
+        );
+        registry.register(
+            "verdict",
+            "Hysteresis verdict about Gold: 1 for the current one of unknown, up, down, lost",
+            m.verdict.clone(),
+        );
+        registry.register(
+            "verdict_changes",
+            "Verdict changes, by the verdict entered",
+            m.verdict_changes.clone(),
+        );
+        registry.register(
+            "consecutive_failures",
+            "Consecutive down probes (reset by an up or a blind probe)",
+            m.consecutive_failures.clone(),
+        );
+        registry.register(
+            "consecutive_successes",
+            "Consecutive up probes",
+            m.consecutive_successes.clone(),
+        );
+        registry.register("state", "Watchdog state: 1 for the current one", m.state.clone());
+        registry.register(
+            "target_info",
+            "Where Gold is probed; no series while the target is unknown",
+            m.target.clone(),
+        );
+        registry.register(
+            "build",
+            "Build information",
+            Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            }),
+        );
+
+        for o in Outcome::all() {
+            let _ = m.probes.get_or_create(&OutcomeLabels {
+                outcome: o.class(),
+                reason: o.reason(),
+            });
+        }
+        for class in ["up", "down", "blind"] {
+            let _ = m.probe_duration.get_or_create(&ClassLabels { outcome: class });
+        }
+        for v in Verdict::ALL {
+            let _ = m
+                .verdict_changes
+                .get_or_create(&VerdictLabels { verdict: v.as_str() });
+        }
+        m.set_verdict(Verdict::Unknown);
+        m.set_state(State::Starting);
+        m
+    }
+
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+
+    pub fn observe_probe(&self, report: &ProbeReport, finished_unix: f64) {
+        let o = report.outcome;
+        self.probe_success.set(i64::from(o == Outcome::Up));
+        self.probes
+            .get_or_create(&OutcomeLabels {
+                outcome: o.class(),
+                reason: o.reason(),
+            })
+            .inc();
+        self.probe_duration
+            .get_or_create(&ClassLabels { outcome: o.class() })
+            .observe(report.duration.as_secs_f64());
+        self.last_probe_timestamp.set(finished_unix);
+    }
+
+    pub fn set_streaks(&self, failures: u32, successes: u32) {
+        self.consecutive_failures.set(i64::from(failures));
+        self.consecutive_successes.set(i64::from(successes));
+    }
+
+    pub fn transition(&self, t: Transition) {
+        self.verdict_changes
+            .get_or_create(&VerdictLabels {
+                verdict: t.to.as_str(),
+            })
+            .inc();
+        self.set_verdict(t.to);
+    }
+
+    fn set_verdict(&self, current: Verdict) {
+        for v in Verdict::ALL {
+            self.verdict
+                .get_or_create(&VerdictLabels { verdict: v.as_str() })
+                .set(i64::from(v == current));
+        }
+    }
+
+    pub fn set_state(&self, current: State) {
+        for s in State::ALL {
+            self.state
+                .get_or_create(&StateLabels { state: s.as_str() })
+                .set(i64::from(s == current));
+        }
+    }
+
+    pub fn set_target(&self, target: &Target) {
+        self.target.clear();
+        if let Target::Known { endpoint, source } = target {
+            self.target
+                .get_or_create(&TargetLabels {
+                    host: endpoint.host.clone(),
+                    port: endpoint.port.to_string(),
+                    source: source.as_str(),
+                })
+                .set(1);
+        }
+    }
+}
