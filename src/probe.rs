@@ -193,11 +193,14 @@ impl PgProbe {
         Ok(PgProbe { conn, timeout, tls })
     }
 
-    fn pg_config(&self, target: &Endpoint, addr: IpAddr) -> tokio_postgres::Config {
+    fn pg_config(&self, target: &Endpoint, addrs: &[IpAddr]) -> tokio_postgres::Config {
         let mut cfg = tokio_postgres::Config::new();
-        cfg.host(&target.host)
-            .hostaddr(addr)
-            .port(target.port)
+        // One host entry per address, as libpq tries every address a name
+        // resolves to; the name stays the TLS server name.
+        for addr in addrs {
+            cfg.host(&target.host).hostaddr(*addr);
+        }
+        cfg.port(target.port)
             .user(&self.conn.user)
             .dbname(&self.conn.database)
             .application_name("patroni-dr-watchdog")
@@ -212,8 +215,8 @@ impl PgProbe {
         cfg
     }
 
-    async fn attempt(&self, target: &Endpoint, addr: IpAddr) -> Result<Outcome, (Outcome, String)> {
-        let cfg = self.pg_config(target, addr);
+    async fn attempt(&self, target: &Endpoint, addrs: &[IpAddr]) -> Result<Outcome, (Outcome, String)> {
+        let cfg = self.pg_config(target, addrs);
         let (client, connection) = cfg
             .connect(self.tls.clone())
             .await
@@ -250,7 +253,7 @@ impl Probe for PgProbe {
                 Some(format!("DNS lookup: {}", timed_out())),
             ),
             Ok(Err(e)) => (Outcome::Blind(BlindReason::Dns), Some(format!("DNS lookup: {e}"))),
-            Ok(Ok(addr)) => match tokio::time::timeout_at(deadline, self.attempt(target, addr)).await {
+            Ok(Ok(addrs)) => match tokio::time::timeout_at(deadline, self.attempt(target, &addrs)).await {
                 Ok(Ok(outcome)) => (outcome, None),
                 Ok(Err((outcome, error))) => (outcome, Some(error)),
                 Err(_) => (Outcome::Down(DownReason::Timeout), Some(timed_out())),
@@ -265,15 +268,23 @@ impl Probe for PgProbe {
     }
 }
 
-async fn resolve(target: &Endpoint) -> io::Result<IpAddr> {
+async fn resolve(target: &Endpoint) -> io::Result<Vec<IpAddr>> {
     if let Ok(ip) = target.host.parse::<IpAddr>() {
-        return Ok(ip);
+        return Ok(vec![ip]);
     }
-    tokio::net::lookup_host((target.host.as_str(), target.port))
-        .await?
-        .next()
-        .map(|a| a.ip())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{} has no address", target.host)))
+    let mut addrs: Vec<IpAddr> = Vec::new();
+    for a in tokio::net::lookup_host((target.host.as_str(), target.port)).await? {
+        if !addrs.contains(&a.ip()) {
+            addrs.push(a.ip());
+        }
+    }
+    if addrs.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{} has no address", target.host),
+        ));
+    }
+    Ok(addrs)
 }
 
 /// The whole error chain on one line, as an operator wants to read it.

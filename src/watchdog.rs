@@ -133,16 +133,19 @@ impl<P: Probe> Watchdog<P> {
         let duration_ms = report.duration.as_millis() as u64;
         if let Some(Transition { from, to }) = transition {
             let t = self.detector.thresholds();
-            match to {
-                Verdict::Up => {
-                    info!(%from, %to, %endpoint, outcome = outcome.class(), reason = outcome.reason(),
-                    consecutive_successes = successes, rise = t.rise(), "gold verdict changed")
-                }
-                _ => {
-                    warn!(%from, %to, %endpoint, outcome = outcome.class(), reason = outcome.reason(), error,
+            // Warn when Gold looks worse; a step back from lost is good news.
+            let worse = matches!(to, Verdict::Down | Verdict::Lost) && from != Verdict::Lost;
+            if worse {
+                warn!(
+                    %from, %to, %endpoint, outcome = outcome.class(), reason = outcome.reason(), error,
                     consecutive_failures = failures, fall = t.fall(), promote_after = t.promote_after(),
-                    "gold verdict changed")
-                }
+                    "gold verdict changed"
+                );
+            } else {
+                info!(
+                    %from, %to, %endpoint, outcome = outcome.class(), reason = outcome.reason(),
+                    consecutive_successes = successes, rise = t.rise(), "gold verdict changed"
+                );
             }
         } else if self.last_outcome != Some(outcome) {
             match outcome {
