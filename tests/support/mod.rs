@@ -1,0 +1,39 @@
+//! Shared support code for the integration tests: throwaway PostgreSQL
+//! servers ([`pg`]), a fault-injecting TCP proxy ([`proxy`]) and the
+//! watchdog wired up against them ([`app`]).
+#![allow(dead_code)]
+
+pub mod app;
+pub mod pg;
+pub mod proxy;
+
+use std::time::{Duration, Instant};
+
+/// Installs a test-friendly tracing subscriber (filtered by `RUST_LOG`,
+/// `warn` by default). Safe to call from every test.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .with_default_directive(tracing_subscriber::filter::LevelFilter::WARN.into())
+        .from_env_lossy();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+/// Polls `check` every 50 ms until it returns true; panics naming `what`
+/// if that does not happen within `timeout`. Takes `|| async { .. }` as well
+/// as `async || { .. }`; the latter may keep borrowing captured state.
+pub async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
