@@ -1,0 +1,215 @@
+//! The binary as an operator runs it: bad settings stop it before it touches
+//! anything, logs say one line per decision, and SIGTERM stops it promptly.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::pg::{PgOptions, PgServer, WATCHDOG_USER};
+
+const BIN: &str = env!("CARGO_BIN_EXE_patroni-dr-watchdog");
+
+fn watchdog(vars: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+#[test]
+fn each_bad_setting_exits_non_zero_naming_the_variable_before_any_network_io() {
+    // A Gold that counts every connection made to it.
+    let gold = TcpListener::bind("127.0.0.1:0").expect("bind");
+    gold.set_nonblocking(true).expect("nonblocking");
+    let gold_port = gold.local_addr().expect("addr").port().to_string();
+    let listen_port = free_port();
+    let listen = format!("127.0.0.1:{listen_port}");
+    let base = [
+        ("WATCHDOG_GOLD_HOST", "127.0.0.1"),
+        ("WATCHDOG_GOLD_PORT", gold_port.as_str()),
+        ("WATCHDOG_LISTEN_ADDR", listen.as_str()),
+        ("WATCHDOG_GOLD_PASSWORD", "hunter2-do-not-print"),
+    ];
+    let cases: &[(&str, &str, &str)] = &[
+        ("WATCHDOG_PROBE_INTERVAL", "soon", "WATCHDOG_PROBE_INTERVAL"),
+        ("WATCHDOG_PROBE_TIMEOUT", "1h", "WATCHDOG_PROBE_TIMEOUT"),
+        ("WATCHDOG_FALL", "0", "WATCHDOG_FALL"),
+        ("WATCHDOG_RISE", "-1", "WATCHDOG_RISE"),
+        ("WATCHDOG_PROMOTE_AFTER", "2", "WATCHDOG_PROMOTE_AFTER"),
+        ("WATCHDOG_GOLD_SSLMODE", "verify-ca", "WATCHDOG_GOLD_SSLMODE"),
+        ("WATCHDOG_LISTEN_ADDR", "not-an-address", "WATCHDOG_LISTEN_ADDR"),
+        ("WATCHDOG_LOG_FORMAT", "yaml", "WATCHDOG_LOG_FORMAT"),
+        ("WATCHDOG_GOLD_PORT", "65536", "WATCHDOG_GOLD_PORT"),
+        (
+            "WATCHDOG_GOLD_PASSWORD_FILE",
+            "/nonexistent/password",
+            "WATCHDOG_GOLD_PASSWORD_FILE",
+        ),
+        ("WATCHDOG_TYPO_SETTING", "1", "WATCHDOG_TYPO_SETTING"),
+    ];
+    for (var, value, named) in cases {
+        // The password file case must not also trip over the password
+        // variable (both set is an error of its own).
+        let mut vars: Vec<(&str, &str)> = base
+            .iter()
+            .copied()
+            .filter(|(k, _)| k != var && !(k == &"WATCHDOG_GOLD_PASSWORD" && var.ends_with("_FILE")))
+            .collect();
+        vars.push((var, value));
+        let out = watchdog(&vars).output().expect("run binary");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{var}={value} was accepted");
+        assert_eq!(out.status.code(), Some(2), "{var}={value}: {stderr}");
+        assert!(
+            stderr.contains(named),
+            "{var}={value}: message does not name {named}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("hunter2-do-not-print"),
+            "password printed: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{var}={value} printed to stdout");
+    }
+    assert!(
+        gold.accept().is_err(),
+        "a rejected config still connected to Gold"
+    );
+    assert!(
+        TcpListener::bind(("127.0.0.1", listen_port)).is_ok(),
+        "a rejected config was still listening"
+    );
+}
+
+fn spawn(vars: &[(&str, &str)]) -> Child {
+    watchdog(vars)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn watchdog")
+}
+
+fn sigterm(child: &Child) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "did not exit within {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+async fn verdict(client: &reqwest::Client, port: u16) -> Option<String> {
+    let st: serde_json::Value = client
+        .get(format!("http://127.0.0.1:{port}/status"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    st["verdict"].as_str().map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_one_json_line_per_verdict_change_and_stops_cleanly_on_sigterm() {
+    let gold = PgServer::start(PgOptions::default());
+    let gold_port = gold.port().to_string();
+    let http_port = free_port();
+    let listen = format!("127.0.0.1:{http_port}");
+    let mut child = spawn(&[
+        ("WATCHDOG_GOLD_HOST", "127.0.0.1"),
+        ("WATCHDOG_GOLD_PORT", &gold_port),
+        ("WATCHDOG_GOLD_USER", WATCHDOG_USER),
+        ("WATCHDOG_GOLD_SSLMODE", "disable"),
+        ("WATCHDOG_PROBE_INTERVAL", "200ms"),
+        ("WATCHDOG_PROBE_TIMEOUT", "150ms"),
+        ("WATCHDOG_FALL", "2"),
+        ("WATCHDOG_PROMOTE_AFTER", "4"),
+        ("WATCHDOG_LISTEN_ADDR", &listen),
+        ("WATCHDOG_LOG_FORMAT", "json"),
+    ]);
+    let stderr = child.stderr.take().expect("stderr");
+    let lines = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+
+    let client = reqwest::Client::builder().no_proxy().build().expect("client");
+    support::wait_for("up", Duration::from_secs(20), || async {
+        verdict(&client, http_port).await.as_deref() == Some("up")
+    })
+    .await;
+    // Many healthy probes, which must not be logged one by one.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    gold.stop();
+    support::wait_for("lost", Duration::from_secs(20), || async {
+        verdict(&client, http_port).await.as_deref() == Some("lost")
+    })
+    .await;
+
+    let asked = Instant::now();
+    sigterm(&child);
+    let status = wait_exit(&mut child, Duration::from_secs(5));
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "shutdown took {:?}",
+        asked.elapsed()
+    );
+
+    let lines = lines.join().expect("reader");
+    let events: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let changes: Vec<(String, String)> = events
+        .iter()
+        .filter(|e| e["message"] == "gold verdict changed")
+        .map(|e| {
+            (
+                e["from"].as_str().unwrap_or("").into(),
+                e["to"].as_str().unwrap_or("").into(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String)> = [("unknown", "up"), ("up", "down"), ("down", "lost")]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(changes, expected, "{lines:#?}");
+    let lost = events.iter().find(|e| e["to"] == "lost").expect("lost line");
+    assert_eq!(lost["reason"], "refused");
+    assert_eq!(lost["consecutive_failures"], 4);
+    assert_eq!(lost["level"], "WARN");
+    // Over 20 probes ran; at info level only changes are logged.
+    assert!(
+        !events.iter().any(|e| e["message"] == "probe"),
+        "per-probe lines at info: {lines:#?}"
+    );
+    assert!(events.len() <= 14, "too chatty at info level: {lines:#?}");
+}

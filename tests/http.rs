@@ -1,0 +1,299 @@
+//! The HTTP surface: metrics and status say what the loop knows, and the
+//! health endpoints never fail because Gold is down.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use patroni_dr_watchdog::http::{self, AppState};
+use patroni_dr_watchdog::metrics::Metrics;
+use patroni_dr_watchdog::probe::{Probe, ProbeReport};
+use patroni_dr_watchdog::target::{self, Endpoint};
+use patroni_dr_watchdog::watchdog::Watchdog;
+use support::app;
+use support::pg::{PgOptions, PgServer};
+use tokio_util::sync::CancellationToken;
+
+/// As named in the `# TYPE` lines (counters and infos get their suffix on
+/// the samples).
+const FAMILIES: &[&str] = &[
+    "patroni_dr_watchdog_probe_success",
+    "patroni_dr_watchdog_probes",
+    "patroni_dr_watchdog_probe_duration_seconds",
+    "patroni_dr_watchdog_last_probe_timestamp_seconds",
+    "patroni_dr_watchdog_verdict",
+    "patroni_dr_watchdog_verdict_changes",
+    "patroni_dr_watchdog_consecutive_failures",
+    "patroni_dr_watchdog_consecutive_successes",
+    "patroni_dr_watchdog_state",
+    "patroni_dr_watchdog_target_info",
+    "patroni_dr_watchdog_build",
+];
+
+/// The value of the first sample whose name and labels start with `series`.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn fast(gold: std::net::SocketAddr, extra: &[(&str, &str)]) -> patroni_dr_watchdog::Config {
+    let mut vars = vec![
+        ("WATCHDOG_PROBE_INTERVAL", "200ms"),
+        ("WATCHDOG_PROBE_TIMEOUT", "150ms"),
+        ("WATCHDOG_GOLD_PASSWORD", "not-a-real-secret-9f3a"),
+    ];
+    vars.extend_from_slice(extra);
+    app::config(gold, &vars)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_metric_family_is_exported_and_follows_the_state() {
+    let gold = PgServer::start(PgOptions::default());
+    let w = app::spawn(fast(gold.addr(), &[])).await;
+
+    let (code, body) = w.get("/metrics").await;
+    assert_eq!(code, 200);
+    for family in FAMILIES {
+        assert!(
+            body.contains(&format!("# TYPE {family} ")),
+            "{family} missing:\n{body}"
+        );
+    }
+    assert!(body.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF");
+
+    support::wait_for("up", Duration::from_secs(20), || async {
+        w.verdict().await == "up"
+    })
+    .await;
+    let (_, up) = w.get("/metrics").await;
+    assert_eq!(
+        sample(&up, "patroni_dr_watchdog_probe_success"),
+        Some(1.0),
+        "{up}"
+    );
+    assert_eq!(
+        sample(&up, "patroni_dr_watchdog_verdict{verdict=\"up\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&up, "patroni_dr_watchdog_verdict{verdict=\"unknown\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&up, "patroni_dr_watchdog_state{state=\"watching\"}"),
+        Some(1.0)
+    );
+    assert!(sample(&up, "patroni_dr_watchdog_consecutive_successes") >= Some(2.0));
+    assert!(
+        sample(
+            &up,
+            "patroni_dr_watchdog_probes_total{outcome=\"up\",reason=\"writable\"}"
+        ) >= Some(2.0)
+    );
+    assert!(
+        sample(
+            &up,
+            "patroni_dr_watchdog_probe_duration_seconds_count{outcome=\"up\"}"
+        ) >= Some(2.0)
+    );
+    assert!(sample(&up, "patroni_dr_watchdog_last_probe_timestamp_seconds") > Some(1.7e9));
+    let target = format!(
+        "patroni_dr_watchdog_target_info{{host=\"127.0.0.1\",port=\"{}\",source=\"static\"}}",
+        gold.port()
+    );
+    assert_eq!(sample(&up, &target), Some(1.0), "{up}");
+    assert_eq!(
+        sample(
+            &up,
+            &format!(
+                "patroni_dr_watchdog_build_info{{version=\"{}\"}}",
+                env!("CARGO_PKG_VERSION")
+            )
+        ),
+        Some(1.0)
+    );
+
+    gold.stop();
+    support::wait_for("lost", Duration::from_secs(20), || async {
+        w.verdict().await == "lost"
+    })
+    .await;
+    let (_, lost) = w.get("/metrics").await;
+    assert_eq!(sample(&lost, "patroni_dr_watchdog_probe_success"), Some(0.0));
+    assert_eq!(
+        sample(&lost, "patroni_dr_watchdog_verdict{verdict=\"lost\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&lost, "patroni_dr_watchdog_verdict{verdict=\"up\"}"),
+        Some(0.0)
+    );
+    assert!(sample(&lost, "patroni_dr_watchdog_consecutive_failures") >= Some(4.0));
+    assert_eq!(
+        sample(&lost, "patroni_dr_watchdog_consecutive_successes"),
+        Some(0.0)
+    );
+    assert!(
+        sample(
+            &lost,
+            "patroni_dr_watchdog_probes_total{outcome=\"down\",reason=\"refused\"}"
+        ) >= Some(4.0)
+    );
+    assert_eq!(
+        sample(
+            &lost,
+            "patroni_dr_watchdog_verdict_changes_total{verdict=\"lost\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &lost,
+            "patroni_dr_watchdog_verdict_changes_total{verdict=\"down\"}"
+        ),
+        Some(1.0)
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_reports_state_counters_last_probe_and_redacted_settings() {
+    let gold = PgServer::start(PgOptions::default());
+    let w = app::spawn(fast(gold.addr(), &[])).await;
+    support::wait_for("up", Duration::from_secs(20), || async {
+        w.verdict().await == "up"
+    })
+    .await;
+    let st = w.status().await;
+    assert_eq!(st["state"], "watching");
+    assert_eq!(st["version"], env!("CARGO_PKG_VERSION"));
+    assert!(
+        st["verdict_since"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{st}"
+    );
+    assert_eq!(st["target"]["state"], "known");
+    assert_eq!(st["target"]["endpoint"]["port"], gold.port());
+    assert!(st["counters"]["probes"].as_u64() >= Some(2));
+    assert!(st["counters"]["up"].as_u64() >= Some(2));
+    assert!(st["consecutive_successes"].as_u64() >= Some(2));
+    assert_eq!(st["consecutive_failures"], 0);
+    let last = &st["last_probe"];
+    assert_eq!(last["outcome"], "up");
+    assert_eq!(last["reason"], "writable");
+    assert!(last["error"].is_null());
+    assert!(last["duration_seconds"].as_f64() > Some(0.0));
+    assert!(last["at"].as_str().is_some());
+    assert_eq!(st["settings"]["gold"]["password"], "<redacted>");
+    assert_eq!(st["settings"]["thresholds"]["promote_after"], 4);
+
+    gold.stop();
+    support::wait_for("down", Duration::from_secs(20), || async {
+        w.status().await["consecutive_failures"].as_u64() >= Some(2)
+    })
+    .await;
+    let (_, raw) = w.get("/status").await;
+    assert!(!raw.contains("not-a-real-secret-9f3a"), "password leaked: {raw}");
+    let st: serde_json::Value = serde_json::from_str(&raw).expect("json");
+    assert_eq!(st["last_probe"]["outcome"], "down");
+    assert_eq!(st["last_probe"]["reason"], "refused");
+    assert!(st["last_probe"]["error"].as_str().is_some_and(|e| !e.is_empty()));
+    assert!(st["counters"]["down"].as_u64() >= Some(2));
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn livez_and_readyz_stay_ok_while_gold_is_lost() {
+    let gold = PgServer::start(PgOptions::default());
+    let w = app::spawn(fast(gold.addr(), &[])).await;
+    support::wait_for("ready", Duration::from_secs(10), || async {
+        w.get("/readyz").await.0 == 200
+    })
+    .await;
+    gold.stop();
+    support::wait_for("lost", Duration::from_secs(20), || async {
+        w.verdict().await == "lost"
+    })
+    .await;
+    // Several liveness windows with Gold gone.
+    for _ in 0..10 {
+        assert_eq!(w.get("/livez").await.0, 200);
+        assert_eq!(w.get("/readyz").await.0, 200);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    w.stop().await;
+}
+
+/// A probe that never answers stands in for a wedged loop: the one thing
+/// that may fail liveness.
+struct Wedged;
+
+impl Probe for Wedged {
+    async fn probe(&self, _: &Endpoint) -> ProbeReport {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn livez_fails_only_when_the_loop_is_stuck_and_readyz_waits_for_the_loop() {
+    let config = Arc::new(app::config(
+        "127.0.0.1:9".parse().expect("addr"),
+        &[
+            ("WATCHDOG_PROBE_INTERVAL", "100ms"),
+            ("WATCHDOG_PROBE_TIMEOUT", "50ms"),
+        ],
+    ));
+    let (_tx, target) = target::fixed(Endpoint {
+        host: "127.0.0.1".into(),
+        port: 9,
+    });
+    let metrics = Arc::new(Metrics::new());
+    let (watchdog, status) = Watchdog::new(config.clone(), Wedged, target, metrics.clone());
+    let router = http::router(AppState::new(status, metrics, &config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let get = |path: &'static str| async move {
+        reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client")
+            .get(format!("http://{addr}{path}"))
+            .send()
+            .await
+            .expect("GET")
+            .status()
+            .as_u16()
+    };
+
+    assert_eq!(get("/readyz").await, 503, "not ready before the loop starts");
+    assert_eq!(get("/livez").await, 200, "alive while starting");
+
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(watchdog.run(shutdown.clone()));
+    support::wait_for("ready", Duration::from_secs(5), || async {
+        get("/readyz").await == 200
+    })
+    .await;
+    // stale after 3 × 100 ms + 50 ms
+    support::wait_for("livez to fail", Duration::from_secs(10), || async {
+        get("/livez").await == 503
+    })
+    .await;
+    assert_eq!(
+        get("/readyz").await,
+        200,
+        "a stuck loop restarts the pod via liveness, not readiness"
+    );
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("a wedged probe does not block shutdown")
+        .expect("task");
+    assert_eq!(get("/readyz").await, 503, "not ready while stopping");
+}

@@ -1,0 +1,149 @@
+//! Running the watchdog under test: a config pointed at a test server, a
+//! loop that tests step by hand, or the whole process on a loopback port.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use patroni_dr_watchdog::Config;
+use patroni_dr_watchdog::metrics::Metrics;
+use patroni_dr_watchdog::probe::PgProbe;
+use patroni_dr_watchdog::status::Status;
+use patroni_dr_watchdog::target::{self, Endpoint, Target};
+use patroni_dr_watchdog::watchdog::{self, Watchdog};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::pg::WATCHDOG_USER;
+
+/// A config aimed at `gold` with test-friendly thresholds (fall 2, rise 2,
+/// promote_after 4), no TLS, the `watchdog` role, and a loopback listener.
+/// `extra` overrides any of it, as environment variables would.
+pub fn config(gold: SocketAddr, extra: &[(&str, &str)]) -> Config {
+    let mut vars: Vec<(String, String)> = [
+        ("WATCHDOG_GOLD_HOST", gold.ip().to_string()),
+        ("WATCHDOG_GOLD_PORT", gold.port().to_string()),
+        ("WATCHDOG_GOLD_USER", WATCHDOG_USER.to_string()),
+        ("WATCHDOG_GOLD_SSLMODE", "disable".to_string()),
+        ("WATCHDOG_PROBE_INTERVAL", "3s".to_string()),
+        ("WATCHDOG_PROBE_TIMEOUT", "2s".to_string()),
+        ("WATCHDOG_FALL", "2".to_string()),
+        ("WATCHDOG_RISE", "2".to_string()),
+        ("WATCHDOG_PROMOTE_AFTER", "4".to_string()),
+        ("WATCHDOG_LISTEN_ADDR", "127.0.0.1:0".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    for (k, v) in extra {
+        vars.retain(|(key, _)| key != k);
+        vars.push((k.to_string(), v.to_string()));
+    }
+    Config::from_vars(vars).expect("test config is valid")
+}
+
+pub fn probe(config: &Config) -> PgProbe {
+    PgProbe::new(config.gold.clone(), config.probe_timeout).expect("TLS set-up")
+}
+
+/// A loop the test steps with `tick()`, so hysteresis is checked probe by
+/// probe against real servers without depending on wall-clock timing.
+pub struct Stepper {
+    pub watchdog: Watchdog<PgProbe>,
+    pub status: watch::Receiver<Status>,
+    pub metrics: Arc<Metrics>,
+    pub target: watch::Sender<Target>,
+}
+
+pub fn stepper(config: Config) -> Stepper {
+    let config = Arc::new(config);
+    let (target, target_rx) = target::fixed(Endpoint {
+        host: config.gold_host.clone(),
+        port: config.gold_port,
+    });
+    let metrics = Arc::new(Metrics::new());
+    let (watchdog, status) = Watchdog::new(config.clone(), probe(&config), target_rx, metrics.clone());
+    Stepper {
+        watchdog,
+        status,
+        metrics,
+        target,
+    }
+}
+
+impl Stepper {
+    pub fn verdict(&self) -> String {
+        self.status.borrow().verdict.to_string()
+    }
+}
+
+/// The whole watchdog (loop + HTTP) running in this process.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    handle: Option<JoinHandle<Result<(), watchdog::Error>>>,
+    http: reqwest::Client,
+}
+
+pub async fn spawn(config: Config) -> Running {
+    let listener = tokio::net::TcpListener::bind(config.listen_addr)
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(watchdog::run(config, listener, shutdown.clone()));
+    Running {
+        addr,
+        shutdown,
+        handle: Some(handle),
+        http: reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("http client"),
+    }
+}
+
+impl Running {
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let resp = self
+            .http
+            .get(format!("http://{}{}", self.addr, path))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let code = resp.status().as_u16();
+        (code, resp.text().await.expect("body"))
+    }
+
+    pub async fn status(&self) -> serde_json::Value {
+        let (code, body) = self.get("/status").await;
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("status is JSON")
+    }
+
+    pub async fn verdict(&self) -> String {
+        self.status().await["verdict"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Stops the watchdog and checks it ended cleanly and promptly.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(handle) = self.handle.take() {
+            let result = tokio::time::timeout(Duration::from_secs(5), handle)
+                .await
+                .expect("watchdog stops within 5 s of shutdown");
+            result.expect("task").expect("clean exit");
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
