@@ -59,6 +59,12 @@ struct Raw {
     promote_after: Option<String>,
     listen_addr: Option<String>,
     log_format: Option<String>,
+    namespace: Option<String>,
+    ts_service: Option<String>,
+    ts_port_name: Option<String>,
+    promoter: Option<String>,
+    patroni_configmap: Option<String>,
+    patroni_url: Option<String>,
 }
 
 const KNOWN: &[&str] = &[
@@ -77,6 +83,12 @@ const KNOWN: &[&str] = &[
     "PROMOTE_AFTER",
     "LISTEN_ADDR",
     "LOG_FORMAT",
+    "NAMESPACE",
+    "TS_SERVICE",
+    "TS_PORT_NAME",
+    "PROMOTER",
+    "PATRONI_CONFIGMAP",
+    "PATRONI_URL",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -139,10 +151,35 @@ pub struct GoldConn {
     pub sslrootcert: Option<PathBuf>,
 }
 
+/// Where Gold is: a fixed address, or the Transport Service to watch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GoldTarget {
+    /// `None` with a service: the Service's cluster DNS name.
+    pub host: Option<String>,
+    /// `None`: discovered from the service, live.
+    pub port: Option<u16>,
+    pub service: Option<String>,
+    pub port_name: Option<String>,
+}
+
+impl GoldTarget {
+    pub fn discovers_port(&self) -> bool {
+        self.port.is_none()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PromoterKind {
+    /// Observe only: nothing can be promoted.
+    None,
+    /// Patch `standby_cluster` out of Patroni's `<scope>-config` ConfigMap.
+    Configmap,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
-    pub gold_host: String,
-    pub gold_port: u16,
+    pub target: GoldTarget,
     pub gold: GoldConn,
     #[serde(with = "humantime_serde_compat")]
     pub probe_interval: Duration,
@@ -151,6 +188,20 @@ pub struct Config {
     pub thresholds: Thresholds,
     pub listen_addr: SocketAddr,
     pub log_format: LogFormat,
+    /// `None`: the pod's own namespace (service account), or the kubeconfig's.
+    pub namespace: Option<String>,
+    pub promoter: PromoterKind,
+    pub patroni_configmap: String,
+    pub patroni_url: String,
+    /// Who acts, in Events and audit annotations: the pod name.
+    pub identity: String,
+}
+
+impl Config {
+    /// Whether the process needs a Kubernetes client.
+    pub fn uses_kubernetes(&self) -> bool {
+        self.target.service.is_some() || self.promoter == PromoterKind::Configmap
+    }
 }
 
 mod humantime_serde_compat {
@@ -177,6 +228,8 @@ pub mod defaults {
     /// neither is ever taken for a site loss.
     pub const PROMOTE_AFTER: u32 = 18;
     pub const LISTEN_ADDR: &str = "0.0.0.0:9808";
+    pub const PATRONI_CONFIGMAP: &str = "patroni-config";
+    pub const PATRONI_URL: &str = "http://127.0.0.1:8008";
 }
 
 impl Config {
@@ -185,14 +238,25 @@ impl Config {
         Self::from_vars(std::env::vars())
     }
 
-    /// Reads any set of variables; only those with the `WATCHDOG_` prefix count.
+    /// Reads any set of variables; those with the `WATCHDOG_` prefix are
+    /// settings, `KUBERNETES_SERVICE_HOST` says whether we run in a pod and
+    /// `HOSTNAME` names this pod.
     pub fn from_vars<I>(vars: I) -> Result<Config, ConfigError>
     where
         I: IntoIterator<Item = (String, String)>,
     {
+        let mut in_cluster = false;
+        let mut identity = None;
         let vars: HashMap<String, String> = vars
             .into_iter()
-            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .filter(|(k, v)| {
+                match k.as_str() {
+                    "KUBERNETES_SERVICE_HOST" => in_cluster = !v.is_empty(),
+                    "HOSTNAME" if !v.is_empty() => identity = Some(v.clone()),
+                    _ => {}
+                }
+                k.starts_with(ENV_PREFIX)
+            })
             .collect();
         // A typo such as WATCHDOG_PROMOTE_AFTR must not silently leave the
         // default in force on a production promoter.
@@ -218,7 +282,9 @@ impl Config {
                 var: ENV_PREFIX.to_string(),
                 hint: e.to_string(),
             })?;
-        raw.validate()
+        let mut config = raw.validate(in_cluster)?;
+        config.identity = identity.unwrap_or_else(|| "patroni-dr-watchdog".to_string());
+        Ok(config)
     }
 }
 
@@ -267,6 +333,27 @@ fn parse_port(name: &str, value: &str) -> Result<u16, ConfigError> {
     }
 }
 
+/// A Kubernetes object name (RFC 1123 label): the API would refuse anything
+/// else, so say so now, naming the variable.
+fn check_k8s_name(name: &str, value: &str) -> Result<(), ConfigError> {
+    let ok = !value.is_empty()
+        && value.len() <= 253
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && value.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && value.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            name,
+            value,
+            "must be a Kubernetes object name: lower-case letters, digits, '-' and '.'",
+        ))
+    }
+}
+
 fn read_password_file(name: &str, path: &str) -> Result<Password, ConfigError> {
     let content = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
         var: var(name),
@@ -286,15 +373,76 @@ fn read_password_file(name: &str, path: &str) -> Result<Password, ConfigError> {
 }
 
 impl Raw {
-    fn validate(self) -> Result<Config, ConfigError> {
-        let gold_host = non_empty("GOLD_HOST", self.gold_host)?.ok_or(ConfigError::Missing {
-            var: var("GOLD_HOST"),
-            hint: "the address of Gold's PostgreSQL as seen from this site (the Transport Service name)",
-        })?;
-        let gold_port = match self.gold_port {
-            Some(v) => parse_port("GOLD_PORT", &v)?,
-            None => defaults::GOLD_PORT,
+    fn validate(self, in_cluster: bool) -> Result<Config, ConfigError> {
+        let service = non_empty("TS_SERVICE", self.ts_service)?;
+        let port_name = non_empty("TS_PORT_NAME", self.ts_port_name)?;
+        let host = non_empty("GOLD_HOST", self.gold_host)?;
+        let port = self.gold_port.map(|v| parse_port("GOLD_PORT", &v)).transpose()?;
+        let target = match (&service, host, port) {
+            (None, None, _) => {
+                return Err(ConfigError::Missing {
+                    var: var("GOLD_HOST"),
+                    hint: "Gold's PostgreSQL as seen from this site; or set WATCHDOG_TS_SERVICE to find it through the Transport Service",
+                });
+            }
+            (None, host, port) => GoldTarget {
+                host,
+                port: Some(port.unwrap_or(defaults::GOLD_PORT)),
+                service: None,
+                port_name: None,
+            },
+            (Some(_), host, port) => GoldTarget {
+                host,
+                port,
+                service: service.clone(),
+                port_name: port_name.clone(),
+            },
         };
+        if let Some(name) = &port_name {
+            if service.is_none() || target.port.is_some() {
+                return Err(ConfigError::Conflict {
+                    var: var("TS_PORT_NAME"),
+                    other: var("GOLD_PORT"),
+                    reason: "a port name picks a port of WATCHDOG_TS_SERVICE; it means nothing with a static WATCHDOG_GOLD_PORT or without a service",
+                });
+            }
+            if name.parse::<u16>().is_ok() {
+                return Err(invalid(
+                    "TS_PORT_NAME",
+                    name,
+                    "must be the port's name, not its number",
+                ));
+            }
+        }
+        if let Some(svc) = &service {
+            check_k8s_name("TS_SERVICE", svc)?;
+        }
+        let namespace = non_empty("NAMESPACE", self.namespace)?;
+        if let Some(ns) = &namespace {
+            check_k8s_name("NAMESPACE", ns)?;
+        }
+        let promoter = match self.promoter.as_deref().map(str::trim) {
+            None if in_cluster => PromoterKind::Configmap,
+            None | Some("none") => PromoterKind::None,
+            Some("configmap") => PromoterKind::Configmap,
+            Some(other) => return Err(invalid("PROMOTER", other, "must be configmap or none")),
+        };
+        let patroni_configmap = non_empty("PATRONI_CONFIGMAP", self.patroni_configmap)?
+            .unwrap_or_else(|| defaults::PATRONI_CONFIGMAP.to_string());
+        check_k8s_name("PATRONI_CONFIGMAP", &patroni_configmap)?;
+        let patroni_url =
+            non_empty("PATRONI_URL", self.patroni_url)?.unwrap_or_else(|| defaults::PATRONI_URL.to_string());
+        match reqwest::Url::parse(&patroni_url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+            Ok(_) => {
+                return Err(invalid(
+                    "PATRONI_URL",
+                    &patroni_url,
+                    "must be an http:// or https:// URL",
+                ));
+            }
+            Err(e) => return Err(invalid("PATRONI_URL", &patroni_url, e.to_string())),
+        }
 
         let password = match (self.gold_password, self.gold_password_file.as_deref()) {
             (Some(_), Some(_)) => {
@@ -378,8 +526,7 @@ impl Raw {
             .unwrap_or_else(|| defaults::GOLD_DATABASE.to_string());
 
         Ok(Config {
-            gold_host,
-            gold_port,
+            target,
             gold: GoldConn {
                 user,
                 password,
@@ -393,6 +540,11 @@ impl Raw {
             thresholds,
             listen_addr,
             log_format,
+            namespace,
+            promoter,
+            patroni_configmap,
+            patroni_url: patroni_url.trim_end_matches('/').to_string(),
+            identity: String::new(),
         })
     }
 }
@@ -420,7 +572,13 @@ mod tests {
     #[test]
     fn defaults_are_safe_for_a_real_deployment() {
         let c = cfg(&[]).unwrap();
-        assert_eq!(c.gold_port, 5432);
+        assert_eq!(c.target.port, Some(5432));
+        assert_eq!(
+            c.promoter,
+            PromoterKind::None,
+            "nothing to promote outside a cluster"
+        );
+        assert!(!c.uses_kubernetes());
         assert_eq!(c.probe_interval, Duration::from_secs(10));
         assert_eq!(c.probe_timeout, Duration::from_secs(5));
         assert_eq!(c.gold.sslmode, SslMode::Prefer);
@@ -501,6 +659,91 @@ mod tests {
             assert!(msg.contains(expected), "{pairs:?}: {msg}");
             assert_eq!(&err_var(e), expected, "{pairs:?}");
         }
+    }
+
+    #[test]
+    fn a_transport_service_replaces_host_and_port() {
+        let c = Config::from_vars([
+            (
+                "WATCHDOG_TS_SERVICE".to_string(),
+                "patroni-master-gold".to_string(),
+            ),
+            ("WATCHDOG_TS_PORT_NAME".to_string(), "postgres".to_string()),
+            ("KUBERNETES_SERVICE_HOST".to_string(), "10.0.0.1".to_string()),
+            ("HOSTNAME".to_string(), "patroni-1".to_string()),
+        ])
+        .unwrap();
+        assert_eq!(c.target.service.as_deref(), Some("patroni-master-gold"));
+        assert_eq!(c.target.host, None);
+        assert!(c.target.discovers_port());
+        assert_eq!(c.promoter, PromoterKind::Configmap, "the default in a pod");
+        assert_eq!(c.patroni_configmap, "patroni-config");
+        assert_eq!(c.patroni_url, "http://127.0.0.1:8008");
+        assert_eq!(c.identity, "patroni-1");
+        assert!(c.uses_kubernetes());
+    }
+
+    #[test]
+    fn a_static_port_skips_discovery() {
+        let c = cfg(&[
+            ("WATCHDOG_TS_SERVICE", "patroni-master-gold"),
+            ("WATCHDOG_GOLD_PORT", "6543"),
+        ])
+        .unwrap();
+        assert_eq!(c.target.port, Some(6543));
+        assert!(!c.target.discovers_port());
+    }
+
+    #[test]
+    fn kubernetes_settings_are_validated() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("WATCHDOG_TS_PORT_NAME", "postgres")], "WATCHDOG_TS_PORT_NAME"),
+            (
+                &[
+                    ("WATCHDOG_TS_SERVICE", "ts"),
+                    ("WATCHDOG_TS_PORT_NAME", "pg"),
+                    ("WATCHDOG_GOLD_PORT", "5432"),
+                ],
+                "WATCHDOG_TS_PORT_NAME",
+            ),
+            (
+                &[("WATCHDOG_TS_SERVICE", "ts"), ("WATCHDOG_TS_PORT_NAME", "5432")],
+                "WATCHDOG_TS_PORT_NAME",
+            ),
+            (
+                &[("WATCHDOG_TS_SERVICE", "Patroni_Master")],
+                "WATCHDOG_TS_SERVICE",
+            ),
+            (&[("WATCHDOG_NAMESPACE", "-bad")], "WATCHDOG_NAMESPACE"),
+            (&[("WATCHDOG_PROMOTER", "sed")], "WATCHDOG_PROMOTER"),
+            (
+                &[("WATCHDOG_PATRONI_CONFIGMAP", "patroni config")],
+                "WATCHDOG_PATRONI_CONFIGMAP",
+            ),
+            (
+                &[("WATCHDOG_PATRONI_URL", "127.0.0.1:8008")],
+                "WATCHDOG_PATRONI_URL",
+            ),
+            (&[("WATCHDOG_PATRONI_URL", "ftp://x")], "WATCHDOG_PATRONI_URL"),
+        ];
+        for (pairs, expected) in cases {
+            let e = cfg(pairs).expect_err(&format!("{pairs:?} must be rejected"));
+            assert_eq!(&err_var(e), expected, "{pairs:?}");
+        }
+    }
+
+    #[test]
+    fn promoter_can_be_chosen_explicitly() {
+        assert_eq!(
+            cfg(&[("WATCHDOG_PROMOTER", "configmap")]).unwrap().promoter,
+            PromoterKind::Configmap
+        );
+        let mut vars = vec![
+            ("WATCHDOG_GOLD_HOST".to_string(), "g".to_string()),
+            ("WATCHDOG_PROMOTER".to_string(), "none".to_string()),
+        ];
+        vars.push(("KUBERNETES_SERVICE_HOST".into(), "10.0.0.1".into()));
+        assert_eq!(Config::from_vars(vars).unwrap().promoter, PromoterKind::None);
     }
 
     #[test]

@@ -134,6 +134,17 @@ impl Detector {
         self.thresholds
     }
 
+    /// Forget everything: results against one address say nothing about
+    /// another.
+    pub fn reset(&mut self) -> Option<Transition> {
+        let from = self.verdict;
+        *self = Detector::new(self.thresholds);
+        (from != Verdict::Unknown).then_some(Transition {
+            from,
+            to: Verdict::Unknown,
+        })
+    }
+
     pub fn observe(&mut self, observation: Observation) -> Option<Transition> {
         let t = self.thresholds;
         let next = match observation {
@@ -301,6 +312,16 @@ mod tests {
             vec![tr(Verdict::Unknown, Verdict::Down)]
         );
         assert_eq!(d.verdict(), Verdict::Down);
+    }
+
+    #[test]
+    fn reset_forgets_streaks_and_verdict() {
+        let mut d = det(1, 1, 2);
+        feed(&mut d, &[D, D]);
+        assert_eq!(d.reset(), Some(tr(Verdict::Lost, Verdict::Unknown)));
+        assert_eq!((d.consecutive_failures(), d.verdict()), (0, Verdict::Unknown));
+        assert_eq!(d.reset(), None);
+        assert_eq!(d.observe(D), Some(tr(Verdict::Unknown, Verdict::Down)));
     }
 
     #[test]

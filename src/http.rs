@@ -72,7 +72,7 @@ async fn readyz(AxumState(app): AxumState<AppState>) -> Response {
     match app.status.borrow().state {
         State::Starting => (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response(),
         State::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "stopping\n").into_response(),
-        State::Watching | State::TargetUnknown => (StatusCode::OK, "ok\n").into_response(),
+        State::Watching | State::TargetUnknown | State::Promoted => (StatusCode::OK, "ok\n").into_response(),
     }
 }
 

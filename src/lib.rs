@@ -5,15 +5,33 @@
 //! state and metrics published over HTTP. The detector is pure; I/O lives in
 //! `probe`, `target` and `http`.
 
+pub mod actor;
 pub mod config;
 pub mod detector;
+pub mod dynamic_config;
+pub mod events;
+pub mod guards;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod patroni;
 pub mod probe;
+pub mod promoter;
 pub mod status;
 pub mod target;
 pub mod watchdog;
 
 pub use config::Config;
 pub use watchdog::{Watchdog, run};
+
+/// An error and its sources on one line, as an operator wants to read it.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -55,9 +55,20 @@ fn run(config: Config) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let kube = if config.uses_kubernetes() {
+            match kube_client().await {
+                Ok(client) => Some(client),
+                Err(e) => {
+                    error!(error = %e, "cannot set up the Kubernetes client: run in a pod with a service account, or set KUBECONFIG");
+                    return ExitCode::FAILURE;
+                }
+            }
+        } else {
+            None
+        };
         let shutdown = CancellationToken::new();
         tokio::spawn(wait_for_signal(shutdown.clone()));
-        match patroni_dr_watchdog::run(config, listener, shutdown).await {
+        match patroni_dr_watchdog::run(config, listener, kube, shutdown).await {
             Ok(()) => {
                 info!("stopped");
                 ExitCode::SUCCESS
@@ -68,6 +79,14 @@ fn run(config: Config) -> ExitCode {
             }
         }
     })
+}
+
+/// In-cluster config, or KUBECONFIG. kube's own retry of 429/503/504 is off:
+/// every caller here retries explicitly, with limits it chose.
+async fn kube_client() -> Result<kube::Client, kube::Error> {
+    let mut config = kube::Config::infer().await.map_err(kube::Error::InferConfig)?;
+    config.default_retry = false;
+    kube::Client::try_from(config)
 }
 
 async fn wait_for_signal(shutdown: CancellationToken) {

@@ -49,6 +49,29 @@ pub struct TargetLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GuardLabels {
+    pub guard: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoleLabels {
+    pub role: String,
+}
+
+/// Results of a promotion attempt, as counted.
+pub const PROMOTION_RESULTS: [&str; 5] = ["promoted", "already_promoted", "dry_run", "failed", "called_off"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -65,6 +88,14 @@ pub struct Metrics {
     consecutive_successes: Gauge,
     state: Family<StateLabels, Gauge>,
     target: Family<TargetLabels, Gauge>,
+    target_changes: Counter,
+    discovery_errors: Counter,
+    kube_api_errors: Family<OperationLabels, Counter>,
+    promotions: Family<ResultLabels, Counter>,
+    vetoes: Family<GuardLabels, Counter>,
+    disarmed: Gauge,
+    paused: Gauge,
+    local_role: Family<RoleLabels, Gauge>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -92,6 +123,14 @@ impl Metrics {
             consecutive_successes: Gauge::default(),
             state: Family::default(),
             target: Family::default(),
+            target_changes: Counter::default(),
+            discovery_errors: Counter::default(),
+            kube_api_errors: Family::default(),
+            promotions: Family::default(),
+            vetoes: Family::default(),
+            disarmed: Gauge::default(),
+            paused: Gauge::default(),
+            local_role: Family::default(),
         };
         let registry = &mut m.registry;
         registry.register(
@@ -141,6 +180,46 @@ impl Metrics {
             m.target.clone(),
         );
         registry.register(
+            "target_changes",
+            "Times the probed address changed (Transport Service re-synced, deleted, ...)",
+            m.target_changes.clone(),
+        );
+        registry.register(
+            "discovery_errors",
+            "Failed reads or watches of the Transport Service",
+            m.discovery_errors.clone(),
+        );
+        registry.register(
+            "kube_api_errors",
+            "Failed Kubernetes API calls other than discovery, by operation",
+            m.kube_api_errors.clone(),
+        );
+        registry.register(
+            "promotions",
+            "Promotion attempts by result: promoted, already_promoted, dry_run, failed, called_off",
+            m.promotions.clone(),
+        );
+        registry.register(
+            "vetoes",
+            "Times a guard held a promotion back while Gold was lost, by guard",
+            m.vetoes.clone(),
+        );
+        registry.register(
+            "disarmed",
+            "1 while the disarm annotation is set on the Patroni config ConfigMap",
+            m.disarmed.clone(),
+        );
+        registry.register(
+            "patroni_paused",
+            "1 while the DR Patroni cluster is in maintenance mode (pause)",
+            m.paused.clone(),
+        );
+        registry.register(
+            "local_role",
+            "Role of the Patroni member beside this sidecar (1 for the current one)",
+            m.local_role.clone(),
+        );
+        registry.register(
             "build",
             "Build information",
             Info::new(BuildLabels {
@@ -161,6 +240,12 @@ impl Metrics {
             let _ = m
                 .verdict_changes
                 .get_or_create(&VerdictLabels { verdict: v.as_str() });
+        }
+        for result in PROMOTION_RESULTS {
+            let _ = m.promotions.get_or_create(&ResultLabels { result });
+        }
+        for guard in crate::guards::Veto::NAMES {
+            let _ = m.vetoes.get_or_create(&GuardLabels { guard });
         }
         m.set_verdict(Verdict::Unknown);
         m.set_state(State::Starting);
@@ -216,6 +301,39 @@ impl Metrics {
                 .get_or_create(&StateLabels { state: s.as_str() })
                 .set(i64::from(s == current));
         }
+    }
+
+    pub fn discovery_error(&self) {
+        self.discovery_errors.inc();
+    }
+
+    pub fn kube_api_error(&self, operation: &'static str) {
+        self.kube_api_errors
+            .get_or_create(&OperationLabels { operation })
+            .inc();
+    }
+
+    pub fn promotion(&self, result: &'static str) {
+        self.promotions.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub fn veto(&self, guard: &'static str) {
+        self.vetoes.get_or_create(&GuardLabels { guard }).inc();
+    }
+
+    pub fn set_cluster(&self, role: &str, paused: Option<bool>, disarmed: Option<bool>) {
+        self.local_role.clear();
+        self.local_role
+            .get_or_create(&RoleLabels {
+                role: role.to_string(),
+            })
+            .set(1);
+        self.paused.set(i64::from(paused == Some(true)));
+        self.disarmed.set(i64::from(disarmed == Some(true)));
+    }
+
+    pub fn target_changed(&self) {
+        self.target_changes.inc();
     }
 
     pub fn set_target(&self, target: &Target) {

@@ -289,23 +289,15 @@ async fn resolve(target: &Endpoint) -> io::Result<Vec<IpAddr>> {
 
 /// The whole error chain on one line, as an operator wants to read it.
 fn describe(e: &tokio_postgres::Error) -> String {
-    let mut out = e.to_string();
-    if let Some(db) = e.as_db_error() {
-        out = format!(
+    match e.as_db_error() {
+        Some(db) => format!(
             "{}: {} (SQLSTATE {})",
             db.severity(),
             db.message(),
             db.code().code()
-        );
-        return out;
+        ),
+        None => crate::error_chain(e),
     }
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// What a failed connection or query says about Gold.

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::detector::Verdict;
+use crate::guards::{Role, Veto};
 use crate::probe::ProbeReport;
 use crate::target::Target;
 
@@ -20,6 +21,9 @@ pub enum State {
     Watching,
     /// No usable address for Gold: probing is paused.
     TargetUnknown,
+    /// This process promoted the DR cluster (or found it promoted) and will
+    /// never act again; it keeps probing Gold.
+    Promoted,
     /// Shutdown requested: draining.
     Stopping,
 }
@@ -37,6 +41,7 @@ impl State {
             State::Starting => "starting",
             State::Watching => "watching",
             State::TargetUnknown => "target_unknown",
+            State::Promoted => "promoted",
             State::Stopping => "stopping",
         }
     }
@@ -72,6 +77,33 @@ impl LastProbe {
     }
 }
 
+/// The DR cluster beside us, as last observed (refreshed every interval).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ClusterStatus {
+    pub role: Option<Role>,
+    pub standby: Option<bool>,
+    pub paused: Option<bool>,
+    pub disarmed: Option<bool>,
+    /// Why the Patroni config could not be read, if it could not.
+    pub config_error: Option<String>,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub observed_at: Option<SystemTime>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PromotionStatus {
+    /// `configmap`, or `none` when observing only.
+    pub promoter: &'static str,
+    /// Set once this process promoted (or found the cluster promoted).
+    pub result: Option<&'static str>,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub at: Option<SystemTime>,
+    pub reason: Option<String>,
+    /// The guards holding a promotion back right now.
+    pub vetoes: Vec<Veto>,
+    pub last_error: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub version: &'static str,
@@ -84,6 +116,8 @@ pub struct Status {
     pub consecutive_successes: u32,
     pub counters: Counters,
     pub last_probe: Option<LastProbe>,
+    pub cluster: ClusterStatus,
+    pub promotion: PromotionStatus,
     pub settings: Arc<Config>,
     /// When the loop last finished a tick (monotonic), for `/livez`.
     #[serde(skip)]
@@ -104,6 +138,14 @@ impl Status {
             consecutive_successes: 0,
             counters: Counters::default(),
             last_probe: None,
+            cluster: ClusterStatus::default(),
+            promotion: PromotionStatus {
+                promoter: match settings.promoter {
+                    crate::config::PromoterKind::None => "none",
+                    crate::config::PromoterKind::Configmap => "configmap",
+                },
+                ..Default::default()
+            },
             settings,
             last_tick: None,
             started: Instant::now(),

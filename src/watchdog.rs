@@ -1,20 +1,29 @@
 //! The loop that ties target, probe, detector, metrics and status together,
 //! and [`run`], which wires the whole process.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use k8s_openapi::api::core::v1::Service;
+use kube::api::Api;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-use crate::config::Config;
+use crate::actor::{self, ActReport, Actor};
+use crate::config::{Config, PromoterKind};
 use crate::detector::{Detector, Transition, Verdict};
+use crate::events::Events;
+use crate::guards::Veto;
 use crate::http;
 use crate::metrics::Metrics;
+use crate::patroni::LocalPatroni;
 use crate::probe::{Outcome, PgProbe, Probe, ProbeReport, TlsSetupError};
+use crate::promoter::ConfigMapPromoter;
 use crate::status::{LastProbe, State, Status};
 use crate::target::{self, Endpoint, Target};
 
@@ -24,7 +33,16 @@ pub enum Error {
     Tls(#[from] TlsSetupError),
     #[error("HTTP server failed: {0}")]
     Http(#[source] std::io::Error),
+    #[error(
+        "the settings need Kubernetes (WATCHDOG_TS_SERVICE or WATCHDOG_PROMOTER=configmap) but no client was given"
+    )]
+    NoKubernetes,
+    #[error("cannot build the HTTP client for WATCHDOG_PATRONI_URL: {0}")]
+    PatroniClient(#[source] reqwest::Error),
 }
+
+/// Probe errors kept for the promotion's Event and audit trail.
+const RECENT_ERRORS: usize = 3;
 
 pub struct Watchdog<P> {
     probe: P,
@@ -34,6 +52,15 @@ pub struct Watchdog<P> {
     status: watch::Sender<Status>,
     interval: Duration,
     last_outcome: Option<Outcome>,
+    actor: Option<Arc<Actor>>,
+    verdict: watch::Sender<Verdict>,
+    acting: Option<JoinHandle<ActReport>>,
+    /// Set once this process promoted or found the cluster promoted: it
+    /// never acts again.
+    latched: bool,
+    recent_errors: VecDeque<String>,
+    /// What the last act reported, so each new situation is logged once.
+    last_act: Option<String>,
 }
 
 impl<P: Probe> Watchdog<P> {
@@ -54,8 +81,25 @@ impl<P: Probe> Watchdog<P> {
             status,
             interval: config.probe_interval,
             last_outcome: None,
+            actor: None,
+            verdict: watch::Sender::new(Verdict::Unknown),
+            acting: None,
+            latched: false,
+            recent_errors: VecDeque::new(),
+            last_act: None,
         };
         (watchdog, status_rx)
+    }
+
+    /// Lets this watchdog promote when Gold is lost.
+    pub fn with_actor(mut self, actor: Arc<Actor>) -> Self {
+        self.actor = Some(actor);
+        self
+    }
+
+    /// The status channel's sender, for tasks that add to the status.
+    pub fn status_sender(&self) -> watch::Sender<Status> {
+        self.status.clone()
     }
 
     /// One probe and its consequences. `None` when there was no target to
@@ -63,8 +107,7 @@ impl<P: Probe> Watchdog<P> {
     pub async fn tick(&mut self) -> Option<ProbeReport> {
         let target = self.target.borrow_and_update().clone();
         if self.status.borrow().target != target {
-            info!(target = ?target, "target changed");
-            self.metrics.set_target(&target);
+            self.retarget(&target);
         }
         let report = match &target {
             Target::Known { endpoint, .. } => {
@@ -74,9 +117,14 @@ impl<P: Probe> Watchdog<P> {
             }
             Target::Unknown { .. } => None,
         };
-        let state = match target {
-            Target::Known { .. } => State::Watching,
-            Target::Unknown { .. } => State::TargetUnknown,
+        self.settle_act().await;
+        if self.detector.verdict() == Verdict::Lost && !self.latched && self.acting.is_none() {
+            self.start_act(matches!(target, Target::Known { .. }));
+        }
+        let state = match (&target, self.latched) {
+            (_, true) => State::Promoted,
+            (Target::Known { .. }, false) => State::Watching,
+            (Target::Unknown { .. }, false) => State::TargetUnknown,
         };
         self.metrics.set_state(state);
         self.status.send_modify(|s| {
@@ -85,6 +133,148 @@ impl<P: Probe> Watchdog<P> {
             s.last_tick = Some(std::time::Instant::now());
         });
         report
+    }
+
+    /// Results against one address say nothing about another: start over.
+    fn retarget(&mut self, target: &Target) {
+        match target {
+            Target::Known { endpoint, source } => {
+                info!(%endpoint, source = source.as_str(), "probing a new target")
+            }
+            Target::Unknown { reason } => {
+                warn!(reason = %reason, "target unknown: probing paused, Gold cannot be declared lost")
+            }
+        }
+        self.metrics.set_target(target);
+        self.metrics.target_changed();
+        if let Some(t) = self.detector.reset() {
+            info!(from = %t.from, to = %t.to, "gold verdict reset with the target");
+            self.metrics.transition(t);
+            self.verdict.send_replace(Verdict::Unknown);
+            self.status.send_modify(|s| {
+                s.verdict = Verdict::Unknown;
+                s.verdict_since = Some(SystemTime::now());
+                s.consecutive_failures = 0;
+                s.consecutive_successes = 0;
+            });
+        }
+        self.last_outcome = None;
+        self.metrics.set_streaks(0, 0);
+    }
+
+    fn start_act(&mut self, target_known: bool) {
+        let Some(actor) = self.actor.clone() else { return };
+        let failures = self.detector.consecutive_failures();
+        let errors: Vec<&str> = self.recent_errors.iter().map(String::as_str).collect();
+        let reason = format!(
+            "Gold lost: {failures} consecutive failed probes, {} apart; last errors: {}",
+            humantime::format_duration(self.interval),
+            errors.join(" | ")
+        );
+        self.acting = Some(tokio::spawn(actor.act(
+            target_known,
+            reason,
+            self.verdict.subscribe(),
+        )));
+    }
+
+    /// Takes in a finished act, if any. Never waits for an unfinished one.
+    async fn settle_act(&mut self) {
+        if !self.acting.as_ref().is_some_and(JoinHandle::is_finished) {
+            return;
+        }
+        let Some(handle) = self.acting.take() else { return };
+        let report = match handle.await {
+            Ok(report) => report,
+            Err(e) => {
+                error!(error = %e, "promotion task failed");
+                return;
+            }
+        };
+        let now = SystemTime::now();
+        let key = format!("{report:?}");
+        let changed = self.last_act.as_deref() != Some(key.as_str());
+        self.last_act = Some(key);
+        let events = self.actor.as_ref().and_then(|a| a.events.clone());
+        let publish = |warning: bool, reason: &'static str, note: String| {
+            if let Some(events) = events.clone() {
+                let metrics = self.metrics.clone();
+                tokio::spawn(async move { events.publish(&metrics, warning, reason, "Promote", note).await });
+            }
+        };
+        match report {
+            ActReport::Vetoed(vetoes) => {
+                for v in &vetoes {
+                    self.metrics.veto(v.name());
+                }
+                if changed {
+                    let guards: Vec<&str> = vetoes.iter().map(Veto::name).collect();
+                    warn!(guards = ?guards, details = ?vetoes, "gold is lost but promotion is vetoed");
+                    publish(
+                        true,
+                        "PromotionVetoed",
+                        format!(
+                            "Gold is lost but promotion is held back by: {}",
+                            describe_vetoes(&vetoes)
+                        ),
+                    );
+                }
+                self.status.send_modify(|s| s.promotion.vetoes = vetoes);
+            }
+            ActReport::Promoted { audit } => {
+                self.latched = true;
+                self.metrics.promotion("promoted");
+                error!(by = %audit.by, reason = %audit.reason,
+                    "PROMOTED: removed standby_cluster from the Patroni config; the DR standby leader becomes primary. Failback is manual");
+                publish(
+                    true,
+                    "PromotedStandbyCluster",
+                    format!(
+                        "{} promoted the DR standby cluster (removed standby_cluster). {}",
+                        audit.by, audit.reason
+                    ),
+                );
+                self.status.send_modify(|s| {
+                    s.promotion.result = Some("promoted");
+                    s.promotion.at = Some(audit.at);
+                    s.promotion.reason = Some(audit.reason);
+                    s.promotion.vetoes.clear();
+                    s.promotion.last_error = None;
+                });
+            }
+            ActReport::AlreadyPromoted => {
+                self.latched = true;
+                self.metrics.promotion("already_promoted");
+                info!(
+                    "gold is lost and the DR cluster is already promoted (no standby_cluster): nothing written"
+                );
+                publish(
+                    false,
+                    "AlreadyPromoted",
+                    "Gold is lost and the DR cluster has no standby_cluster: nothing written".to_string(),
+                );
+                self.status.send_modify(|s| {
+                    s.promotion.result = Some("already_promoted");
+                    s.promotion.at = Some(now);
+                    s.promotion.vetoes.clear();
+                });
+            }
+            ActReport::CalledOff(why) => {
+                self.metrics.promotion("called_off");
+                info!(why, "promotion called off before writing");
+            }
+            ActReport::Failed(e) => {
+                self.metrics.promotion("failed");
+                self.metrics.kube_api_error("promote");
+                let message = e.to_string();
+                if changed {
+                    error!(error = %message, "promotion failed; nothing was written; will try again while Gold stays lost");
+                    publish(true, "PromotionFailed", message.clone());
+                }
+                self.status
+                    .send_modify(|s| s.promotion.last_error = Some(message));
+            }
+        }
     }
 
     fn record(&mut self, endpoint: &Endpoint, report: &ProbeReport) {
@@ -103,6 +293,14 @@ impl<P: Probe> Watchdog<P> {
         self.log_probe(endpoint, report, transition);
         if let Some(t) = transition {
             self.metrics.transition(t);
+            self.verdict.send_replace(t.to);
+        }
+        if let Some(error) = &report.error {
+            if self.recent_errors.len() == RECENT_ERRORS {
+                self.recent_errors.pop_front();
+            }
+            self.recent_errors
+                .push_back(format!("{}: {error}", report.outcome));
         }
         self.status.send_modify(|s| {
             s.verdict = self.detector.verdict();
@@ -196,16 +394,87 @@ impl<P: Probe> Watchdog<P> {
     }
 }
 
-/// The whole process: probe loop plus HTTP server, until `shutdown` fires.
-pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), Error> {
+fn describe_vetoes(vetoes: &[Veto]) -> String {
+    vetoes
+        .iter()
+        .map(|v| match v {
+            Veto::NotStandbyLeader(d) | Veto::PatroniUnreachable(d) | Veto::ConfigUnreadable(d) => {
+                format!("{} ({d})", v.name())
+            }
+            _ => v.name().to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The whole process: target discovery, probe loop, cluster observer,
+/// promotion and HTTP server, until `shutdown` fires. `kube` is required when
+/// the settings use Kubernetes.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    kube: Option<kube::Client>,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
     let probe = PgProbe::new(config.gold.clone(), config.probe_timeout)?;
-    let (_target_tx, target_rx) = target::fixed(Endpoint {
-        host: config.gold_host.clone(),
-        port: config.gold_port,
-    });
-    let (watchdog, status) = Watchdog::new(config.clone(), probe, target_rx, metrics.clone());
+    let kube = match (config.uses_kubernetes(), kube) {
+        (true, None) => return Err(Error::NoKubernetes),
+        (_, kube) => kube,
+    };
+    let namespace = config
+        .namespace
+        .clone()
+        .or_else(|| kube.as_ref().map(|k| k.default_namespace().to_string()))
+        .unwrap_or_else(|| "default".to_string());
+
+    let host = match (&config.target.host, &config.target.service) {
+        (Some(host), _) => host.clone(),
+        (None, Some(svc)) => format!("{svc}.{namespace}.svc"),
+        (None, None) => unreachable!("config validation requires a host or a service"),
+    };
+    let (target_tx, target_rx) = match (config.target.port, &config.target.service, &kube) {
+        (Some(port), _, _) => target::fixed(Endpoint { host, port }),
+        (None, Some(svc), Some(client)) => {
+            let (tx, rx) = watch::channel(Target::Unknown {
+                reason: format!("looking up Service {namespace}/{svc}"),
+            });
+            tokio::spawn(target::discover(
+                Api::<Service>::namespaced(client.clone(), &namespace),
+                svc.clone(),
+                config.target.port_name.clone(),
+                host,
+                tx.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            ));
+            (tx, rx)
+        }
+        (None, _, _) => return Err(Error::NoKubernetes),
+    };
+
+    let (mut watchdog, status) = Watchdog::new(config.clone(), probe, target_rx, metrics.clone());
+    if let (PromoterKind::Configmap, Some(client)) = (config.promoter, &kube) {
+        let patroni =
+            LocalPatroni::new(&config.patroni_url, config.probe_timeout).map_err(Error::PatroniClient)?;
+        let promoter = ConfigMapPromoter::new(client.clone(), &namespace, &config.patroni_configmap);
+        let events = Events::new(client.clone(), &config.identity, promoter.reference());
+        let actor = Arc::new(Actor {
+            patroni,
+            promoter,
+            events: Some(events),
+            identity: config.identity.clone(),
+        });
+        tokio::spawn(actor::observe_cluster(
+            actor.clone(),
+            watchdog.status_sender(),
+            metrics.clone(),
+            config.probe_interval,
+            shutdown.clone(),
+        ));
+        watchdog = watchdog.with_actor(actor);
+    }
 
     let app = http::router(http::AppState::new(status, metrics, &config));
     let server = tokio::spawn(
@@ -214,7 +483,9 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
             .into_future(),
     );
     info!(
-        gold = %format!("{}:{}", config.gold_host, config.gold_port),
+        target = ?*target_tx.borrow(),
+        namespace = %namespace,
+        promoter = ?config.promoter,
         interval = %humantime::format_duration(config.probe_interval),
         timeout = %humantime::format_duration(config.probe_timeout),
         fall = config.thresholds.fall(),
@@ -223,6 +494,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         "watchdog started"
     );
     watchdog.run(shutdown).await;
+    drop(target_tx);
     match server.await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(Error::Http(e)),
