@@ -14,8 +14,8 @@ use support::proxy::{Fault, FaultProxy};
 async fn probe_once(gold: std::net::SocketAddr, extra: &[(&str, &str)]) -> ProbeReport {
     let config = app::config(gold, extra);
     let endpoint = Endpoint {
-        host: config.gold_host.clone(),
-        port: config.gold_port,
+        host: config.target.host.clone().expect("static host"),
+        port: config.target.port.expect("static port"),
     };
     app::probe(&config).probe(&endpoint).await
 }

@@ -59,8 +59,8 @@ pub struct Stepper {
 pub fn stepper(config: Config) -> Stepper {
     let config = Arc::new(config);
     let (target, target_rx) = target::fixed(Endpoint {
-        host: config.gold_host.clone(),
-        port: config.gold_port,
+        host: config.target.host.clone().expect("static host"),
+        port: config.target.port.expect("static port"),
     });
     let metrics = Arc::new(Metrics::new());
     let (watchdog, status) = Watchdog::new(config.clone(), probe(&config), target_rx, metrics.clone());
@@ -87,12 +87,17 @@ pub struct Running {
 }
 
 pub async fn spawn(config: Config) -> Running {
+    spawn_with(config, None).await
+}
+
+/// With a Kubernetes client, for discovery and promotion.
+pub async fn spawn_with(config: Config, kube: Option<kube::Client>) -> Running {
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await
         .expect("bind loopback");
     let addr = listener.local_addr().expect("local addr");
     let shutdown = CancellationToken::new();
-    let handle = tokio::spawn(watchdog::run(config, listener, shutdown.clone()));
+    let handle = tokio::spawn(watchdog::run(config, listener, kube, shutdown.clone()));
     Running {
         addr,
         shutdown,

@@ -1,0 +1,606 @@
+//! The Kubernetes half: the Transport Service's port is discovered live and
+//! Gold's loss promotes the DR cluster by patching exactly one key of
+//! Patroni's config ConfigMap, once, and only when every guard agrees.
+//!
+//! Each contract test runs against the in-process API double and, when
+//! `WATCHDOG_TEST_KUBECONFIG` is set, against a real cluster:
+//! `WATCHDOG_TEST_KUBECONFIG=~/.kube/config cargo nextest run --test kube --run-ignored all`.
+//! Tests that need injected faults run against the double only.
+
+#[path = "support/kube_api.rs"]
+mod kube_api;
+#[path = "support/kube_env.rs"]
+mod kube_env;
+mod support;
+
+use std::time::Duration;
+
+use kube_env::{FakePatroni, KubeEnv, annotations, config_json, labels, unique};
+use patroni_dr_watchdog::Config;
+use support::app::{self, Running};
+use support::pg::{PgOptions, PgServer, WATCHDOG_USER};
+use support::proxy::FaultProxy;
+
+const STANDBY_CONFIG: &str = r#"{"ttl":30,"loop_wait":10,"retry_timeout":10,"maximum_lag_on_failover":1048576,"postgresql":{"use_pg_rewind":true,"use_slots":true,"parameters":{"max_connections":100,"wal_level":"logical"}},"standby_cluster":{"host":"patroni-master-gold","port":31234,"create_replica_methods":["basebackup_fast_xlog"]},"slots":{"patroni_golddr":{"type":"physical"}}}"#;
+const PROMOTED_CONFIG: &str = r#"{"ttl":30,"loop_wait":10,"retry_timeout":10,"maximum_lag_on_failover":1048576,"postgresql":{"use_pg_rewind":true,"use_slots":true,"parameters":{"max_connections":100,"wal_level":"logical"}},"slots":{"patroni_golddr":{"type":"physical"}}}"#;
+
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread")]
+            async fn api_double() {
+                super::$name(&super::KubeEnv::double().await).await
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            #[ignore = "needs a real cluster: set WATCHDOG_TEST_KUBECONFIG and pass --run-ignored"]
+            async fn real_cluster() {
+                if let Some(env) = super::KubeEnv::real(stringify!($name)).await {
+                    super::$name(&env).await
+                }
+            }
+        }
+    )*};
+}
+
+contract!(
+    discovers_the_port_and_follows_changes_live,
+    a_deleted_or_portless_service_pauses_probing_and_never_promotes,
+    promotion_removes_exactly_standby_cluster_and_nothing_else,
+    an_already_promoted_cluster_is_not_written,
+    a_malformed_config_is_reported_never_overwritten,
+    a_replica_sidecar_never_writes,
+    a_paused_cluster_is_not_promoted,
+    a_disarmed_watchdog_observes_only_and_says_so,
+    three_sidecars_write_exactly_once,
+);
+
+struct Scene {
+    service: String,
+    configmap: String,
+    patroni: FakePatroni,
+}
+
+impl Scene {
+    async fn new(env: &KubeEnv, gold_port: u16, role: &str) -> Scene {
+        let scene = Scene {
+            service: unique("patroni-master-gold"),
+            configmap: unique("patroni-config"),
+            patroni: FakePatroni::start(role).await,
+        };
+        env.create_service(&scene.service, &[(Some("postgres"), gold_port)])
+            .await;
+        scene
+    }
+
+    fn config(&self, env: &KubeEnv, extra: &[(&str, &str)]) -> Config {
+        let namespace = env.namespace().to_string();
+        let mut vars: Vec<(String, String)> = [
+            ("WATCHDOG_TS_SERVICE", self.service.as_str()),
+            ("WATCHDOG_TS_PORT_NAME", "postgres"),
+            // Never let a test resolve a cluster DNS name.
+            ("WATCHDOG_GOLD_HOST", "127.0.0.1"),
+            ("WATCHDOG_GOLD_USER", WATCHDOG_USER),
+            ("WATCHDOG_GOLD_SSLMODE", "disable"),
+            ("WATCHDOG_NAMESPACE", namespace.as_str()),
+            ("WATCHDOG_PROMOTER", "configmap"),
+            ("WATCHDOG_PATRONI_CONFIGMAP", self.configmap.as_str()),
+            ("WATCHDOG_PATRONI_URL", self.patroni.url.as_str()),
+            ("WATCHDOG_PROBE_INTERVAL", "200ms"),
+            ("WATCHDOG_PROBE_TIMEOUT", "150ms"),
+            ("WATCHDOG_FALL", "2"),
+            ("WATCHDOG_RISE", "2"),
+            ("WATCHDOG_PROMOTE_AFTER", "3"),
+            ("WATCHDOG_LISTEN_ADDR", "127.0.0.1:0"),
+            ("HOSTNAME", "patroni-0"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for (k, v) in extra {
+            vars.retain(|(key, _)| key != k);
+            vars.push((k.to_string(), v.to_string()));
+        }
+        Config::from_vars(vars).expect("valid test config")
+    }
+
+    async fn spawn(&self, env: &KubeEnv, extra: &[(&str, &str)]) -> Running {
+        app::spawn_with(self.config(env, extra), Some(env.client())).await
+    }
+}
+
+/// Successful updates of the ConfigMap (the tests themselves only create
+/// and delete it).
+fn updates(d: &kube_api::ApiDouble, configmap: &str) -> usize {
+    d.requests()
+        .iter()
+        .filter(|r| matches!(r.method.as_str(), "PATCH" | "PUT") && r.path.ends_with(configmap))
+        .filter(|r| (200..300).contains(&r.status))
+        .count()
+}
+
+/// A loopback port nobody listens on: Gold is dead.
+fn dead_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+async fn wait_status(
+    w: &Running,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        last = w.status().await;
+        if check(&last) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}; last status: {last:#}");
+}
+
+async fn metric(w: &Running, series: &str) -> f64 {
+    let (_, body) = w.get("/metrics").await;
+    body.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{series} not in /metrics:\n{body}"))
+}
+
+/// Gold lost and a guard holding the promotion back: the ConfigMap must not
+/// change, however long it stays that way.
+async fn assert_vetoed_and_unwritten(env: &KubeEnv, scene: &Scene, w: &Running, guard: &str) {
+    let before = env.configmap(&scene.configmap).await;
+    let st = wait_status(w, &format!("veto {guard}"), |s| {
+        s["verdict"] == "lost"
+            && s["promotion"]["vetoes"]
+                .as_array()
+                .is_some_and(|v| v.iter().any(|v| v["guard"] == guard))
+    })
+    .await;
+    assert_eq!(st["promotion"]["result"], serde_json::Value::Null, "{st:#}");
+    // Several more decisions while Gold stays lost.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        metric(
+            w,
+            &format!("patroni_dr_watchdog_vetoes_total{{guard=\"{guard}\"}}")
+        )
+        .await
+            >= 2.0
+    );
+    let after = env.configmap(&scene.configmap).await;
+    assert_eq!(
+        before.metadata.resource_version, after.metadata.resource_version,
+        "the ConfigMap was written"
+    );
+    assert_eq!(annotations(&after)["config"], STANDBY_CONFIG);
+    assert_eq!(
+        metric(w, "patroni_dr_watchdog_promotions_total{result=\"promoted\"}").await,
+        0.0
+    );
+    if let Some(d) = env.api_double() {
+        assert_eq!(updates(d, &scene.configmap), 0);
+    }
+}
+
+async fn discovers_the_port_and_follows_changes_live(env: &KubeEnv) {
+    let gold = PgServer::start(PgOptions::default());
+    let other_route = FaultProxy::start(gold.addr()).await;
+    let scene = Scene::new(env, gold.port(), "replica").await;
+    env.create_patroni_config(&scene.configmap, STANDBY_CONFIG, &[])
+        .await;
+    let w = scene.spawn(env, &[]).await;
+
+    let st = wait_status(&w, "up on the discovered port", |s| s["verdict"] == "up").await;
+    assert_eq!(st["target"]["endpoint"]["port"], gold.port());
+    assert_eq!(st["target"]["source"], "service");
+
+    // The claim is re-synced: the Transport Service gets a new port.
+    env.set_service_port(&scene.service, other_route.port()).await;
+    let st = wait_status(&w, "the new port", |s| {
+        s["target"]["endpoint"]["port"] == other_route.port() && s["verdict"] == "up"
+    })
+    .await;
+    assert_eq!(st["state"], "watching");
+    assert!(other_route.accepted() > 0, "probes now go through the new port");
+    let target = format!(
+        "patroni_dr_watchdog_target_info{{host=\"127.0.0.1\",port=\"{}\",source=\"service\"}}",
+        other_route.port()
+    );
+    assert_eq!(metric(&w, &target).await, 1.0);
+    assert!(metric(&w, "patroni_dr_watchdog_target_changes_total").await >= 2.0);
+    w.stop().await;
+}
+
+async fn a_deleted_or_portless_service_pauses_probing_and_never_promotes(env: &KubeEnv) {
+    let gold = PgServer::start(PgOptions::default());
+    let scene = Scene::new(env, gold.port(), "standby_leader").await;
+    env.create_patroni_config(&scene.configmap, STANDBY_CONFIG, &[])
+        .await;
+    let w = scene.spawn(env, &[]).await;
+    wait_status(&w, "up", |s| s["verdict"] == "up").await;
+
+    env.delete_service(&scene.service).await;
+    let st = wait_status(&w, "target unknown", |s| s["state"] == "target_unknown").await;
+    assert!(
+        st["target"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("deleted")),
+        "{st:#}"
+    );
+    assert_eq!(st["verdict"], "unknown");
+    // Gold dies while we cannot tell where it is: nothing may happen.
+    gold.stop();
+    let probes = st["counters"]["probes"].as_u64();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let st = w.status().await;
+    assert_eq!(
+        st["counters"]["probes"].as_u64(),
+        probes,
+        "probing a guessed address"
+    );
+    assert_eq!(st["verdict"], "unknown");
+
+    // Back, but without the named port: still unknown, and says why.
+    env.create_service(&scene.service, &[(Some("metrics"), dead_port())])
+        .await;
+    let st = wait_status(&w, "port missing", |s| {
+        s["target"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("no port named \"postgres\""))
+    })
+    .await;
+    assert_eq!(st["state"], "target_unknown");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(w.status().await["verdict"], "unknown");
+    assert_eq!(
+        annotations(&env.configmap(&scene.configmap).await)["config"],
+        STANDBY_CONFIG
+    );
+    assert_eq!(
+        metric(&w, "patroni_dr_watchdog_state{state=\"target_unknown\"}").await,
+        1.0
+    );
+    w.stop().await;
+}
+
+async fn promotion_removes_exactly_standby_cluster_and_nothing_else(env: &KubeEnv) {
+    let scene = Scene::new(env, dead_port(), "standby_leader").await;
+    let before = env
+        .create_patroni_config(
+            &scene.configmap,
+            STANDBY_CONFIG,
+            &[("example.com/owner", "dba-team")],
+        )
+        .await;
+    let w = scene.spawn(env, &[]).await;
+    let st = wait_status(&w, "promoted", |s| s["state"] == "promoted").await;
+    assert_eq!(st["promotion"]["result"], "promoted");
+
+    let after = env.configmap(&scene.configmap).await;
+    let (a, b) = (annotations(&after), annotations(&before));
+    assert_eq!(
+        a["config"], PROMOTED_CONFIG,
+        "exactly standby_cluster removed, every other byte kept"
+    );
+    for key in ["initialize", "history", "example.com/owner"] {
+        assert_eq!(a[key], b[key], "annotation {key} changed");
+    }
+    assert_eq!(labels(&after), labels(&before));
+    assert_eq!(after.data, before.data);
+    assert_eq!(a["patroni-dr-watchdog/promoted-by"], "patroni-0");
+    assert!(
+        a["patroni-dr-watchdog/reason"].contains("consecutive failed probes"),
+        "{a:?}"
+    );
+    assert!(a["patroni-dr-watchdog/reason"].contains("refused"), "{a:?}");
+    assert!(a.contains_key("patroni-dr-watchdog/promoted-at"));
+    let ours = [
+        "config",
+        "patroni-dr-watchdog/promoted-at",
+        "patroni-dr-watchdog/promoted-by",
+        "patroni-dr-watchdog/reason",
+    ];
+    let mut rest_after = a.clone();
+    let mut rest_before = b.clone();
+    for k in ours {
+        rest_after.remove(k);
+        rest_before.remove(k);
+    }
+    assert_eq!(rest_after, rest_before, "no other annotation touched");
+    assert!(config_json(&after).get("standby_cluster").is_none());
+
+    assert_eq!(
+        metric(&w, "patroni_dr_watchdog_promotions_total{result=\"promoted\"}").await,
+        1.0
+    );
+    let reasons = wait_events(env, &scene.configmap, "PromotedStandbyCluster").await;
+    assert_eq!(
+        reasons.iter().filter(|r| *r == "PromotedStandbyCluster").count(),
+        1
+    );
+
+    // Latched: Gold stays lost, the process never acts again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let later = env.configmap(&scene.configmap).await;
+    assert_eq!(later.metadata.resource_version, after.metadata.resource_version);
+    assert_eq!(
+        metric(&w, "patroni_dr_watchdog_promotions_total{result=\"promoted\"}").await,
+        1.0
+    );
+    if let Some(d) = env.api_double() {
+        assert_eq!(updates(d, &scene.configmap), 1);
+    }
+    w.stop().await;
+}
+
+async fn wait_events(env: &KubeEnv, object: &str, reason: &str) -> Vec<String> {
+    for _ in 0..100 {
+        let reasons = env.event_reasons(object).await;
+        if reasons.iter().any(|r| r == reason) {
+            return reasons;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "no {reason} Event on {object}: {:?}",
+        env.event_reasons(object).await
+    );
+}
+
+async fn an_already_promoted_cluster_is_not_written(env: &KubeEnv) {
+    let scene = Scene::new(env, dead_port(), "standby_leader").await;
+    let before = env
+        .create_patroni_config(&scene.configmap, PROMOTED_CONFIG, &[])
+        .await;
+    let w = scene.spawn(env, &[]).await;
+    let st = wait_status(&w, "already promoted", |s| {
+        s["promotion"]["result"] == "already_promoted"
+    })
+    .await;
+    assert_eq!(st["state"], "promoted");
+    let after = env.configmap(&scene.configmap).await;
+    assert_eq!(before.metadata.resource_version, after.metadata.resource_version);
+    assert_eq!(
+        metric(
+            &w,
+            "patroni_dr_watchdog_promotions_total{result=\"already_promoted\"}"
+        )
+        .await,
+        1.0
+    );
+    w.stop().await;
+}
+
+async fn a_malformed_config_is_reported_never_overwritten(env: &KubeEnv) {
+    let scene = Scene::new(env, dead_port(), "standby_leader").await;
+    let broken = r#"{"ttl":30,"standby_cluster":{"host":"patroni-master-gold","port":31234}"#;
+    let before = env.create_patroni_config(&scene.configmap, broken, &[]).await;
+    let w = scene.spawn(env, &[]).await;
+    let st = wait_status(&w, "config error", |s| {
+        s["verdict"] == "lost" && s["promotion"]["vetoes"].as_array().is_some_and(|v| !v.is_empty())
+    })
+    .await;
+    let vetoes = st["promotion"]["vetoes"].to_string();
+    assert!(
+        vetoes.contains("config_unreadable") && vetoes.contains("not valid JSON"),
+        "{st:#}"
+    );
+    assert!(
+        vetoes.contains(&scene.configmap),
+        "the error names the object: {vetoes}"
+    );
+    assert!(st["cluster"]["config_error"].as_str().is_some(), "{st:#}");
+    wait_events(env, &scene.configmap, "PromotionVetoed").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = env.configmap(&scene.configmap).await;
+    assert_eq!(before.metadata.resource_version, after.metadata.resource_version);
+    assert_eq!(annotations(&after)["config"], broken);
+    // Still running and healthy.
+    assert_eq!(w.get("/livez").await.0, 200);
+    let probes = w.status().await["counters"]["probes"].as_u64();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(w.status().await["counters"]["probes"].as_u64() > probes);
+    w.stop().await;
+}
+
+async fn a_replica_sidecar_never_writes(env: &KubeEnv) {
+    let scene = Scene::new(env, dead_port(), "replica").await;
+    env.create_patroni_config(&scene.configmap, STANDBY_CONFIG, &[])
+        .await;
+    let w = scene.spawn(env, &[]).await;
+    assert_vetoed_and_unwritten(env, &scene, &w, "not_standby_leader").await;
+    w.stop().await;
+}
+
+async fn a_paused_cluster_is_not_promoted(env: &KubeEnv) {
+    let scene = Scene::new(env, dead_port(), "standby_leader").await;
+    let paused = STANDBY_CONFIG.replacen("{\"ttl\":30", "{\"pause\":true,\"ttl\":30", 1);
+    env.create_patroni_config(&scene.configmap, &paused, &[]).await;
+    let w = scene.spawn(env, &[]).await;
+    let before = env.configmap(&scene.configmap).await;
+    let st = wait_status(&w, "paused veto", |s| {
+        s["promotion"]["vetoes"]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|v| v["guard"] == "paused"))
+    })
+    .await;
+    assert_eq!(st["cluster"]["paused"], true, "{st:#}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = env.configmap(&scene.configmap).await;
+    assert_eq!(before.metadata.resource_version, after.metadata.resource_version);
+    assert_eq!(metric(&w, "patroni_dr_watchdog_patroni_paused").await, 1.0);
+    w.stop().await;
+}
+
+async fn a_disarmed_watchdog_observes_only_and_says_so(env: &KubeEnv) {
+    let gold = PgServer::start(PgOptions::default());
+    let scene = Scene::new(env, gold.port(), "standby_leader").await;
+    env.create_patroni_config(
+        &scene.configmap,
+        STANDBY_CONFIG,
+        &[("patroni-dr-watchdog/disarmed", "true")],
+    )
+    .await;
+    let w = scene.spawn(env, &[]).await;
+    // Visible before anything goes wrong.
+    let st = wait_status(&w, "disarmed shown", |s| s["cluster"]["disarmed"] == true).await;
+    assert_eq!(st["cluster"]["role"]["role"], "standby_leader");
+    assert_eq!(metric(&w, "patroni_dr_watchdog_disarmed").await, 1.0);
+
+    gold.stop();
+    assert_vetoed_and_unwritten(env, &scene, &w, "disarmed").await;
+
+    // Re-armed without a restart: the next decision promotes.
+    env.annotate(&scene.configmap, "patroni-dr-watchdog/disarmed", "false")
+        .await;
+    wait_status(&w, "promoted after re-arming", |s| {
+        s["promotion"]["result"] == "promoted"
+    })
+    .await;
+    assert_eq!(
+        annotations(&env.configmap(&scene.configmap).await)["config"],
+        PROMOTED_CONFIG
+    );
+    w.stop().await;
+}
+
+async fn three_sidecars_write_exactly_once(env: &KubeEnv) {
+    let scene = Scene::new(env, dead_port(), "replica").await;
+    env.create_patroni_config(&scene.configmap, STANDBY_CONFIG, &[])
+        .await;
+    let leader_patroni = FakePatroni::start("standby_leader").await;
+    let other_replica = FakePatroni::start("replica").await;
+    let replica_a = scene.spawn(env, &[("HOSTNAME", "patroni-1")]).await;
+    let replica_b = scene
+        .spawn(
+            env,
+            &[
+                ("HOSTNAME", "patroni-2"),
+                ("WATCHDOG_PATRONI_URL", other_replica.url.as_str()),
+            ],
+        )
+        .await;
+    let leader = scene
+        .spawn(
+            env,
+            &[
+                ("HOSTNAME", "patroni-0"),
+                ("WATCHDOG_PATRONI_URL", leader_patroni.url.as_str()),
+            ],
+        )
+        .await;
+    wait_status(&leader, "promoted", |s| s["promotion"]["result"] == "promoted").await;
+    for replica in [&replica_a, &replica_b] {
+        wait_status(replica, "replica decided", |s| {
+            s["promotion"]["result"] == "already_promoted"
+                || s["promotion"]["vetoes"].as_array().is_some_and(|v| !v.is_empty())
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let cm = env.configmap(&scene.configmap).await;
+    assert_eq!(annotations(&cm)["patroni-dr-watchdog/promoted-by"], "patroni-0");
+    for replica in [&replica_a, &replica_b] {
+        assert_eq!(
+            metric(
+                replica,
+                "patroni_dr_watchdog_promotions_total{result=\"promoted\"}"
+            )
+            .await,
+            0.0
+        );
+    }
+    if let Some(d) = env.api_double() {
+        assert_eq!(updates(d, &scene.configmap), 1);
+    }
+    for w in [replica_a, replica_b, leader] {
+        w.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_concurrent_writer_causes_a_conflict_the_promotion_retries_and_keeps_its_change() {
+    let env = KubeEnv::double().await;
+    let d = env.api_double().expect("double");
+    let scene = Scene::new(&env, dead_port(), "standby_leader").await;
+    env.create_patroni_config(&scene.configmap, STANDBY_CONFIG, &[])
+        .await;
+    // Patroni (say) rewrites the config between our read and our write.
+    let concurrent = STANDBY_CONFIG.replace("\"loop_wait\":10", "\"loop_wait\":5");
+    let injected = concurrent.clone();
+    d.before_next_write("configmaps", "default", &scene.configmap, move |obj| {
+        if let Some(obj) = obj {
+            obj["metadata"]["annotations"]["config"] = serde_json::Value::String(injected);
+        }
+    });
+    let w = scene.spawn(&env, &[]).await;
+    wait_status(&w, "promoted", |s| s["promotion"]["result"] == "promoted").await;
+    let cm = env.configmap(&scene.configmap).await;
+    let expected = PROMOTED_CONFIG.replace("\"loop_wait\":10", "\"loop_wait\":5");
+    assert_eq!(
+        annotations(&cm)["config"],
+        expected,
+        "the concurrent change survives"
+    );
+    let patches: Vec<u16> = d
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.path.ends_with(&scene.configmap))
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(patches, [409, 200], "one conflict, one retry");
+    assert_eq!(updates(d, &scene.configmap), 1);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn api_errors_during_promotion_are_retried_until_the_api_is_back() {
+    let env = KubeEnv::double().await;
+    let d = env.api_double().expect("double");
+    let scene = Scene::new(&env, dead_port(), "standby_leader").await;
+    env.create_patroni_config(&scene.configmap, STANDBY_CONFIG, &[])
+        .await;
+    d.fail_next_matching("PATCH", &scene.configmap, 3, 503);
+    let w = scene.spawn(&env, &[]).await;
+    wait_status(&w, "promoted", |s| s["promotion"]["result"] == "promoted").await;
+    let patches: Vec<u16> = d
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.path.ends_with(&scene.configmap))
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(patches, [503, 503, 503, 200]);
+    assert_eq!(
+        annotations(&env.configmap(&scene.configmap).await)["config"],
+        PROMOTED_CONFIG
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_configmap_is_reported_and_the_watchdog_keeps_running() {
+    let env = KubeEnv::double().await;
+    let scene = Scene::new(&env, dead_port(), "standby_leader").await;
+    let w = scene.spawn(&env, &[]).await;
+    let st = wait_status(&w, "config_unreadable veto", |s| {
+        s["promotion"]["vetoes"].to_string().contains("not found")
+    })
+    .await;
+    assert!(
+        st["promotion"]["vetoes"]
+            .to_string()
+            .contains("WATCHDOG_PATRONI_CONFIGMAP"),
+        "{st:#}"
+    );
+    assert_eq!(w.get("/livez").await.0, 200);
+    assert_eq!(w.get("/readyz").await.0, 200);
+    w.stop().await;
+}
