@@ -604,3 +604,121 @@ async fn a_missing_configmap_is_reported_and_the_watchdog_keeps_running() {
     assert_eq!(w.get("/readyz").await.0, 200);
     w.stop().await;
 }
+
+/// Maps a recorded request to the RBAC terms it needs:
+/// (API group, resource, object name if any, verb).
+fn rbac_terms(r: &kube_api::RecordedRequest) -> (String, String, Option<String>, String) {
+    let parts: Vec<&str> = r.path.trim_start_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", _version, rest @ ..] => (String::new(), rest),
+        ["apis", group, _version, rest @ ..] => (group.to_string(), rest),
+        _ => panic!("unexpected path {}", r.path),
+    };
+    let (resource, name) = match rest {
+        ["namespaces", _, resource] => (resource.to_string(), None),
+        ["namespaces", _, resource, name] => (resource.to_string(), Some(name.to_string())),
+        _ => panic!("not a namespaced request: {}", r.path),
+    };
+    let selected = r
+        .query_param("fieldSelector")
+        .and_then(|s| s.strip_prefix("metadata.name=").map(str::to_string));
+    let verb = match (r.method.as_str(), &name) {
+        ("GET", Some(_)) => "get",
+        ("GET", None) if r.watch => "watch",
+        ("GET", None) => "list",
+        ("POST", _) => "create",
+        ("PATCH", _) => "patch",
+        ("PUT", _) => "update",
+        ("DELETE", _) => "delete",
+        (m, _) => panic!("unexpected method {m}"),
+    };
+    (group, resource, name.or(selected), verb.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_api_call_is_allowed_by_the_rbac_manifest_and_every_rule_is_used() {
+    let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/rbac.yaml"))
+        .expect("manifests/rbac.yaml");
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&manifest).expect("rbac.yaml is YAML");
+    let role = docs.iter().find(|d| d["kind"] == "Role").expect("a Role");
+    assert!(
+        !docs.iter().any(|d| d["kind"] == "ClusterRole"),
+        "nothing cluster-wide"
+    );
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+            .unwrap_or_default()
+    };
+    let rules: Vec<[Vec<String>; 4]> = role["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .map(|r| {
+            [
+                strings(&r["apiGroups"]),
+                strings(&r["resources"]),
+                strings(&r["resourceNames"]),
+                strings(&r["verbs"]),
+            ]
+        })
+        .collect();
+
+    // The manifest's own object names.
+    let env = KubeEnv::double().await;
+    let d = env.api_double().expect("double");
+    let patroni = FakePatroni::start("standby_leader").await;
+    let scene = Scene {
+        service: "patroni-master-gold".into(),
+        configmap: "patroni-config".into(),
+        patroni,
+    };
+    env.create_service(&scene.service, &[(Some("postgres"), dead_port())])
+        .await;
+    env.create_patroni_config(&scene.configmap, STANDBY_CONFIG, &[])
+        .await;
+    d.clear_requests();
+    let w = scene.spawn(&env, &[]).await;
+    wait_status(&w, "promoted", |s| s["promotion"]["result"] == "promoted").await;
+    for _ in 0..100 {
+        if d.requests()
+            .iter()
+            .any(|r| r.method == "POST" && r.path.contains("events"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    w.stop().await;
+
+    let mut used = std::collections::BTreeSet::new();
+    for r in d.requests() {
+        let (group, resource, name, verb) = rbac_terms(&r);
+        let allowed = rules.iter().any(|[groups, resources, names, verbs]| {
+            groups.contains(&group)
+                && resources.contains(&resource)
+                && verbs.contains(&verb)
+                && (names.is_empty() || name.as_ref().is_some_and(|n| names.contains(n)))
+        });
+        assert!(
+            allowed,
+            "{} {}?{} needs {verb} on {group}/{resource} {name:?}, which rbac.yaml does not grant",
+            r.method, r.path, r.query
+        );
+        used.insert((resource, verb));
+    }
+    for [_, resources, _, verbs] in &rules {
+        for resource in resources {
+            for verb in verbs {
+                // Patching an Event only happens when the same Event repeats.
+                if (resource.as_str(), verb.as_str()) == ("events", "patch") {
+                    continue;
+                }
+                assert!(
+                    used.contains(&(resource.clone(), verb.clone())),
+                    "rbac.yaml grants {verb} on {resource}, which the watchdog never used: {used:?}"
+                );
+            }
+        }
+    }
+}
