@@ -119,6 +119,15 @@ fn updates(d: &kube_api::ApiDouble, configmap: &str) -> usize {
         .count()
 }
 
+/// The HTTP status of every PATCH of the ConfigMap, in order.
+fn patch_statuses(d: &kube_api::ApiDouble, configmap: &str) -> Vec<u16> {
+    d.requests()
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.path.ends_with(configmap))
+        .map(|r| r.status)
+        .collect()
+}
+
 /// A loopback port nobody listens on: Gold is dead.
 fn dead_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -550,12 +559,7 @@ async fn a_concurrent_writer_causes_a_conflict_the_promotion_retries_and_keeps_i
         expected,
         "the concurrent change survives"
     );
-    let patches: Vec<u16> = d
-        .requests()
-        .iter()
-        .filter(|r| r.method == "PATCH" && r.path.ends_with(&scene.configmap))
-        .map(|r| r.status)
-        .collect();
+    let patches = patch_statuses(d, &scene.configmap);
     assert_eq!(patches, [409, 200], "one conflict, one retry");
     assert_eq!(updates(d, &scene.configmap), 1);
     w.stop().await;
@@ -571,12 +575,7 @@ async fn api_errors_during_promotion_are_retried_until_the_api_is_back() {
     d.fail_next_matching("PATCH", &scene.configmap, 3, 503);
     let w = scene.spawn(&env, &[]).await;
     wait_status(&w, "promoted", |s| s["promotion"]["result"] == "promoted").await;
-    let patches: Vec<u16> = d
-        .requests()
-        .iter()
-        .filter(|r| r.method == "PATCH" && r.path.ends_with(&scene.configmap))
-        .map(|r| r.status)
-        .collect();
+    let patches = patch_statuses(d, &scene.configmap);
     assert_eq!(patches, [503, 503, 503, 200]);
     assert_eq!(
         annotations(&env.configmap(&scene.configmap).await)["config"],
