@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::detector::Thresholds;
+use crate::witness::{self, Witness};
 
 pub const ENV_PREFIX: &str = "WATCHDOG_";
 
@@ -65,6 +66,19 @@ struct Raw {
     promoter: Option<String>,
     patroni_configmap: Option<String>,
     patroni_url: Option<String>,
+    mode: Option<String>,
+    local_pg_host: Option<String>,
+    local_pg_port: Option<String>,
+    local_pg_user: Option<String>,
+    local_pg_password: Option<String>,
+    local_pg_password_file: Option<String>,
+    local_pg_database: Option<String>,
+    wal_receiver_fresh: Option<String>,
+    max_data_age: Option<String>,
+    allow_stale_promotion: Option<String>,
+    witnesses: Option<String>,
+    witness_unreachable: Option<String>,
+    webhook_url: Option<String>,
 }
 
 const KNOWN: &[&str] = &[
@@ -89,6 +103,19 @@ const KNOWN: &[&str] = &[
     "PROMOTER",
     "PATRONI_CONFIGMAP",
     "PATRONI_URL",
+    "MODE",
+    "LOCAL_PG_HOST",
+    "LOCAL_PG_PORT",
+    "LOCAL_PG_USER",
+    "LOCAL_PG_PASSWORD",
+    "LOCAL_PG_PASSWORD_FILE",
+    "LOCAL_PG_DATABASE",
+    "WAL_RECEIVER_FRESH",
+    "MAX_DATA_AGE",
+    "ALLOW_STALE_PROMOTION",
+    "WITNESSES",
+    "WITNESS_UNREACHABLE",
+    "WEBHOOK_URL",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -175,6 +202,83 @@ pub enum PromoterKind {
     None,
     /// Patch `standby_cluster` out of Patroni's `<scope>-config` ConfigMap.
     Configmap,
+    /// `PATCH /config` `{"standby_cluster": null}` on the local Patroni
+    /// (any DCS).
+    PatroniApi,
+    /// `SELECT pg_promote()` on a plain streaming standby (no Patroni).
+    PgPromote,
+}
+
+impl PromoterKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PromoterKind::None => "none",
+            PromoterKind::Configmap => "configmap",
+            PromoterKind::PatroniApi => "patroni-api",
+            PromoterKind::PgPromote => "pg-promote",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Promote when every guard agrees.
+    Enforce,
+    /// Everything up to the write, then report what would have been done.
+    DryRun,
+    /// Probe and report; never decide.
+    Observe,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::DryRun => "dry-run",
+            Mode::Observe => "observe",
+        }
+    }
+}
+
+/// The local (GoldDR) PostgreSQL, for the WAL receiver and stale-data guards
+/// and for `pg-promote`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LocalPgConn {
+    /// A host name, an IP, or a unix socket directory (starts with `/`).
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<Password>,
+    pub database: String,
+}
+
+/// A webhook URL often carries a token: only its scheme and host are shown.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookUrl(String);
+
+impl WebhookUrl {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    fn redacted(&self) -> String {
+        match reqwest::Url::parse(&self.0) {
+            Ok(u) => format!("{}://{}/<redacted>", u.scheme(), u.host_str().unwrap_or("?")),
+            Err(_) => "<redacted>".into(),
+        }
+    }
+}
+
+impl fmt::Debug for WebhookUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl Serialize for WebhookUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -195,12 +299,31 @@ pub struct Config {
     pub patroni_url: String,
     /// Who acts, in Events and audit annotations: the pod name.
     pub identity: String,
+    pub mode: Mode,
+    pub local_pg: LocalPgConn,
+    /// A streaming WAL receiver that heard from Gold this recently proves
+    /// Gold alive.
+    #[serde(with = "humantime_serde_compat")]
+    pub wal_receiver_fresh: Duration,
+    /// Refuse to promote data older than this (time since WAL last arrived).
+    #[serde(with = "humantime_serde_compat")]
+    pub max_data_age: Duration,
+    pub allow_stale_promotion: bool,
+    pub witnesses: Vec<Witness>,
+    /// Whether a witness that cannot be reached holds a promotion back.
+    pub witness_unreachable_blocks: bool,
+    pub webhook_url: Option<WebhookUrl>,
 }
 
 impl Config {
     /// Whether the process needs a Kubernetes client.
     pub fn uses_kubernetes(&self) -> bool {
         self.target.service.is_some() || self.promoter == PromoterKind::Configmap
+    }
+
+    /// Whether the local Patroni is consulted (its role decides who acts).
+    pub fn uses_patroni(&self) -> bool {
+        matches!(self.promoter, PromoterKind::Configmap | PromoterKind::PatroniApi)
     }
 }
 
@@ -230,6 +353,10 @@ pub mod defaults {
     pub const LISTEN_ADDR: &str = "0.0.0.0:9808";
     pub const PATRONI_CONFIGMAP: &str = "patroni-config";
     pub const PATRONI_URL: &str = "http://127.0.0.1:8008";
+    /// Longer than the 30 s a walsender may stay silent on an idle link
+    /// (wal_sender_timeout / 2), shorter than the time to declare Gold lost.
+    pub const WAL_RECEIVER_FRESH: Duration = Duration::from_secs(60);
+    pub const MAX_DATA_AGE: Duration = Duration::from_secs(300);
 }
 
 impl Config {
@@ -354,6 +481,39 @@ fn check_k8s_name(name: &str, value: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// `<prefix>_PASSWORD` or `<prefix>_PASSWORD_FILE`, at most one.
+fn password(
+    prefix: &str,
+    value: Option<String>,
+    file: Option<&str>,
+) -> Result<Option<Password>, ConfigError> {
+    match (value, file) {
+        (Some(_), Some(_)) => Err(ConfigError::Conflict {
+            var: var(&format!("{prefix}_PASSWORD")),
+            other: var(&format!("{prefix}_PASSWORD_FILE")),
+            reason: "set only one of them",
+        }),
+        (Some(p), None) => Ok(Some(Password(p))),
+        (None, Some(path)) => Ok(Some(read_password_file(
+            &format!("{prefix}_PASSWORD_FILE"),
+            path,
+        )?)),
+        (None, None) => Ok(None),
+    }
+}
+
+fn parse_bool(name: &str, value: Option<String>) -> Result<bool, ConfigError> {
+    match value.as_deref().map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(_) => Err(invalid(
+            name,
+            value.as_deref().unwrap_or(""),
+            "must be true or false",
+        )),
+    }
+}
+
 fn read_password_file(name: &str, path: &str) -> Result<Password, ConfigError> {
     let content = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
         var: var(name),
@@ -425,7 +585,69 @@ impl Raw {
             None if in_cluster => PromoterKind::Configmap,
             None | Some("none") => PromoterKind::None,
             Some("configmap") => PromoterKind::Configmap,
-            Some(other) => return Err(invalid("PROMOTER", other, "must be configmap or none")),
+            Some("patroni-api") => PromoterKind::PatroniApi,
+            Some("pg-promote") => PromoterKind::PgPromote,
+            Some(other) => {
+                return Err(invalid(
+                    "PROMOTER",
+                    other,
+                    "must be configmap, patroni-api, pg-promote or none",
+                ));
+            }
+        };
+        let mode = match self.mode.as_deref().map(str::trim) {
+            None | Some("enforce") => Mode::Enforce,
+            Some("dry-run") => Mode::DryRun,
+            Some("observe") => Mode::Observe,
+            Some(other) => return Err(invalid("MODE", other, "must be enforce, dry-run or observe")),
+        };
+        let local_pg = LocalPgConn {
+            host: non_empty("LOCAL_PG_HOST", self.local_pg_host)?.unwrap_or_else(|| "127.0.0.1".into()),
+            port: match self.local_pg_port {
+                Some(v) => parse_port("LOCAL_PG_PORT", &v)?,
+                None => defaults::GOLD_PORT,
+            },
+            user: non_empty("LOCAL_PG_USER", self.local_pg_user)?
+                .unwrap_or_else(|| defaults::GOLD_USER.into()),
+            password: password(
+                "LOCAL_PG",
+                self.local_pg_password,
+                self.local_pg_password_file.as_deref(),
+            )?,
+            database: non_empty("LOCAL_PG_DATABASE", self.local_pg_database)?
+                .unwrap_or_else(|| defaults::GOLD_DATABASE.into()),
+        };
+        let wal_receiver_fresh = parse_duration(
+            "WAL_RECEIVER_FRESH",
+            self.wal_receiver_fresh,
+            defaults::WAL_RECEIVER_FRESH,
+        )?;
+        let max_data_age = parse_duration("MAX_DATA_AGE", self.max_data_age, defaults::MAX_DATA_AGE)?;
+        let allow_stale_promotion = parse_bool("ALLOW_STALE_PROMOTION", self.allow_stale_promotion)?;
+        let witnesses = match &self.witnesses {
+            Some(v) => witness::parse_list(v).map_err(|e| invalid("WITNESSES", v, e))?,
+            None => Vec::new(),
+        };
+        let witness_unreachable_blocks = match self.witness_unreachable.as_deref().map(str::trim) {
+            None | Some("block") => true,
+            Some("ignore") => false,
+            Some(other) => return Err(invalid("WITNESS_UNREACHABLE", other, "must be block or ignore")),
+        };
+        let webhook_url = match non_empty("WEBHOOK_URL", self.webhook_url)? {
+            Some(url) => match reqwest::Url::parse(&url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+                    Some(WebhookUrl(url))
+                }
+                // Never echo the value: it may hold a token.
+                _ => {
+                    return Err(invalid(
+                        "WEBHOOK_URL",
+                        "<redacted>",
+                        "must be an http:// or https:// URL",
+                    ));
+                }
+            },
+            None => None,
         };
         let patroni_configmap = non_empty("PATRONI_CONFIGMAP", self.patroni_configmap)?
             .unwrap_or_else(|| defaults::PATRONI_CONFIGMAP.to_string());
@@ -444,18 +666,7 @@ impl Raw {
             Err(e) => return Err(invalid("PATRONI_URL", &patroni_url, e.to_string())),
         }
 
-        let password = match (self.gold_password, self.gold_password_file.as_deref()) {
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::Conflict {
-                    var: var("GOLD_PASSWORD"),
-                    other: var("GOLD_PASSWORD_FILE"),
-                    reason: "set only one of them",
-                });
-            }
-            (Some(p), None) => Some(Password(p)),
-            (None, Some(path)) => Some(read_password_file("GOLD_PASSWORD_FILE", path)?),
-            (None, None) => None,
-        };
+        let password = password("GOLD", self.gold_password, self.gold_password_file.as_deref())?;
 
         let sslmode = match self.gold_sslmode.as_deref().map(str::trim) {
             None | Some("prefer") => SslMode::Prefer,
@@ -545,6 +756,14 @@ impl Raw {
             patroni_configmap,
             patroni_url: patroni_url.trim_end_matches('/').to_string(),
             identity: String::new(),
+            mode,
+            local_pg,
+            wal_receiver_fresh,
+            max_data_age,
+            allow_stale_promotion,
+            witnesses,
+            witness_unreachable_blocks,
+            webhook_url,
         })
     }
 }
@@ -725,6 +944,33 @@ mod tests {
                 "WATCHDOG_PATRONI_URL",
             ),
             (&[("WATCHDOG_PATRONI_URL", "ftp://x")], "WATCHDOG_PATRONI_URL"),
+            (&[("WATCHDOG_MODE", "armed")], "WATCHDOG_MODE"),
+            (&[("WATCHDOG_LOCAL_PG_PORT", "0")], "WATCHDOG_LOCAL_PG_PORT"),
+            (
+                &[
+                    ("WATCHDOG_LOCAL_PG_PASSWORD", "a"),
+                    ("WATCHDOG_LOCAL_PG_PASSWORD_FILE", "/x"),
+                ],
+                "WATCHDOG_LOCAL_PG_PASSWORD",
+            ),
+            (
+                &[("WATCHDOG_WAL_RECEIVER_FRESH", "fresh")],
+                "WATCHDOG_WAL_RECEIVER_FRESH",
+            ),
+            (&[("WATCHDOG_MAX_DATA_AGE", "0s")], "WATCHDOG_MAX_DATA_AGE"),
+            (
+                &[("WATCHDOG_ALLOW_STALE_PROMOTION", "yes please")],
+                "WATCHDOG_ALLOW_STALE_PROMOTION",
+            ),
+            (&[("WATCHDOG_WITNESSES", "gold:5432")], "WATCHDOG_WITNESSES"),
+            (
+                &[("WATCHDOG_WITNESS_UNREACHABLE", "maybe")],
+                "WATCHDOG_WITNESS_UNREACHABLE",
+            ),
+            (
+                &[("WATCHDOG_WEBHOOK_URL", "chat.example/hooks/s3cret")],
+                "WATCHDOG_WEBHOOK_URL",
+            ),
         ];
         for (pairs, expected) in cases {
             let e = cfg(pairs).expect_err(&format!("{pairs:?} must be rejected"));
@@ -733,7 +979,43 @@ mod tests {
     }
 
     #[test]
+    fn safety_settings_have_safe_defaults() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.mode, Mode::Enforce);
+        assert!(!c.allow_stale_promotion);
+        assert!(
+            c.witness_unreachable_blocks,
+            "an unreachable witness holds back by default"
+        );
+        assert_eq!(c.local_pg.host, "127.0.0.1");
+        // A Gold that is really gone has been silent far longer than the
+        // freshness window by the time it is declared lost.
+        assert!(c.wal_receiver_fresh < c.probe_interval * c.thresholds.promote_after());
+    }
+
+    #[test]
+    fn a_webhook_token_never_shows() {
+        let c = cfg(&[("WATCHDOG_WEBHOOK_URL", "https://chat.example/hooks/s3cret-token")]).unwrap();
+        assert_eq!(
+            c.webhook_url.as_ref().map(WebhookUrl::expose),
+            Some("https://chat.example/hooks/s3cret-token")
+        );
+        let shown = serde_json::to_string(&c).unwrap() + &format!("{c:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        let e = cfg(&[("WATCHDOG_WEBHOOK_URL", "chat.example/hooks/s3cret")]).unwrap_err();
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+    }
+
+    #[test]
     fn promoter_can_be_chosen_explicitly() {
+        assert_eq!(
+            cfg(&[("WATCHDOG_PROMOTER", "patroni-api")]).unwrap().promoter,
+            PromoterKind::PatroniApi
+        );
+        assert_eq!(
+            cfg(&[("WATCHDOG_PROMOTER", "pg-promote")]).unwrap().promoter,
+            PromoterKind::PgPromote
+        );
         assert_eq!(
             cfg(&[("WATCHDOG_PROMOTER", "configmap")]).unwrap().promoter,
             PromoterKind::Configmap

@@ -11,6 +11,8 @@ pub enum DynamicConfigError {
     Json(String),
     #[error("is JSON but not an object; fix it with `patronictl edit-config`, nothing was written")]
     NotAnObject,
+    #[error("already has a standby_cluster section: this cluster is already a standby")]
+    AlreadyStandby,
 }
 
 /// What the watchdog needs to know of the dynamic config.
@@ -103,6 +105,26 @@ pub fn remove_standby_cluster(text: &str) -> Result<Option<String>, DynamicConfi
     out.push_str(&text[pos..]);
     debug_assert!(parse(&out).is_ok());
     Ok(Some(out))
+}
+
+/// The config with a `standby_cluster` member appended (for failback), or an
+/// error if it already has one. Every existing byte is kept.
+pub fn add_standby_cluster(text: &str, section: &Value) -> Result<String, DynamicConfigError> {
+    let map = parse(text)?;
+    if map.contains_key("standby_cluster") {
+        return Err(DynamicConfigError::AlreadyStandby);
+    }
+    let members = top_level_members(text).ok_or(DynamicConfigError::NotAnObject)?;
+    let member = format!("\"standby_cluster\":{section}");
+    let out = match members.last() {
+        Some(last) => format!("{},{member}{}", &text[..last.end], &text[last.end..]),
+        None => {
+            let open = text.find('{').ok_or(DynamicConfigError::NotAnObject)?;
+            format!("{}{member}{}", &text[..=open], &text[open + 1..])
+        }
+    };
+    debug_assert!(parse(&out).is_ok());
+    Ok(out)
 }
 
 struct Member {
@@ -336,6 +358,31 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn failback_appends_the_section_and_keeps_every_byte() {
+        let section = serde_json::json!({"host": "patroni-master-gold", "port": 31234});
+        let out = add_standby_cluster(PROMOTED_LIKE, &section).unwrap();
+        assert_eq!(
+            out,
+            r#"{"ttl":30,"loop_wait":10,"standby_cluster":{"host":"patroni-master-gold","port":31234}}"#
+        );
+        assert!(facts(&out).unwrap().standby);
+        assert_eq!(
+            remove_standby_cluster(&out).unwrap().as_deref(),
+            Some(PROMOTED_LIKE)
+        );
+        assert_eq!(
+            add_standby_cluster("{ }", &section).unwrap(),
+            r#"{"standby_cluster":{"host":"patroni-master-gold","port":31234} }"#
+        );
+        assert_eq!(
+            add_standby_cluster(PATRONI, &section),
+            Err(DynamicConfigError::AlreadyStandby)
+        );
+    }
+
+    const PROMOTED_LIKE: &str = r#"{"ttl":30,"loop_wait":10}"#;
 
     #[test]
     fn an_escaped_key_is_still_found() {

@@ -1,7 +1,12 @@
 //! May we promote now? Each guard is a named veto over facts gathered just
 //! before acting. Pure: the facts come in, a decision goes out.
 
+use std::time::Duration;
+
 use serde::Serialize;
+
+use crate::config::Mode;
+use crate::witness::Testimony;
 
 /// The local Patroni member's role, from `GET /patroni`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -50,14 +55,35 @@ pub struct ClusterConfig {
     pub disarmed: bool,
 }
 
+/// What the local PostgreSQL says about replication from Gold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Wal {
+    /// The WAL receiver is `streaming` and heard from Gold this long ago.
+    pub streaming_for: Option<Duration>,
+    /// How old the newest data from Gold is: since WAL last arrived (as
+    /// observed), or since the last replayed commit. `None`: unknown.
+    pub data_age: Option<Duration>,
+}
+
+/// The operator's limits for the guards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub mode: Mode,
+    pub wal_receiver_fresh: Duration,
+    pub max_data_age: Duration,
+    pub allow_stale_promotion: bool,
+    pub witness_unreachable_blocks: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Facts {
     pub target_known: bool,
-    /// A promoter is configured (WATCHDOG_PROMOTER is not `none`).
-    pub armed: bool,
     pub role: Role,
     /// `Err` when the config could not be read or understood.
     pub config: Result<ClusterConfig, String>,
+    /// `Err` when the local PostgreSQL could not be asked.
+    pub wal: Result<Wal, String>,
+    pub witnesses: Vec<(String, Testimony)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -65,36 +91,69 @@ pub struct Facts {
 pub enum Veto {
     /// Never act on a guessed address.
     TargetUnknown,
-    /// Observe-only deployment.
-    NoPromoter,
+    /// WATCHDOG_MODE=observe.
+    ModeObserve,
     /// Only the sidecar beside the standby leader acts.
     NotStandbyLeader(String),
     PatroniUnreachable(String),
     ConfigUnreadable(String),
     Paused,
     Disarmed,
+    /// The local standby still receives WAL from Gold: Gold is alive and
+    /// only our probe path is broken.
+    WalReceiverStreaming(String),
+    LocalPgUnreachable(String),
+    /// Promoting would lose more than the allowed data.
+    StaleData(String),
+    WitnessSeesGold(String),
+    WitnessUnreachable(String),
 }
 
 impl Veto {
-    pub const NAMES: [&'static str; 7] = [
+    pub const NAMES: [&'static str; 12] = [
         "target_unknown",
-        "no_promoter",
+        "mode_observe",
         "not_standby_leader",
         "patroni_unreachable",
         "config_unreadable",
         "paused",
         "disarmed",
+        "wal_receiver_streaming",
+        "local_pg_unreachable",
+        "stale_data",
+        "witness_sees_gold",
+        "witness_unreachable",
     ];
 
     pub fn name(&self) -> &'static str {
         match self {
             Veto::TargetUnknown => "target_unknown",
-            Veto::NoPromoter => "no_promoter",
+            Veto::ModeObserve => "mode_observe",
             Veto::NotStandbyLeader(_) => "not_standby_leader",
             Veto::PatroniUnreachable(_) => "patroni_unreachable",
             Veto::ConfigUnreadable(_) => "config_unreadable",
             Veto::Paused => "paused",
             Veto::Disarmed => "disarmed",
+            Veto::WalReceiverStreaming(_) => "wal_receiver_streaming",
+            Veto::LocalPgUnreachable(_) => "local_pg_unreachable",
+            Veto::StaleData(_) => "stale_data",
+            Veto::WitnessSeesGold(_) => "witness_sees_gold",
+            Veto::WitnessUnreachable(_) => "witness_unreachable",
+        }
+    }
+
+    /// The guard's name with its detail, for logs, Events and alerts.
+    pub fn describe(&self) -> String {
+        match self {
+            Veto::NotStandbyLeader(d)
+            | Veto::PatroniUnreachable(d)
+            | Veto::ConfigUnreadable(d)
+            | Veto::WalReceiverStreaming(d)
+            | Veto::LocalPgUnreachable(d)
+            | Veto::StaleData(d)
+            | Veto::WitnessSeesGold(d)
+            | Veto::WitnessUnreachable(d) => format!("{} ({d})", self.name()),
+            _ => self.name().to_string(),
         }
     }
 }
@@ -108,17 +167,21 @@ pub enum Decision {
     Veto(Vec<Veto>),
 }
 
-/// Called only once Gold is `lost`.
-pub fn decide(f: &Facts) -> Decision {
-    if f.armed && f.config.as_ref().is_ok_and(|c| !c.standby) {
+fn secs(d: Duration) -> String {
+    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+}
+
+/// Called only once Gold is `lost` (or by an operator's `promote`).
+pub fn decide(f: &Facts, limits: &Limits) -> Decision {
+    if f.config.as_ref().is_ok_and(|c| !c.standby) {
         return Decision::AlreadyPromoted;
     }
     let mut vetoes = Vec::new();
     if !f.target_known {
         vetoes.push(Veto::TargetUnknown);
     }
-    if !f.armed {
-        vetoes.push(Veto::NoPromoter);
+    if limits.mode == Mode::Observe {
+        vetoes.push(Veto::ModeObserve);
     }
     match &f.role {
         Role::StandbyLeader => {}
@@ -136,6 +199,37 @@ pub fn decide(f: &Facts) -> Decision {
             }
         }
     }
+    match &f.wal {
+        Err(e) => vetoes.push(Veto::LocalPgUnreachable(e.clone())),
+        Ok(wal) => {
+            if let Some(age) = wal.streaming_for.filter(|age| *age < limits.wal_receiver_fresh) {
+                vetoes.push(Veto::WalReceiverStreaming(format!(
+                    "streaming, last message from Gold {} ago",
+                    secs(age)
+                )));
+            }
+            if !limits.allow_stale_promotion {
+                match wal.data_age {
+                    Some(age) if age <= limits.max_data_age => {}
+                    Some(age) => vetoes.push(Veto::StaleData(format!(
+                        "newest data from Gold is {} old, limit {}",
+                        secs(age),
+                        secs(limits.max_data_age)
+                    ))),
+                    None => vetoes.push(Veto::StaleData("age of the newest data from Gold unknown".into())),
+                }
+            }
+        }
+    }
+    for (witness, testimony) in &f.witnesses {
+        match testimony {
+            Testimony::GoldAlive(d) => vetoes.push(Veto::WitnessSeesGold(format!("{witness}: {d}"))),
+            Testimony::CantTell(d) if limits.witness_unreachable_blocks => {
+                vetoes.push(Veto::WitnessUnreachable(format!("{witness}: {d}")))
+            }
+            Testimony::CantTell(_) | Testimony::GoldGone(_) => {}
+        }
+    }
     if vetoes.is_empty() {
         Decision::Promote
     } else {
@@ -147,16 +241,40 @@ pub fn decide(f: &Facts) -> Decision {
 mod tests {
     use super::*;
 
+    const FRESH: Duration = Duration::from_secs(60);
+    const MAX_AGE: Duration = Duration::from_secs(300);
+
+    fn limits() -> Limits {
+        Limits {
+            mode: Mode::Enforce,
+            wal_receiver_fresh: FRESH,
+            max_data_age: MAX_AGE,
+            allow_stale_promotion: false,
+            witness_unreachable_blocks: true,
+        }
+    }
+
     fn good() -> Facts {
         Facts {
             target_known: true,
-            armed: true,
             role: Role::StandbyLeader,
             config: Ok(ClusterConfig {
                 standby: true,
                 paused: false,
                 disarmed: false,
             }),
+            wal: Ok(Wal {
+                streaming_for: None,
+                data_age: Some(Duration::from_secs(200)),
+            }),
+            witnesses: vec![("tcp://w:1".into(), Testimony::GoldGone("refused".into()))],
+        }
+    }
+
+    fn names(d: &Decision) -> Vec<&'static str> {
+        match d {
+            Decision::Veto(v) => v.iter().map(Veto::name).collect(),
+            _ => vec![],
         }
     }
 
@@ -174,7 +292,7 @@ mod tests {
 
     #[test]
     fn all_clear_promotes() {
-        assert_eq!(decide(&good()), Decision::Promote);
+        assert_eq!(decide(&good(), &limits()), Decision::Promote);
     }
 
     #[test]
@@ -194,7 +312,64 @@ mod tests {
                 }),
                 ..good()
             };
-            assert_eq!(decide(&f), Decision::AlreadyPromoted);
+            assert_eq!(decide(&f, &limits()), Decision::AlreadyPromoted);
+        }
+    }
+
+    #[test]
+    fn a_streaming_wal_receiver_vetoes_only_while_fresh() {
+        let with = |age: u64| Facts {
+            wal: Ok(Wal {
+                streaming_for: Some(Duration::from_secs(age)),
+                data_age: Some(Duration::from_secs(age)),
+            }),
+            ..good()
+        };
+        assert_eq!(names(&decide(&with(5), &limits())), ["wal_receiver_streaming"]);
+        assert_eq!(decide(&with(61), &limits()), Decision::Promote);
+    }
+
+    #[test]
+    fn stale_or_unknown_data_age_vetoes_unless_allowed() {
+        for age in [Some(Duration::from_secs(301)), None] {
+            let f = Facts {
+                wal: Ok(Wal {
+                    streaming_for: None,
+                    data_age: age,
+                }),
+                ..good()
+            };
+            assert_eq!(names(&decide(&f, &limits())), ["stale_data"], "{age:?}");
+            let allowed = Limits {
+                allow_stale_promotion: true,
+                ..limits()
+            };
+            assert_eq!(decide(&f, &allowed), Decision::Promote);
+        }
+    }
+
+    #[test]
+    fn witnesses_that_see_gold_veto_and_unreachable_ones_follow_the_setting() {
+        let f = Facts {
+            witnesses: vec![
+                ("http://a/primary".into(), Testimony::GoldAlive("HTTP 200".into())),
+                ("tcp://b:5432".into(), Testimony::CantTell("timeout".into())),
+                ("tcp://c:5432".into(), Testimony::GoldGone("refused".into())),
+            ],
+            ..good()
+        };
+        assert_eq!(
+            names(&decide(&f, &limits())),
+            ["witness_sees_gold", "witness_unreachable"]
+        );
+        let ignore = Limits {
+            witness_unreachable_blocks: false,
+            ..limits()
+        };
+        assert_eq!(names(&decide(&f, &ignore)), ["witness_sees_gold"]);
+        match decide(&f, &limits()) {
+            Decision::Veto(v) => assert!(v[0].describe().contains("http://a/primary")),
+            d => panic!("{d:?}"),
         }
     }
 
@@ -221,49 +396,110 @@ mod tests {
                 }
             }
         }
+        let ages = [
+            None,
+            Some(Duration::from_secs(10)),
+            Some(Duration::from_secs(1000)),
+        ];
+        let mut wals = vec![Err("refused".to_string())];
+        for streaming_for in ages {
+            for data_age in ages {
+                wals.push(Ok(Wal {
+                    streaming_for,
+                    data_age,
+                }));
+            }
+        }
+        let testimonies = [
+            vec![],
+            vec![("w".to_string(), Testimony::GoldAlive("200".into()))],
+            vec![("w".to_string(), Testimony::GoldGone("503".into()))],
+            vec![("w".to_string(), Testimony::CantTell("timeout".into()))],
+        ];
         let mut promotions = 0;
-        for target_known in [true, false] {
-            for armed in [true, false] {
-                for role in &roles {
-                    for config in &configs {
-                        let f = Facts {
-                            target_known,
-                            armed,
-                            role: role.clone(),
-                            config: config.clone(),
-                        };
-                        let d = decide(&f);
-                        let clear = target_known
-                            && armed
-                            && *role == Role::StandbyLeader
-                            && config
-                                .as_ref()
-                                .is_ok_and(|c| c.standby && !c.paused && !c.disarmed);
-                        assert_eq!(d == Decision::Promote, clear, "{f:?} → {d:?}");
-                        promotions += usize::from(clear);
-                        if let Decision::Veto(v) = &d {
-                            let names: Vec<_> = v.iter().map(Veto::name).collect();
-                            assert_eq!(names.contains(&"target_unknown"), !target_known, "{f:?}");
-                            assert_eq!(names.contains(&"no_promoter"), !armed, "{f:?}");
-                            assert_eq!(
-                                names.contains(&"paused"),
-                                config.as_ref().is_ok_and(|c| c.paused),
-                                "{f:?}"
-                            );
-                            assert_eq!(
-                                names.contains(&"disarmed"),
-                                config.as_ref().is_ok_and(|c| c.disarmed),
-                                "{f:?}"
-                            );
-                            assert_eq!(names.contains(&"config_unreadable"), config.is_err());
-                            let role_vetoed = names.contains(&"not_standby_leader")
-                                || names.contains(&"patroni_unreachable");
-                            assert_eq!(role_vetoed, *role != Role::StandbyLeader, "{f:?}");
+        for mode in [Mode::Enforce, Mode::DryRun, Mode::Observe] {
+            for allow_stale_promotion in [false, true] {
+                for witness_unreachable_blocks in [true, false] {
+                    let l = Limits {
+                        mode,
+                        allow_stale_promotion,
+                        witness_unreachable_blocks,
+                        ..limits()
+                    };
+                    for target_known in [true, false] {
+                        for role in &roles {
+                            for config in &configs {
+                                for wal in &wals {
+                                    for witnesses in &testimonies {
+                                        let f = Facts {
+                                            target_known,
+                                            role: role.clone(),
+                                            config: config.clone(),
+                                            wal: wal.clone(),
+                                            witnesses: witnesses.clone(),
+                                        };
+                                        promotions += usize::from(check(&f, &l));
+                                    }
+                                }
+                            }
                         }
                     }
                 }
             }
         }
-        assert_eq!(promotions, 1);
+        assert!(promotions > 0);
+    }
+
+    /// One combination: the decision must follow from each guard alone.
+    fn check(f: &Facts, l: &Limits) -> bool {
+        let d = decide(f, l);
+        if f.config.as_ref().is_ok_and(|c| !c.standby) {
+            assert_eq!(d, Decision::AlreadyPromoted);
+            return false;
+        }
+        let streaming = f
+            .wal
+            .as_ref()
+            .is_ok_and(|w| w.streaming_for.is_some_and(|a| a < l.wal_receiver_fresh));
+        let stale = !l.allow_stale_promotion
+            && f.wal
+                .as_ref()
+                .is_ok_and(|w| w.data_age.is_none_or(|a| a > l.max_data_age));
+        let expected = [
+            ("target_unknown", !f.target_known),
+            ("mode_observe", l.mode == Mode::Observe),
+            (
+                "not_standby_leader",
+                !matches!(f.role, Role::StandbyLeader | Role::Unreachable(_)),
+            ),
+            ("patroni_unreachable", matches!(f.role, Role::Unreachable(_))),
+            ("config_unreadable", f.config.is_err()),
+            ("paused", f.config.as_ref().is_ok_and(|c| c.paused)),
+            ("disarmed", f.config.as_ref().is_ok_and(|c| c.disarmed)),
+            ("wal_receiver_streaming", streaming),
+            ("local_pg_unreachable", f.wal.is_err()),
+            ("stale_data", stale),
+            (
+                "witness_sees_gold",
+                f.witnesses
+                    .iter()
+                    .any(|(_, t)| matches!(t, Testimony::GoldAlive(_))),
+            ),
+            (
+                "witness_unreachable",
+                l.witness_unreachable_blocks
+                    && f.witnesses
+                        .iter()
+                        .any(|(_, t)| matches!(t, Testimony::CantTell(_))),
+            ),
+        ];
+        let want: Vec<&str> = expected.iter().filter(|(_, on)| *on).map(|(n, _)| *n).collect();
+        if want.is_empty() {
+            assert_eq!(d, Decision::Promote, "{f:?} {l:?}");
+            true
+        } else {
+            assert_eq!(names(&d), want, "{f:?} {l:?}");
+            false
+        }
     }
 }

@@ -12,6 +12,7 @@ pub mod dynamic_config;
 pub mod events;
 pub mod guards;
 pub mod http;
+pub mod local_pg;
 pub mod logging;
 pub mod metrics;
 pub mod patroni;
@@ -20,6 +21,8 @@ pub mod promoter;
 pub mod status;
 pub mod target;
 pub mod watchdog;
+pub mod webhook;
+pub mod witness;
 
 pub use config::Config;
 pub use watchdog::{Watchdog, run};

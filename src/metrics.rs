@@ -96,6 +96,8 @@ pub struct Metrics {
     disarmed: Gauge,
     paused: Gauge,
     local_role: Family<RoleLabels, Gauge>,
+    split_brain: Gauge,
+    webhook: Family<ResultLabels, Counter>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -131,6 +133,8 @@ impl Metrics {
             disarmed: Gauge::default(),
             paused: Gauge::default(),
             local_role: Family::default(),
+            split_brain: Gauge::default(),
+            webhook: Family::default(),
         };
         let registry = &mut m.registry;
         registry.register(
@@ -220,6 +224,16 @@ impl Metrics {
             m.local_role.clone(),
         );
         registry.register(
+            "split_brain",
+            "1 while Gold answers as a writable primary after this process promoted GoldDR",
+            m.split_brain.clone(),
+        );
+        registry.register(
+            "webhook_alerts",
+            "Webhook alerts by result: delivered, failed, dropped",
+            m.webhook.clone(),
+        );
+        registry.register(
             "build",
             "Build information",
             Info::new(BuildLabels {
@@ -243,6 +257,9 @@ impl Metrics {
         }
         for result in PROMOTION_RESULTS {
             let _ = m.promotions.get_or_create(&ResultLabels { result });
+        }
+        for result in ["delivered", "failed", "dropped"] {
+            let _ = m.webhook.get_or_create(&ResultLabels { result });
         }
         for guard in crate::guards::Veto::NAMES {
             let _ = m.vetoes.get_or_create(&GuardLabels { guard });
@@ -315,6 +332,14 @@ impl Metrics {
 
     pub fn promotion(&self, result: &'static str) {
         self.promotions.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub fn webhook(&self, result: &'static str) {
+        self.webhook.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub fn set_split_brain(&self, on: bool) {
+        self.split_brain.set(i64::from(on));
     }
 
     pub fn veto(&self, guard: &'static str) {

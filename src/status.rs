@@ -86,14 +86,24 @@ pub struct ClusterStatus {
     pub disarmed: Option<bool>,
     /// Why the Patroni config could not be read, if it could not.
     pub config_error: Option<String>,
+    /// The local WAL receiver's status (`streaming`, ...), if one runs.
+    pub wal_receiver: Option<String>,
+    pub wal_last_message_age_seconds: Option<f64>,
+    /// How old the newest data from Gold is, as the stale-data guard sees it.
+    pub data_age_seconds: Option<f64>,
+    pub local_pg_error: Option<String>,
     #[serde(serialize_with = "rfc3339_opt")]
     pub observed_at: Option<SystemTime>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PromotionStatus {
-    /// `configmap`, or `none` when observing only.
+    /// `configmap`, `patroni-api`, `pg-promote`, or `none`.
     pub promoter: &'static str,
+    /// `enforce`, `dry-run` or `observe`.
+    pub mode: &'static str,
+    /// Gold answered as a writable primary after this process promoted.
+    pub split_brain: bool,
     /// Set once this process promoted (or found the cluster promoted).
     pub result: Option<&'static str>,
     #[serde(serialize_with = "rfc3339_opt")]
@@ -140,10 +150,8 @@ impl Status {
             last_probe: None,
             cluster: ClusterStatus::default(),
             promotion: PromotionStatus {
-                promoter: match settings.promoter {
-                    crate::config::PromoterKind::None => "none",
-                    crate::config::PromoterKind::Configmap => "configmap",
-                },
+                promoter: settings.promoter.as_str(),
+                mode: settings.mode.as_str(),
                 ..Default::default()
             },
             settings,

@@ -15,17 +15,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::actor::{self, ActReport, Actor};
-use crate::config::{Config, PromoterKind};
+use crate::config::Config;
 use crate::detector::{Detector, Transition, Verdict};
-use crate::events::Events;
 use crate::guards::Veto;
 use crate::http;
 use crate::metrics::Metrics;
-use crate::patroni::LocalPatroni;
 use crate::probe::{Outcome, PgProbe, Probe, ProbeReport, TlsSetupError};
-use crate::promoter::ConfigMapPromoter;
 use crate::status::{LastProbe, State, Status};
 use crate::target::{self, Endpoint, Target};
+use crate::webhook::Webhook;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -37,7 +35,7 @@ pub enum Error {
         "the settings need Kubernetes (WATCHDOG_TS_SERVICE or WATCHDOG_PROMOTER=configmap) but no client was given"
     )]
     NoKubernetes,
-    #[error("cannot build the HTTP client for WATCHDOG_PATRONI_URL: {0}")]
+    #[error("cannot build an HTTP client (TLS set-up): {0}")]
     PatroniClient(#[source] reqwest::Error),
 }
 
@@ -61,6 +59,7 @@ pub struct Watchdog<P> {
     recent_errors: VecDeque<String>,
     /// What the last act reported, so each new situation is logged once.
     last_act: Option<String>,
+    webhook: Option<Webhook>,
 }
 
 impl<P: Probe> Watchdog<P> {
@@ -87,6 +86,7 @@ impl<P: Probe> Watchdog<P> {
             latched: false,
             recent_errors: VecDeque::new(),
             last_act: None,
+            webhook: None,
         };
         (watchdog, status_rx)
     }
@@ -94,6 +94,12 @@ impl<P: Probe> Watchdog<P> {
     /// Lets this watchdog promote when Gold is lost.
     pub fn with_actor(mut self, actor: Arc<Actor>) -> Self {
         self.actor = Some(actor);
+        self
+    }
+
+    /// Sends alerts to this webhook too.
+    pub fn with_webhook(mut self, webhook: Webhook) -> Self {
+        self.webhook = Some(webhook);
         self
     }
 
@@ -113,6 +119,7 @@ impl<P: Probe> Watchdog<P> {
             Target::Known { endpoint, .. } => {
                 let report = self.probe.probe(endpoint).await;
                 self.record(endpoint, &report);
+                self.check_split_brain(&report);
                 Some(report)
             }
             Target::Unknown { .. } => None,
@@ -195,13 +202,6 @@ impl<P: Probe> Watchdog<P> {
         let key = format!("{report:?}");
         let changed = self.last_act.as_deref() != Some(key.as_str());
         self.last_act = Some(key);
-        let events = self.actor.as_ref().and_then(|a| a.events.clone());
-        let publish = |warning: bool, reason: &'static str, note: String| {
-            if let Some(events) = events.clone() {
-                let metrics = self.metrics.clone();
-                tokio::spawn(async move { events.publish(&metrics, warning, reason, "Promote", note).await });
-            }
-        };
         match report {
             ActReport::Vetoed(vetoes) => {
                 for v in &vetoes {
@@ -210,29 +210,43 @@ impl<P: Probe> Watchdog<P> {
                 if changed {
                     let guards: Vec<&str> = vetoes.iter().map(Veto::name).collect();
                     warn!(guards = ?guards, details = ?vetoes, "gold is lost but promotion is vetoed");
-                    publish(
+                    self.alert(
                         true,
                         "PromotionVetoed",
                         format!(
                             "Gold is lost but promotion is held back by: {}",
-                            describe_vetoes(&vetoes)
+                            vetoes.iter().map(Veto::describe).collect::<Vec<_>>().join(", ")
                         ),
                     );
                 }
                 self.status.send_modify(|s| s.promotion.vetoes = vetoes);
             }
+            ActReport::DryRun { would } => {
+                if changed {
+                    self.metrics.promotion("dry_run");
+                    warn!(would = %would, "dry run: every guard agrees; nothing written");
+                    self.alert(
+                        true,
+                        "DryRunPromotion",
+                        format!("DRY RUN: {would}; nothing written"),
+                    );
+                }
+                self.status.send_modify(|s| {
+                    s.promotion.result = Some("dry_run");
+                    s.promotion.at = Some(now);
+                    s.promotion.reason = Some(would);
+                    s.promotion.vetoes.clear();
+                });
+            }
             ActReport::Promoted { audit } => {
                 self.latched = true;
                 self.metrics.promotion("promoted");
                 error!(by = %audit.by, reason = %audit.reason,
-                    "PROMOTED: removed standby_cluster from the Patroni config; the DR standby leader becomes primary. Failback is manual");
-                publish(
+                    "PROMOTED: the DR standby cluster is being promoted to primary. Failback is manual");
+                self.alert(
                     true,
                     "PromotedStandbyCluster",
-                    format!(
-                        "{} promoted the DR standby cluster (removed standby_cluster). {}",
-                        audit.by, audit.reason
-                    ),
+                    format!("{} promoted the DR standby cluster. {}", audit.by, audit.reason),
                 );
                 self.status.send_modify(|s| {
                     s.promotion.result = Some("promoted");
@@ -245,13 +259,11 @@ impl<P: Probe> Watchdog<P> {
             ActReport::AlreadyPromoted => {
                 self.latched = true;
                 self.metrics.promotion("already_promoted");
-                info!(
-                    "gold is lost and the DR cluster is already promoted (no standby_cluster): nothing written"
-                );
-                publish(
+                info!("gold is lost and the DR cluster is already promoted: nothing written");
+                self.alert(
                     false,
                     "AlreadyPromoted",
-                    "Gold is lost and the DR cluster has no standby_cluster: nothing written".to_string(),
+                    "Gold is lost and the DR cluster is already promoted: nothing written".to_string(),
                 );
                 self.status.send_modify(|s| {
                     s.promotion.result = Some("already_promoted");
@@ -265,15 +277,63 @@ impl<P: Probe> Watchdog<P> {
             }
             ActReport::Failed(e) => {
                 self.metrics.promotion("failed");
-                self.metrics.kube_api_error("promote");
                 let message = e.to_string();
                 if changed {
                     error!(error = %message, "promotion failed; nothing was written; will try again while Gold stays lost");
-                    publish(true, "PromotionFailed", message.clone());
+                    self.alert(true, "PromotionFailed", format!("promotion failed: {message}"));
                 }
                 self.status
                     .send_modify(|s| s.promotion.last_error = Some(message));
             }
+        }
+    }
+
+    /// Site-wide alerts (Gold lost, probe blind) come from the sidecar beside
+    /// the standby leader only, so three sidecars don't say everything thrice.
+    fn speaks_for_site(&self) -> bool {
+        matches!(
+            self.status.borrow().cluster.role,
+            None | Some(crate::guards::Role::StandbyLeader)
+        )
+    }
+
+    /// A Kubernetes Event on the config ConfigMap (when there is one) and a
+    /// webhook message. Both are delivered off the loop.
+    fn alert(&self, warning: bool, reason: &'static str, text: String) {
+        if let Some(webhook) = &self.webhook {
+            webhook.send(&text);
+        }
+        if let Some(events) = self.actor.as_ref().and_then(|a| a.events.clone()) {
+            let metrics = self.metrics.clone();
+            tokio::spawn(async move { events.publish(&metrics, warning, reason, "Promote", text).await });
+        }
+    }
+
+    /// After this process promoted, Gold must stay dead: a writable Gold now
+    /// means two primaries. Raised, never repaired: failback is a human act.
+    fn check_split_brain(&mut self, report: &ProbeReport) {
+        if !self.latched {
+            return;
+        }
+        let writable = report.outcome == Outcome::Up;
+        let was = self.status.borrow().promotion.split_brain;
+        if writable == was {
+            return;
+        }
+        self.metrics.set_split_brain(writable);
+        self.status.send_modify(|s| s.promotion.split_brain = writable);
+        if writable {
+            error!(
+                "SPLIT BRAIN: Gold answers as a writable primary while GoldDR was promoted. Stop writes to one site now; see the failback procedure"
+            );
+            self.alert(
+                true,
+                "SplitBrain",
+                "SPLIT BRAIN: Gold answers as a writable primary again while GoldDR was promoted. Stop writes to one site now."
+                    .to_string(),
+            );
+        } else {
+            warn!(outcome = %report.outcome, "Gold no longer answers as a writable primary");
         }
     }
 
@@ -291,6 +351,31 @@ impl<P: Probe> Watchdog<P> {
         );
         self.metrics.set_streaks(failures, successes);
         self.log_probe(endpoint, report, transition);
+        if self.speaks_for_site() {
+            let error = report.error.as_deref().unwrap_or("");
+            if transition.is_some_and(|t| t.to == Verdict::Lost) {
+                self.alert(
+                    true,
+                    "GoldLost",
+                    format!(
+                        "Gold {endpoint} is lost: {failures} consecutive failed probes ({}: {error})",
+                        report.outcome
+                    ),
+                );
+            }
+            if matches!(report.outcome, Outcome::Blind(_))
+                && !matches!(self.last_outcome, Some(Outcome::Blind(_)))
+            {
+                self.alert(
+                    true,
+                    "ProbeBlind",
+                    format!(
+                        "the probe of Gold {endpoint} is blind ({}: {error}): Gold answered but cannot be judged; fix the probe's settings",
+                        report.outcome
+                    ),
+                );
+            }
+        }
         if let Some(t) = transition {
             self.metrics.transition(t);
             self.verdict.send_replace(t.to);
@@ -394,19 +479,6 @@ impl<P: Probe> Watchdog<P> {
     }
 }
 
-fn describe_vetoes(vetoes: &[Veto]) -> String {
-    vetoes
-        .iter()
-        .map(|v| match v {
-            Veto::NotStandbyLeader(d) | Veto::PatroniUnreachable(d) | Veto::ConfigUnreadable(d) => {
-                format!("{} ({d})", v.name())
-            }
-            _ => v.name().to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// The whole process: target discovery, probe loop, cluster observer,
 /// promotion and HTTP server, until `shutdown` fires. `kube` is required when
 /// the settings use Kubernetes.
@@ -455,17 +527,8 @@ pub async fn run(
     };
 
     let (mut watchdog, status) = Watchdog::new(config.clone(), probe, target_rx, metrics.clone());
-    if let (PromoterKind::Configmap, Some(client)) = (config.promoter, &kube) {
-        let patroni =
-            LocalPatroni::new(&config.patroni_url, config.probe_timeout).map_err(Error::PatroniClient)?;
-        let promoter = ConfigMapPromoter::new(client.clone(), &namespace, &config.patroni_configmap);
-        let events = Events::new(client.clone(), &config.identity, promoter.reference());
-        let actor = Arc::new(Actor {
-            patroni,
-            promoter,
-            events: Some(events),
-            identity: config.identity.clone(),
-        });
+    if let Some(actor) = actor::build(&config, kube.as_ref(), &namespace).map_err(Error::PatroniClient)? {
+        let actor = Arc::new(actor);
         tokio::spawn(actor::observe_cluster(
             actor.clone(),
             watchdog.status_sender(),
@@ -474,6 +537,11 @@ pub async fn run(
             shutdown.clone(),
         ));
         watchdog = watchdog.with_actor(actor);
+    }
+    if let Some(url) = &config.webhook_url {
+        let webhook = Webhook::spawn(url.expose().to_string(), &config.identity, metrics.clone())
+            .map_err(Error::PatroniClient)?;
+        watchdog = watchdog.with_webhook(webhook);
     }
 
     let app = http::router(http::AppState::new(status, metrics, &config));

@@ -59,6 +59,8 @@ struct Scene {
     service: String,
     configmap: String,
     patroni: FakePatroni,
+    /// The GoldDR PostgreSQL beside the sidecar: a standby.
+    local: PgServer,
 }
 
 impl Scene {
@@ -67,6 +69,7 @@ impl Scene {
             service: unique("patroni-master-gold"),
             configmap: unique("patroni-config"),
             patroni: FakePatroni::start(role).await,
+            local: local_standby(),
         };
         env.create_service(&scene.service, &[(Some("postgres"), gold_port)])
             .await;
@@ -75,6 +78,7 @@ impl Scene {
 
     fn config(&self, env: &KubeEnv, extra: &[(&str, &str)]) -> Config {
         let namespace = env.namespace().to_string();
+        let local_port = self.local.port().to_string();
         let mut vars: Vec<(String, String)> = [
             ("WATCHDOG_TS_SERVICE", self.service.as_str()),
             ("WATCHDOG_TS_PORT_NAME", "postgres"),
@@ -92,6 +96,10 @@ impl Scene {
             ("WATCHDOG_RISE", "2"),
             ("WATCHDOG_PROMOTE_AFTER", "3"),
             ("WATCHDOG_LISTEN_ADDR", "127.0.0.1:0"),
+            ("WATCHDOG_LOCAL_PG_PORT", local_port.as_str()),
+            // This standby has no upstream, so the age of its data is
+            // unknown; the stale-data guard is shown end to end elsewhere.
+            ("WATCHDOG_ALLOW_STALE_PROMOTION", "true"),
             ("HOSTNAME", "patroni-0"),
         ]
         .iter()
@@ -126,6 +134,13 @@ fn patch_statuses(d: &kube_api::ApiDouble, configmap: &str) -> Vec<u16> {
         .filter(|r| r.method == "PATCH" && r.path.ends_with(configmap))
         .map(|r| r.status)
         .collect()
+}
+
+fn local_standby() -> PgServer {
+    PgServer::start(PgOptions {
+        standby: true,
+        ..Default::default()
+    })
 }
 
 /// A loopback port nobody listens on: Gold is dead.
@@ -671,6 +686,7 @@ async fn every_api_call_is_allowed_by_the_rbac_manifest_and_every_rule_is_used()
         service: "patroni-master-gold".into(),
         configmap: "patroni-config".into(),
         patroni,
+        local: local_standby(),
     };
     env.create_service(&scene.service, &[(Some("postgres"), dead_port())])
         .await;
