@@ -199,7 +199,13 @@ impl<P: Probe> Watchdog<P> {
             }
         };
         let now = SystemTime::now();
-        let key = format!("{report:?}");
+        // What makes a situation new: which guards object (not their
+        // changing details), or the kind of outcome.
+        let key = match &report {
+            ActReport::Vetoed(v) => v.iter().map(Veto::name).collect::<Vec<_>>().join(","),
+            ActReport::DryRun { .. } => "dry_run".to_string(),
+            other => format!("{other:?}"),
+        };
         let changed = self.last_act.as_deref() != Some(key.as_str());
         self.last_act = Some(key);
         match report {
@@ -379,6 +385,11 @@ impl<P: Probe> Watchdog<P> {
         if let Some(t) = transition {
             self.metrics.transition(t);
             self.verdict.send_replace(t.to);
+            if t.from == Verdict::Lost {
+                // A later loss is a new situation, reported afresh.
+                self.last_act = None;
+                self.status.send_modify(|s| s.promotion.vetoes.clear());
+            }
         }
         if let Some(error) = &report.error {
             if self.recent_errors.len() == RECENT_ERRORS {

@@ -37,6 +37,9 @@ pub struct PgOptions {
     /// Run the server in recovery (a standby with no primary), so
     /// `pg_is_in_recovery()` is true and the server is read-only.
     pub standby: bool,
+    /// Make the server a plain streaming standby of this primary
+    /// (`pg_basebackup -R` through whatever address is given).
+    pub replica_of: Option<SocketAddr>,
 }
 
 pub struct PgServer {
@@ -97,8 +100,13 @@ impl PgServer {
             bin_dir,
             dir,
         };
-        server.initdb(&opts);
-        server.setup_roles(&opts);
+        match opts.replica_of {
+            Some(upstream) => server.basebackup(upstream),
+            None => {
+                server.initdb(&opts);
+                server.setup_roles(&opts);
+            }
+        }
         if opts.standby {
             server.write_owned_file(&server.data_dir.join("standby.signal"), "");
         }
@@ -268,6 +276,22 @@ impl PgServer {
         let mut text = fs::read_to_string(&conf).expect("read postgresql.conf");
         text.push_str("\ninclude 'watchdog_test.conf'\n");
         fs::write(&conf, text).expect("write postgresql.conf");
+    }
+
+    /// A copy of `upstream` that streams from it: roles, config and data
+    /// come from the primary; our own config include then sets port etc.
+    fn basebackup(&self, upstream: SocketAddr) {
+        let out = run(self
+            .pg_command("pg_basebackup")
+            .args([
+                "-h",
+                &upstream.ip().to_string(),
+                "-p",
+                &upstream.port().to_string(),
+            ])
+            .args(["-U", "postgres", "-R", "-X", "stream", "--checkpoint=fast", "-D"])
+            .arg(&self.data_dir));
+        assert!(out.status.success(), "pg_basebackup failed: {}", describe(&out));
     }
 
     /// Creates the roles in single-user mode, before the first start, so

@@ -1,0 +1,335 @@
+//! End to end with real parts: Gold (a PostgreSQL primary), the fault proxy as
+//! the Transport Service, etcd, a GoldDR Patroni standby cluster replicating
+//! through the proxy, and the watchdog promoting through Patroni's REST API.
+
+#[path = "support/patroni_cluster.rs"]
+mod patroni_cluster;
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use patroni_cluster::{Etcd, Gold, GoldDr, GoldDrOptions};
+use patroni_dr_watchdog::Config;
+use serde_json::Value;
+use support::app::{self, Running};
+use support::pg::{PgOptions, PgServer, WATCHDOG_USER};
+use support::proxy::{Fault, FaultProxy};
+
+const ROWS: i64 = 25;
+
+/// Fields drop in order: GoldDR first, etcd last.
+struct Site {
+    dr: GoldDr,
+    ts: FaultProxy,
+    gold: Gold,
+    _etcd: Etcd,
+}
+
+/// Gold with `ROWS` orders, replicated to a GoldDR standby cluster through
+/// the Transport Service stand-in.
+async fn site() -> Site {
+    let etcd = Etcd::start();
+    let gold = Gold::start();
+    prepare_gold(&gold.pg).await;
+    gold.create_slot("golddr");
+    let ts = FaultProxy::start(gold.addr()).await;
+    let dr = GoldDr::start(&etcd, GoldDrOptions::new(ts.addr(), "golddr"));
+    support::wait_for("rows on GoldDR", Duration::from_secs(60), async || {
+        dr.try_query_i64("SELECT count(*) FROM orders").await == Ok(ROWS)
+    })
+    .await;
+    assert_eq!(dr.role().await, "standby_leader");
+    Site {
+        dr,
+        ts,
+        gold,
+        _etcd: etcd,
+    }
+}
+
+async fn prepare_gold(gold: &PgServer) {
+    // An idle walsender then still talks every second, so a live Gold
+    // keeps the standby's WAL receiver fresh.
+    gold.execute("ALTER SYSTEM SET wal_sender_timeout = '2s'").await;
+    gold.execute("SELECT pg_reload_conf()").await;
+    gold.execute(&format!(
+        "CREATE TABLE orders (id int PRIMARY KEY, item text); \
+         INSERT INTO orders SELECT g, 'item ' || g FROM generate_series(1, {ROWS}) g"
+    ))
+    .await;
+}
+
+fn config(probe: SocketAddr, local_pg_port: u16, extra: &[(&str, &str)]) -> Config {
+    let probe_port = probe.port().to_string();
+    let local_port = local_pg_port.to_string();
+    let mut vars: Vec<(String, String)> = [
+        ("WATCHDOG_GOLD_HOST", "127.0.0.1"),
+        ("WATCHDOG_GOLD_PORT", probe_port.as_str()),
+        ("WATCHDOG_GOLD_USER", WATCHDOG_USER),
+        ("WATCHDOG_GOLD_SSLMODE", "disable"),
+        ("WATCHDOG_PROMOTER", "patroni-api"),
+        ("WATCHDOG_LOCAL_PG_PORT", local_port.as_str()),
+        ("WATCHDOG_PROBE_INTERVAL", "300ms"),
+        ("WATCHDOG_PROBE_TIMEOUT", "250ms"),
+        ("WATCHDOG_FALL", "2"),
+        ("WATCHDOG_RISE", "2"),
+        ("WATCHDOG_PROMOTE_AFTER", "5"),
+        ("WATCHDOG_WAL_RECEIVER_FRESH", "3s"),
+        ("WATCHDOG_LISTEN_ADDR", "127.0.0.1:0"),
+        ("HOSTNAME", "golddr-0"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for (k, v) in extra {
+        vars.retain(|(key, _)| key != k);
+        vars.push((k.to_string(), v.to_string()));
+    }
+    Config::from_vars(vars).expect("valid test config")
+}
+
+async fn watchdog(site: &Site, probe: SocketAddr, extra: &[(&str, &str)]) -> Running {
+    let mut vars = vec![("WATCHDOG_PATRONI_URL", site.dr.patroni_url.as_str())];
+    vars.extend_from_slice(extra);
+    let w = app::spawn(config(probe, site.dr.pg_port, &vars)).await;
+    wait_status(&w, "up and watching the standby leader", |s| {
+        s["verdict"] == "up" && s["cluster"]["role"]["role"] == "standby_leader"
+    })
+    .await;
+    w
+}
+
+async fn wait_status(w: &Running, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        last = w.status().await;
+        if check(&last) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}; last status: {last:#}");
+}
+
+fn has_veto(s: &Value, guard: &str) -> bool {
+    s["promotion"]["vetoes"]
+        .as_array()
+        .is_some_and(|v| v.iter().any(|v| v["guard"] == guard))
+}
+
+async fn metric(w: &Running, series: &str) -> f64 {
+    let (_, body) = w.get("/metrics").await;
+    body.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{series} not in /metrics"))
+}
+
+/// Several more decisions pass and GoldDR is still a read-only standby.
+async fn assert_not_promoted(site: &Site, w: &Running) {
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(site.dr.role().await, "standby_leader");
+    assert!(site.dr.is_in_recovery().await);
+    assert_eq!(
+        metric(w, "patroni_dr_watchdog_promotions_total{result=\"promoted\"}").await,
+        0.0
+    );
+    assert_eq!(w.status().await["promotion"]["result"], Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gold_killed_promotes_golddr_with_its_rows_and_a_returning_gold_raises_split_brain() {
+    let site = site().await;
+    let w = watchdog(&site, site.ts.addr(), &[]).await;
+
+    site.gold.kill();
+    let killed = Instant::now();
+    let st = wait_status(&w, "promoted", |s| s["promotion"]["result"] == "promoted").await;
+    support::wait_for("GoldDR writable", Duration::from_secs(30), async || {
+        !site.dr.is_in_recovery().await
+    })
+    .await;
+    let writable = killed.elapsed();
+    eprintln!("Gold killed → GoldDR writable in {writable:?}");
+    assert_eq!(st["state"], "promoted");
+    assert_eq!(site.dr.query_i64("SELECT count(*) FROM orders").await, ROWS);
+    site.dr
+        .execute("INSERT INTO orders VALUES (1000, 'written on GoldDR')")
+        .await;
+    assert!(site.dr.is_primary().await);
+    assert!(
+        site.dr
+            .config_in_dcs()
+            .await
+            .get("standby_cluster")
+            .is_none_or(Value::is_null)
+    );
+
+    // Gold comes back as a primary: two writable sites.
+    assert_eq!(w.status().await["promotion"]["split_brain"], false);
+    site.gold.restart();
+    let st = wait_status(&w, "split brain", |s| s["promotion"]["split_brain"] == true).await;
+    assert_eq!(st["last_probe"]["outcome"], "up");
+    assert_eq!(metric(&w, "patroni_dr_watchdog_split_brain").await, 1.0);
+    // Never fails back or acts again on its own.
+    assert!(site.dr.is_primary().await);
+    assert_eq!(
+        metric(&w, "patroni_dr_watchdog_promotions_total{result=\"promoted\"}").await,
+        1.0
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flapping_tunnel_never_promotes() {
+    let site = site().await;
+    let w = watchdog(&site, site.ts.addr(), &[]).await;
+    // promote_after is 5 probes of 300 ms; the tunnel is never down that long.
+    let flap = site.ts.flap(Duration::from_millis(400));
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        let st = w.status().await;
+        assert_ne!(st["verdict"], "lost", "{st:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    flap.stop().await;
+    assert!(
+        w.status().await["counters"]["down"].as_u64() > Some(0),
+        "the flapping was seen"
+    );
+    assert_not_promoted(&site, &w).await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_probe_path_while_wal_still_streams_is_vetoed() {
+    let site = site().await;
+    // The probe takes its own route, which breaks; replication keeps flowing.
+    let probe_path = FaultProxy::start(site.gold.addr()).await;
+    let w = watchdog(&site, probe_path.addr(), &[("WATCHDOG_WAL_RECEIVER_FRESH", "5s")]).await;
+    let writer = {
+        let gold = site.gold.pg.superuser_client().await;
+        tokio::spawn(async move {
+            for i in 0.. {
+                let sql = format!("INSERT INTO orders VALUES ({}, 'live')", 10_000 + i);
+                if gold.batch_execute(&sql).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    probe_path.set(Fault::Blackhole).await;
+    let st = wait_status(&w, "veto by the WAL receiver", |s| {
+        s["verdict"] == "lost" && has_veto(s, "wal_receiver_streaming")
+    })
+    .await;
+    assert_eq!(st["cluster"]["wal_receiver"], "streaming", "{st:#}");
+    assert_not_promoted(&site, &w).await;
+    assert!(
+        metric(
+            &w,
+            "patroni_dr_watchdog_vetoes_total{guard=\"wal_receiver_streaming\"}"
+        )
+        .await
+            >= 2.0
+    );
+    writer.abort();
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_witness_that_still_sees_gold_vetoes() {
+    let site = site().await;
+    let witness = format!("tcp://{}", site.gold.addr());
+    let w = watchdog(&site, site.ts.addr(), &[("WATCHDOG_WITNESSES", witness.as_str())]).await;
+    // The whole tunnel goes dark; Gold itself is fine, as the witness sees.
+    site.ts.set(Fault::Blackhole).await;
+    let st = wait_status(&w, "veto by the witness", |s| {
+        s["verdict"] == "lost" && has_veto(s, "witness_sees_gold")
+    })
+    .await;
+    assert!(st["promotion"]["vetoes"].to_string().contains(&witness), "{st:#}");
+    assert_not_promoted(&site, &w).await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_run_reports_the_promotion_it_would_make_and_makes_none() {
+    let site = site().await;
+    let w = watchdog(&site, site.ts.addr(), &[("WATCHDOG_MODE", "dry-run")]).await;
+    site.gold.kill();
+    let st = wait_status(&w, "dry run", |s| s["promotion"]["result"] == "dry_run").await;
+    let would = st["promotion"]["reason"].as_str().unwrap_or_default();
+    assert!(would.contains("would promote Patroni"), "{st:#}");
+    assert_eq!(
+        metric(&w, "patroni_dr_watchdog_promotions_total{result=\"dry_run\"}").await,
+        1.0
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(site.dr.role().await, "standby_leader");
+    assert!(site.dr.is_in_recovery().await);
+    assert_eq!(
+        metric(&w, "patroni_dr_watchdog_promotions_total{result=\"promoted\"}").await,
+        0.0
+    );
+    assert_eq!(
+        metric(&w, "patroni_dr_watchdog_promotions_total{result=\"dry_run\"}").await,
+        1.0,
+        "reported once per loss, not once per tick"
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pg_promote_promotes_a_plain_streaming_standby() {
+    let gold = PgServer::start(PgOptions::default());
+    prepare_gold(&gold).await;
+    let ts = FaultProxy::start(gold.addr()).await;
+    let standby = PgServer::start(PgOptions {
+        replica_of: Some(ts.addr()),
+        ..Default::default()
+    });
+    let local = standby.superuser_client().await;
+    let in_recovery = async || -> bool {
+        local
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(true)
+    };
+    assert!(in_recovery().await);
+    let w = app::spawn(config(
+        ts.addr(),
+        standby.port(),
+        &[
+            ("WATCHDOG_PROMOTER", "pg-promote"),
+            ("WATCHDOG_LOCAL_PG_USER", "postgres"),
+        ],
+    ))
+    .await;
+    wait_status(&w, "the standby's WAL receiver seen", |s| {
+        s["verdict"] == "up" && s["cluster"]["wal_receiver"] == "streaming"
+    })
+    .await;
+    gold.kill();
+    wait_status(&w, "promoted", |s| s["promotion"]["result"] == "promoted").await;
+    support::wait_for("standby writable", Duration::from_secs(30), async || {
+        !in_recovery().await
+    })
+    .await;
+    let rows: i64 = local
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, ROWS);
+    local
+        .batch_execute("INSERT INTO orders VALUES (1000, 'written on the promoted standby')")
+        .await
+        .expect("writable");
+    w.stop().await;
+}
