@@ -6,6 +6,7 @@
 //! `probe`, `target` and `http`.
 
 pub mod actor;
+pub mod cli;
 pub mod config;
 pub mod detector;
 pub mod dynamic_config;

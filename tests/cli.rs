@@ -213,3 +213,161 @@ async fn logs_one_json_line_per_verdict_change_and_stops_cleanly_on_sigterm() {
     );
     assert!(events.len() <= 14, "too chatty at info level: {lines:#?}");
 }
+
+fn output(cmd: &mut Command) -> (Option<i32>, String, String) {
+    let out = cmd.stdin(Stdio::null()).output().expect("run binary");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn gold_vars(port: &str) -> Vec<(&'static str, &str)> {
+    vec![
+        ("WATCHDOG_GOLD_HOST", "127.0.0.1"),
+        ("WATCHDOG_GOLD_PORT", port),
+        ("WATCHDOG_GOLD_USER", WATCHDOG_USER),
+        ("WATCHDOG_GOLD_SSLMODE", "disable"),
+    ]
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for sub in ["run", "check", "status", "promote", "failback"] {
+        let (code, stdout, _) = output(watchdog(&[]).args([sub, "--help"]));
+        assert_eq!(code, Some(0), "{sub} --help");
+        assert!(stdout.contains("Usage:"), "{sub}: {stdout}");
+    }
+    let (_, stdout, _) = output(watchdog(&[]).args(["promote", "--help"]));
+    assert!(
+        stdout.contains("--reason") && stdout.contains("--force"),
+        "{stdout}"
+    );
+    let (_, stdout, _) = output(watchdog(&[]).args(["failback", "--help"]));
+    assert!(stdout.contains("--host") && stdout.contains("--port") && stdout.contains("--yes"));
+}
+
+#[test]
+fn check_says_per_line_whether_gold_answers_and_exits_accordingly() {
+    let gold = PgServer::start(PgOptions::default());
+    let port = gold.port().to_string();
+    let (code, stdout, stderr) = output(watchdog(&gold_vars(&port)).arg("check"));
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("ok   settings: valid"), "{stdout}");
+    assert!(stdout.contains("ok   gold probe: up/writable"), "{stdout}");
+    assert!(stdout.contains("promoter: none"), "{stdout}");
+
+    gold.stop();
+    let (code, stdout, _) = output(watchdog(&gold_vars(&port)).arg("check"));
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL gold probe: down/refused"), "{stdout}");
+
+    let mut bad = gold_vars(&port);
+    bad.push(("WATCHDOG_FALL", "0"));
+    let (code, _, stderr) = output(watchdog(&bad).arg("check"));
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("WATCHDOG_FALL"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_prints_a_running_watchdogs_state() {
+    let gold = PgServer::start(PgOptions::default());
+    let port = gold.port().to_string();
+    let http_port = free_port();
+    let listen = format!("127.0.0.1:{http_port}");
+    let mut vars = gold_vars(&port);
+    vars.extend([
+        ("WATCHDOG_PROBE_INTERVAL", "200ms"),
+        ("WATCHDOG_PROBE_TIMEOUT", "150ms"),
+        ("WATCHDOG_LISTEN_ADDR", listen.as_str()),
+    ]);
+    let mut child = spawn(&vars);
+    let client = reqwest::Client::builder().no_proxy().build().expect("client");
+    support::wait_for("up", Duration::from_secs(20), || async {
+        verdict(&client, http_port).await.as_deref() == Some("up")
+    })
+    .await;
+    let url = format!("http://{listen}");
+    let (code, stdout, _) = output(watchdog(&[]).args(["status", "--url", &url]));
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("state        watching"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("gold         127.0.0.1:{port} (static)")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("verdict      up"), "{stdout}");
+    assert!(stdout.contains("last probe   up/writable"), "{stdout}");
+    // Without --url, from the same settings the watchdog runs with.
+    let (code, stdout, _) = output(watchdog(&[("WATCHDOG_LISTEN_ADDR", &listen)]).args(["status", "--json"]));
+    assert_eq!(code, Some(0));
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("--json prints JSON");
+    assert_eq!(json["verdict"], "up");
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(5)).success());
+
+    let (code, _, stderr) = output(watchdog(&[]).args(["status", "--url", &url]));
+    assert_eq!(code, Some(1), "no watchdog there any more");
+    assert!(stderr.contains("/status"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn promote_goes_through_the_guards_unless_forced() {
+    let gold = PgServer::start(PgOptions::default());
+    let standby = PgServer::start(PgOptions {
+        replica_of: Some(gold.addr()),
+        ..Default::default()
+    });
+    let port = gold.port().to_string();
+    let local = standby.port().to_string();
+    let mut vars = gold_vars(&port);
+    vars.extend([
+        ("WATCHDOG_PROMOTER", "pg-promote"),
+        ("WATCHDOG_LOCAL_PG_PORT", local.as_str()),
+    ]);
+    let in_recovery = async || -> bool {
+        let c = standby.superuser_client().await;
+        c.query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .expect("query")
+            .get(0)
+    };
+    support::wait_for("the standby streams", Duration::from_secs(20), async || {
+        let c = standby.superuser_client().await;
+        let row = c.query_one(
+            "SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming'",
+            &[],
+        );
+        row.await.map(|r| r.get::<_, i64>(0) == 1).unwrap_or(false)
+    })
+    .await;
+
+    // Gold is alive and streaming to us: the guards say no.
+    let (code, stdout, _) = output(watchdog(&vars).args(["promote", "--reason", "drill"]));
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("vetoed by wal_receiver_streaming"), "{stdout}");
+    assert!(in_recovery().await, "a vetoed promote wrote nothing");
+
+    let (code, stdout, _) = output(watchdog(&vars).args(["promote", "--reason", "drill", "--force"]));
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("ok   promote: promoted PostgreSQL"), "{stdout}");
+    assert!(!in_recovery().await);
+
+    // Idempotent.
+    let (code, stdout, _) = output(watchdog(&vars).args(["promote", "--reason", "again", "--force"]));
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("already promoted"), "{stdout}");
+
+    // Failback asks first, and a plain standby is rebuilt rather than reconfigured.
+    let (code, _, stderr) =
+        output(watchdog(&vars).args(["failback", "--host", "127.0.0.1", "--port", &port]));
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("FAILBACK") && stderr.contains("refusing without --yes"),
+        "{stderr}"
+    );
+    let (code, stdout, _) =
+        output(watchdog(&vars).args(["failback", "--host", "127.0.0.1", "--port", &port, "--yes"]));
+    assert_eq!(code, Some(1));
+    assert!(stdout.contains("pg_basebackup"), "{stdout}");
+}

@@ -181,6 +181,25 @@ async fn gold_killed_promotes_golddr_with_its_rows_and_a_returning_gold_raises_s
         1.0
     );
     w.stop().await;
+    // Failback is the operator's act: re-add standby_cluster toward Gold.
+    let cfg = config(
+        site.ts.addr(),
+        site.dr.pg_port,
+        &[("WATCHDOG_PATRONI_URL", site.dr.patroni_url.as_str())],
+    );
+    let ts_port = site.ts.port();
+    let failback = async || patroni_dr_watchdog::cli::failback(&cfg, None, "127.0.0.1", ts_port, true).await;
+    assert_eq!(failback().await, patroni_dr_watchdog::cli::Exit::Ok);
+    let section = &site.dr.config_in_dcs().await["standby_cluster"];
+    assert_eq!(
+        (section["host"].as_str(), section["port"].as_u64()),
+        (Some("127.0.0.1"), Some(u64::from(ts_port)))
+    );
+    assert_eq!(
+        failback().await,
+        patroni_dr_watchdog::cli::Exit::Failed,
+        "already a standby cluster"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

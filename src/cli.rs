@@ -1,0 +1,336 @@
+//! The operator's subcommands besides `run`: `check`, `status`, `promote`
+//! and `failback`. Each prints one line per step and says by its exit code
+//! whether it succeeded.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, ListParams};
+use serde_json::Value;
+
+use crate::Config;
+use crate::actor::{self, ActReport};
+use crate::probe::{Outcome, PgProbe, Probe};
+use crate::promoter::Promoter;
+use crate::target::{Endpoint, port_of};
+use crate::witness;
+
+/// How a subcommand ended, for the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Ok,
+    Failed,
+}
+
+fn line(ok: bool, what: &str, detail: impl AsRef<str>) -> bool {
+    println!("{} {what}: {}", if ok { "ok  " } else { "FAIL" }, detail.as_ref());
+    ok
+}
+
+fn namespace(config: &Config, kube: Option<&kube::Client>) -> String {
+    config
+        .namespace
+        .clone()
+        .or_else(|| kube.map(|k| k.default_namespace().to_string()))
+        .unwrap_or_else(|| "default".into())
+}
+
+/// Where Gold is right now, as `run` would find it.
+async fn gold(config: &Config, kube: Option<&kube::Client>, ns: &str) -> Result<Endpoint, String> {
+    let host = match (&config.target.host, &config.target.service) {
+        (Some(h), _) => h.clone(),
+        (None, Some(svc)) => format!("{svc}.{ns}.svc"),
+        (None, None) => return Err("no WATCHDOG_GOLD_HOST".into()),
+    };
+    if let Some(port) = config.target.port {
+        return Ok(Endpoint { host, port });
+    }
+    let (Some(svc), Some(client)) = (&config.target.service, kube) else {
+        return Err("no port and no Transport Service to discover it".into());
+    };
+    let api: Api<Service> = Api::namespaced(client.clone(), ns);
+    let list = api
+        .list(&ListParams::default().fields(&format!("metadata.name={svc}")))
+        .await
+        .map_err(|e| format!("cannot list Service {ns}/{svc}: {}", crate::error_chain(&e)))?;
+    let service = list
+        .items
+        .first()
+        .ok_or_else(|| format!("Service {ns}/{svc} not found"))?;
+    let port = port_of(service, config.target.port_name.as_deref())?;
+    Ok(Endpoint { host, port })
+}
+
+/// `check`: the settings are valid (or we would not be here), and every
+/// party the watchdog talks to answers as it should.
+pub async fn check(config: &Config, kube: Option<&kube::Client>) -> Exit {
+    let ns = namespace(config, kube);
+    let mut ok = line(true, "settings", "valid");
+    match gold(config, kube, &ns).await {
+        Err(e) => ok &= line(false, "gold target", e),
+        Ok(endpoint) => {
+            ok &= line(true, "gold target", endpoint.to_string());
+            match PgProbe::new(config.gold.clone(), config.probe_timeout) {
+                Err(e) => ok &= line(false, "gold probe", e.to_string()),
+                Ok(probe) => {
+                    let r = probe.probe(&endpoint).await;
+                    let detail = format!(
+                        "{} in {} ms{}",
+                        r.outcome,
+                        r.duration.as_millis(),
+                        r.error.map(|e| format!(": {e}")).unwrap_or_default()
+                    );
+                    ok &= line(r.outcome == Outcome::Up, "gold probe", detail);
+                }
+            }
+        }
+    }
+    match actor::build(config, kube, &ns) {
+        Err(e) => ok &= line(false, "http client", crate::error_chain(&e)),
+        Ok(None) => {
+            line(true, "promoter", "none: observing only");
+        }
+        Ok(Some(actor)) => {
+            let view = actor.observe().await;
+            ok &= match (&view.role, config.uses_patroni()) {
+                (Some(role), true) => line(
+                    !matches!(role, crate::guards::Role::Unreachable(_)),
+                    "local patroni",
+                    format!("{} at {}", role.as_str(), config.patroni_url),
+                ),
+                _ => true,
+            };
+            ok &= match &view.config_error {
+                Some(e) => line(false, "promoter", e),
+                None => line(
+                    true,
+                    "promoter",
+                    format!(
+                        "{}: standby={} paused={} disarmed={}",
+                        actor.promoter.object(),
+                        view.standby.unwrap_or_default(),
+                        view.paused.unwrap_or_default(),
+                        view.disarmed.unwrap_or_default()
+                    ),
+                ),
+            };
+            ok &= match &view.local_pg_error {
+                Some(e) => line(false, "local postgresql", e),
+                None => line(
+                    true,
+                    "local postgresql",
+                    format!(
+                        "WAL receiver {}",
+                        view.wal_receiver.as_deref().unwrap_or("not running")
+                    ),
+                ),
+            };
+            for w in &config.witnesses {
+                let t = witness::ask(w, &actor.http, config.probe_timeout).await;
+                ok &= line(
+                    !matches!(t, witness::Testimony::CantTell(_)),
+                    "witness",
+                    format!("{w}: {t:?}"),
+                );
+            }
+        }
+    }
+    if ok { Exit::Ok } else { Exit::Failed }
+}
+
+/// `status`: a running watchdog's `/status`, for a human (or raw JSON).
+pub async fn status(url: &str, json: bool) -> Exit {
+    let url = format!("{}/status", url.trim_end_matches('/'));
+    let client = match reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cannot build an HTTP client: {e}");
+            return Exit::Failed;
+        }
+    };
+    let body: Value = match client.get(&url).send().await.and_then(|r| r.error_for_status()) {
+        Ok(r) => match r.json().await {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("{url}: not a status document: {e}");
+                return Exit::Failed;
+            }
+        },
+        Err(e) => {
+            eprintln!("{url}: {}", crate::error_chain(&e));
+            return Exit::Failed;
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&body).unwrap_or_default());
+        return Exit::Ok;
+    }
+    let s = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let target = match &body["target"]["endpoint"] {
+        Value::Null => format!("unknown ({})", s(&body["target"]["reason"])),
+        e => format!(
+            "{}:{} ({})",
+            s(&e["host"]),
+            s(&e["port"]),
+            s(&body["target"]["source"])
+        ),
+    };
+    let last = &body["last_probe"];
+    println!("state        {}", s(&body["state"]));
+    println!("gold         {target}");
+    println!(
+        "verdict      {} since {} ({} consecutive failures)",
+        s(&body["verdict"]),
+        s(&body["verdict_since"]),
+        s(&body["consecutive_failures"])
+    );
+    println!(
+        "last probe   {}/{} at {} {}",
+        s(&last["outcome"]),
+        s(&last["reason"]),
+        s(&last["at"]),
+        s(&last["error"])
+    );
+    let cluster = &body["cluster"];
+    println!(
+        "local        role {}, standby {}, paused {}, disarmed {}, WAL receiver {}",
+        s(&cluster["role"]["role"]),
+        s(&cluster["standby"]),
+        s(&cluster["paused"]),
+        s(&cluster["disarmed"]),
+        s(&cluster["wal_receiver"])
+    );
+    let p = &body["promotion"];
+    let vetoes: Vec<String> = p["vetoes"]
+        .as_array()
+        .map(|v| v.iter().map(|v| s(&v["guard"])).collect())
+        .unwrap_or_default();
+    println!(
+        "promotion    {} via {}, mode {}, result {}, vetoes [{}], split brain {}",
+        if p["result"].is_null() { "armed" } else { "done" },
+        s(&p["promoter"]),
+        s(&p["mode"]),
+        s(&p["result"]),
+        vetoes.join(", "),
+        s(&p["split_brain"])
+    );
+    Exit::Ok
+}
+
+/// `promote --reason`: an operator's promotion, through the same guards
+/// unless `force`.
+pub async fn promote(config: &Config, kube: Option<&kube::Client>, reason: &str, force: bool) -> Exit {
+    let ns = namespace(config, kube);
+    let actor = match actor::build(config, kube, &ns) {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            eprintln!("WATCHDOG_PROMOTER is none: there is nothing to promote with");
+            return Exit::Failed;
+        }
+        Err(e) => {
+            eprintln!("cannot build an HTTP client: {}", crate::error_chain(&e));
+            return Exit::Failed;
+        }
+    };
+    let reason = format!(
+        "manual promotion by {}{}: {reason}",
+        config.identity,
+        if force { " (--force, guards skipped)" } else { "" }
+    );
+    let report = actor.act_manually(reason.clone(), force).await;
+    let (ok, message) = match &report {
+        ActReport::Promoted { .. } => (true, format!("promoted {}", actor.promoter.object())),
+        ActReport::AlreadyPromoted => (true, "already promoted: nothing written".to_string()),
+        ActReport::Vetoed(v) => (
+            false,
+            format!(
+                "vetoed by {}; nothing written (--force skips the guards)",
+                v.iter()
+                    .map(crate::guards::Veto::describe)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
+        ActReport::CalledOff(why) => (false, format!("called off: {why}")),
+        ActReport::Failed(e) => (false, format!("failed: {e}")),
+        ActReport::DryRun { would } => (true, would.clone()),
+    };
+    if let (Some(events), ActReport::Promoted { .. }) = (&actor.events, &report) {
+        let metrics = crate::metrics::Metrics::new();
+        events
+            .publish(&metrics, true, "PromotedStandbyCluster", "Promote", reason)
+            .await;
+    }
+    line(ok, "promote", message);
+    if ok { Exit::Ok } else { Exit::Failed }
+}
+
+/// `failback`: make this (promoted) site a standby of `host:port` again.
+/// Asks for a typed confirmation unless `yes`.
+pub async fn failback(
+    config: &Config,
+    kube: Option<&kube::Client>,
+    host: &str,
+    port: u16,
+    yes: bool,
+) -> Exit {
+    let ns = namespace(config, kube);
+    let actor = match actor::build(config, kube, &ns) {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            eprintln!("WATCHDOG_PROMOTER is none: set the promoter this site was promoted with");
+            return Exit::Failed;
+        }
+        Err(e) => {
+            eprintln!("cannot build an HTTP client: {}", crate::error_chain(&e));
+            return Exit::Failed;
+        }
+    };
+    let object = actor.promoter.object();
+    eprintln!(
+        "\n  !!! FAILBACK !!!\n\n  This re-adds standby_cluster {{host: {host}, port: {port}}} to {object}.\n  \
+         This site's primary is demoted to a standby leader replicating from {host}:{port}.\n  \
+         Writes made here since the promotion that {host}:{port} does not have will be\n  \
+         rewound or lost. Stop applications writing here first, and make sure\n  \
+         {host}:{port} is the rebuilt primary site, up to date.\n"
+    );
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            eprintln!("refusing without --yes: stdin is not a terminal to confirm on");
+            return Exit::Failed;
+        }
+        eprint!("  Type 'failback' to go on: ");
+        let _ = std::io::stderr().flush();
+        let mut answer = String::new();
+        if std::io::stdin().lock().read_line(&mut answer).is_err() || answer.trim() != "failback" {
+            eprintln!("not confirmed: nothing written");
+            return Exit::Failed;
+        }
+    }
+    match actor.promoter.failback(host, port).await {
+        Ok(()) => {
+            line(
+                true,
+                "failback",
+                format!(
+                    "{object} is a standby of {host}:{port} again (at {}). Restart this sidecar to re-arm it",
+                    humantime::format_rfc3339_seconds(SystemTime::now())
+                ),
+            );
+            Exit::Ok
+        }
+        Err(e) => {
+            line(false, "failback", format!("{e}; nothing written"));
+            Exit::Failed
+        }
+    }
+}
