@@ -15,6 +15,7 @@ use serde_json::Value;
 use support::app::{self, Running};
 use support::pg::{PgOptions, PgServer, WATCHDOG_USER};
 use support::proxy::{Fault, FaultProxy};
+use support::webhook::WebhookSink;
 
 const ROWS: i64 = 25;
 
@@ -143,7 +144,13 @@ async fn assert_not_promoted(site: &Site, w: &Running) {
 #[tokio::test(flavor = "multi_thread")]
 async fn gold_killed_promotes_golddr_with_its_rows_and_a_returning_gold_raises_split_brain() {
     let site = site().await;
-    let w = watchdog(&site, site.ts.addr(), &[]).await;
+    let sink = WebhookSink::start().await;
+    let w = watchdog(
+        &site,
+        site.ts.addr(),
+        &[("WATCHDOG_WEBHOOK_URL", sink.url.as_str())],
+    )
+    .await;
 
     site.gold.kill();
     let killed = Instant::now();
@@ -174,6 +181,13 @@ async fn gold_killed_promotes_golddr_with_its_rows_and_a_returning_gold_raises_s
     let st = wait_status(&w, "split brain", |s| s["promotion"]["split_brain"] == true).await;
     assert_eq!(st["last_probe"]["outcome"], "up");
     assert_eq!(metric(&w, "patroni_dr_watchdog_split_brain").await, 1.0);
+    support::wait_for("alerts", Duration::from_secs(20), async || {
+        sink.any("SPLIT BRAIN")
+    })
+    .await;
+    for alert in ["is lost", "promoted the DR standby cluster", "SPLIT BRAIN"] {
+        assert!(sink.any(alert), "no {alert:?} alert in {:#?}", sink.messages());
+    }
     // Never fails back or acts again on its own.
     assert!(site.dr.is_primary().await);
     assert_eq!(
@@ -264,7 +278,16 @@ async fn a_broken_probe_path_while_wal_still_streams_is_vetoed() {
 async fn a_witness_that_still_sees_gold_vetoes() {
     let site = site().await;
     let witness = format!("tcp://{}", site.gold.addr());
-    let w = watchdog(&site, site.ts.addr(), &[("WATCHDOG_WITNESSES", witness.as_str())]).await;
+    let sink = WebhookSink::start().await;
+    let w = watchdog(
+        &site,
+        site.ts.addr(),
+        &[
+            ("WATCHDOG_WITNESSES", witness.as_str()),
+            ("WATCHDOG_WEBHOOK_URL", sink.url.as_str()),
+        ],
+    )
+    .await;
     // The whole tunnel goes dark; Gold itself is fine, as the witness sees.
     site.ts.set(Fault::Blackhole).await;
     let st = wait_status(&w, "veto by the witness", |s| {
@@ -273,6 +296,12 @@ async fn a_witness_that_still_sees_gold_vetoes() {
     .await;
     assert!(st["promotion"]["vetoes"].to_string().contains(&witness), "{st:#}");
     assert_not_promoted(&site, &w).await;
+    let held: Vec<String> = sink
+        .messages()
+        .into_iter()
+        .filter(|m| m.contains("held back"))
+        .collect();
+    assert!(held.iter().any(|m| m.contains("witness_sees_gold")), "{held:#?}");
     w.stop().await;
 }
 

@@ -6,6 +6,7 @@
 pub mod app;
 pub mod pg;
 pub mod proxy;
+pub mod webhook;
 
 use std::time::{Duration, Instant};
 
