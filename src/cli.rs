@@ -226,20 +226,26 @@ pub async fn status(url: &str, json: bool) -> Exit {
     Exit::Ok
 }
 
-/// `promote --reason`: an operator's promotion, through the same guards
-/// unless `force`.
-pub async fn promote(config: &Config, kube: Option<&kube::Client>, reason: &str, force: bool) -> Exit {
-    let ns = namespace(config, kube);
-    let actor = match actor::build(config, kube, &ns) {
-        Ok(Some(a)) => a,
+/// The configured promoter with its guards, or `None` after saying why not.
+fn promoter_actor(config: &Config, kube: Option<&kube::Client>) -> Option<actor::Actor> {
+    match actor::build(config, kube, &namespace(config, kube)) {
+        Ok(Some(a)) => Some(a),
         Ok(None) => {
-            eprintln!("WATCHDOG_PROMOTER is none: there is nothing to promote with");
-            return Exit::Failed;
+            eprintln!("WATCHDOG_PROMOTER is none: set the promoter this site uses");
+            None
         }
         Err(e) => {
             eprintln!("cannot build an HTTP client: {}", crate::error_chain(&e));
-            return Exit::Failed;
+            None
         }
+    }
+}
+
+/// `promote --reason`: an operator's promotion, through the same guards
+/// unless `force`.
+pub async fn promote(config: &Config, kube: Option<&kube::Client>, reason: &str, force: bool) -> Exit {
+    let Some(actor) = promoter_actor(config, kube) else {
+        return Exit::Failed;
     };
     let reason = format!(
         "manual promotion by {}{}: {reason}",
@@ -283,17 +289,8 @@ pub async fn failback(
     port: u16,
     yes: bool,
 ) -> Exit {
-    let ns = namespace(config, kube);
-    let actor = match actor::build(config, kube, &ns) {
-        Ok(Some(a)) => a,
-        Ok(None) => {
-            eprintln!("WATCHDOG_PROMOTER is none: set the promoter this site was promoted with");
-            return Exit::Failed;
-        }
-        Err(e) => {
-            eprintln!("cannot build an HTTP client: {}", crate::error_chain(&e));
-            return Exit::Failed;
-        }
+    let Some(actor) = promoter_actor(config, kube) else {
+        return Exit::Failed;
     };
     let object = actor.promoter.object();
     eprintln!(

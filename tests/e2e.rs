@@ -64,30 +64,25 @@ async fn prepare_gold(gold: &PgServer) {
 fn config(probe: SocketAddr, local_pg_port: u16, extra: &[(&str, &str)]) -> Config {
     let probe_port = probe.port().to_string();
     let local_port = local_pg_port.to_string();
-    let mut vars: Vec<(String, String)> = [
-        ("WATCHDOG_GOLD_HOST", "127.0.0.1"),
-        ("WATCHDOG_GOLD_PORT", probe_port.as_str()),
-        ("WATCHDOG_GOLD_USER", WATCHDOG_USER),
-        ("WATCHDOG_GOLD_SSLMODE", "disable"),
-        ("WATCHDOG_PROMOTER", "patroni-api"),
-        ("WATCHDOG_LOCAL_PG_PORT", local_port.as_str()),
-        ("WATCHDOG_PROBE_INTERVAL", "300ms"),
-        ("WATCHDOG_PROBE_TIMEOUT", "250ms"),
-        ("WATCHDOG_FALL", "2"),
-        ("WATCHDOG_RISE", "2"),
-        ("WATCHDOG_PROMOTE_AFTER", "5"),
-        ("WATCHDOG_WAL_RECEIVER_FRESH", "3s"),
-        ("WATCHDOG_LISTEN_ADDR", "127.0.0.1:0"),
-        ("HOSTNAME", "golddr-0"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    for (k, v) in extra {
-        vars.retain(|(key, _)| key != k);
-        vars.push((k.to_string(), v.to_string()));
-    }
-    Config::from_vars(vars).expect("valid test config")
+    app::config_from(
+        &[
+            ("WATCHDOG_GOLD_HOST", "127.0.0.1"),
+            ("WATCHDOG_GOLD_PORT", probe_port.as_str()),
+            ("WATCHDOG_GOLD_USER", WATCHDOG_USER),
+            ("WATCHDOG_GOLD_SSLMODE", "disable"),
+            ("WATCHDOG_PROMOTER", "patroni-api"),
+            ("WATCHDOG_LOCAL_PG_PORT", local_port.as_str()),
+            ("WATCHDOG_PROBE_INTERVAL", "300ms"),
+            ("WATCHDOG_PROBE_TIMEOUT", "250ms"),
+            ("WATCHDOG_FALL", "2"),
+            ("WATCHDOG_RISE", "2"),
+            ("WATCHDOG_PROMOTE_AFTER", "5"),
+            ("WATCHDOG_WAL_RECEIVER_FRESH", "3s"),
+            ("WATCHDOG_LISTEN_ADDR", "127.0.0.1:0"),
+            ("HOSTNAME", "golddr-0"),
+        ],
+        extra,
+    )
 }
 
 async fn watchdog(site: &Site, probe: SocketAddr, extra: &[(&str, &str)]) -> Running {

@@ -79,37 +79,32 @@ impl Scene {
     fn config(&self, env: &KubeEnv, extra: &[(&str, &str)]) -> Config {
         let namespace = env.namespace().to_string();
         let local_port = self.local.port().to_string();
-        let mut vars: Vec<(String, String)> = [
-            ("WATCHDOG_TS_SERVICE", self.service.as_str()),
-            ("WATCHDOG_TS_PORT_NAME", "postgres"),
-            // Never let a test resolve a cluster DNS name.
-            ("WATCHDOG_GOLD_HOST", "127.0.0.1"),
-            ("WATCHDOG_GOLD_USER", WATCHDOG_USER),
-            ("WATCHDOG_GOLD_SSLMODE", "disable"),
-            ("WATCHDOG_NAMESPACE", namespace.as_str()),
-            ("WATCHDOG_PROMOTER", "configmap"),
-            ("WATCHDOG_PATRONI_CONFIGMAP", self.configmap.as_str()),
-            ("WATCHDOG_PATRONI_URL", self.patroni.url.as_str()),
-            ("WATCHDOG_PROBE_INTERVAL", "200ms"),
-            ("WATCHDOG_PROBE_TIMEOUT", "150ms"),
-            ("WATCHDOG_FALL", "2"),
-            ("WATCHDOG_RISE", "2"),
-            ("WATCHDOG_PROMOTE_AFTER", "3"),
-            ("WATCHDOG_LISTEN_ADDR", "127.0.0.1:0"),
-            ("WATCHDOG_LOCAL_PG_PORT", local_port.as_str()),
-            // This standby has no upstream, so the age of its data is
-            // unknown; the stale-data guard is shown end to end elsewhere.
-            ("WATCHDOG_ALLOW_STALE_PROMOTION", "true"),
-            ("HOSTNAME", "patroni-0"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        for (k, v) in extra {
-            vars.retain(|(key, _)| key != k);
-            vars.push((k.to_string(), v.to_string()));
-        }
-        Config::from_vars(vars).expect("valid test config")
+        app::config_from(
+            &[
+                ("WATCHDOG_TS_SERVICE", self.service.as_str()),
+                ("WATCHDOG_TS_PORT_NAME", "postgres"),
+                // Never let a test resolve a cluster DNS name.
+                ("WATCHDOG_GOLD_HOST", "127.0.0.1"),
+                ("WATCHDOG_GOLD_USER", WATCHDOG_USER),
+                ("WATCHDOG_GOLD_SSLMODE", "disable"),
+                ("WATCHDOG_NAMESPACE", namespace.as_str()),
+                ("WATCHDOG_PROMOTER", "configmap"),
+                ("WATCHDOG_PATRONI_CONFIGMAP", self.configmap.as_str()),
+                ("WATCHDOG_PATRONI_URL", self.patroni.url.as_str()),
+                ("WATCHDOG_PROBE_INTERVAL", "200ms"),
+                ("WATCHDOG_PROBE_TIMEOUT", "150ms"),
+                ("WATCHDOG_FALL", "2"),
+                ("WATCHDOG_RISE", "2"),
+                ("WATCHDOG_PROMOTE_AFTER", "3"),
+                ("WATCHDOG_LISTEN_ADDR", "127.0.0.1:0"),
+                ("WATCHDOG_LOCAL_PG_PORT", local_port.as_str()),
+                // This standby has no upstream, so the age of its data is
+                // unknown; the stale-data guard is shown end to end elsewhere.
+                ("WATCHDOG_ALLOW_STALE_PROMOTION", "true"),
+                ("HOSTNAME", "patroni-0"),
+            ],
+            extra,
+        )
     }
 
     async fn spawn(&self, env: &KubeEnv, extra: &[(&str, &str)]) -> Running {

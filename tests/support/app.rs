@@ -21,21 +21,28 @@ use super::pg::WATCHDOG_USER;
 /// promote_after 4), no TLS, the `watchdog` role, and a loopback listener.
 /// `extra` overrides any of it, as environment variables would.
 pub fn config(gold: SocketAddr, extra: &[(&str, &str)]) -> Config {
-    let mut vars: Vec<(String, String)> = [
-        ("WATCHDOG_GOLD_HOST", gold.ip().to_string()),
-        ("WATCHDOG_GOLD_PORT", gold.port().to_string()),
-        ("WATCHDOG_GOLD_USER", WATCHDOG_USER.to_string()),
-        ("WATCHDOG_GOLD_SSLMODE", "disable".to_string()),
-        ("WATCHDOG_PROBE_INTERVAL", "3s".to_string()),
-        ("WATCHDOG_PROBE_TIMEOUT", "2s".to_string()),
-        ("WATCHDOG_FALL", "2".to_string()),
-        ("WATCHDOG_RISE", "2".to_string()),
-        ("WATCHDOG_PROMOTE_AFTER", "4".to_string()),
-        ("WATCHDOG_LISTEN_ADDR", "127.0.0.1:0".to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let host = gold.ip().to_string();
+    let port = gold.port().to_string();
+    config_from(
+        &[
+            ("WATCHDOG_GOLD_HOST", host.as_str()),
+            ("WATCHDOG_GOLD_PORT", port.as_str()),
+            ("WATCHDOG_GOLD_USER", WATCHDOG_USER),
+            ("WATCHDOG_GOLD_SSLMODE", "disable"),
+            ("WATCHDOG_PROBE_INTERVAL", "3s"),
+            ("WATCHDOG_PROBE_TIMEOUT", "2s"),
+            ("WATCHDOG_FALL", "2"),
+            ("WATCHDOG_RISE", "2"),
+            ("WATCHDOG_PROMOTE_AFTER", "4"),
+            ("WATCHDOG_LISTEN_ADDR", "127.0.0.1:0"),
+        ],
+        extra,
+    )
+}
+
+/// A config from `base` variables, each of `extra` replacing or adding one.
+pub fn config_from(base: &[(&str, &str)], extra: &[(&str, &str)]) -> Config {
+    let mut vars: Vec<(String, String)> = base.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     for (k, v) in extra {
         vars.retain(|(key, _)| key != k);
         vars.push((k.to_string(), v.to_string()));

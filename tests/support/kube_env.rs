@@ -201,15 +201,8 @@ impl FakePatroni {
                 }),
             )
             .with_state(role);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-        });
+        let (addr, shutdown) = crate::support::serve(app).await;
+        let url = format!("http://{addr}");
         FakePatroni { url, shutdown }
     }
 }

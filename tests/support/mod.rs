@@ -38,3 +38,18 @@ pub async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Serves `app` on 127.0.0.1:<random> until the returned token is
+/// cancelled; for the stand-ins of HTTP peers.
+pub async fn serve(app: axum::Router) -> (std::net::SocketAddr, tokio_util::sync::CancellationToken) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+    });
+    (addr, shutdown)
+}

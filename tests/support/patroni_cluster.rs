@@ -25,13 +25,12 @@
 //! `etcd` DCS instead.
 #![allow(dead_code)]
 
-use std::collections::HashSet;
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -39,7 +38,9 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio_postgres::NoTls;
 
-use crate::support::pg::{PgOptions, PgServer};
+use crate::support::pg::{
+    PgOptions, PgServer, blocking, describe, find_bin_dir, free_port, run, running_as_root,
+};
 
 /// Replication role created on Gold; GoldDR's Patroni streams (and takes its
 /// base backup) as this user. Trusted from 127.0.0.1, no password.
@@ -243,7 +244,7 @@ impl Gold {
     /// returns its output. Panics if psql fails.
     pub fn psql(&self, sql: &str) -> String {
         blocking(|| {
-            let out = run(Command::new(pg_bin_dir().join("psql"))
+            let out = run(Command::new(find_bin_dir().join("psql"))
                 .args([
                     "-X",
                     "-A",
@@ -477,7 +478,7 @@ impl GoldDr {
                 "listen": pg,
                 "connect_address": pg,
                 "data_dir": self.data_dir,
-                "bin_dir": pg_bin_dir(),
+                "bin_dir": find_bin_dir(),
                 "pgpass": self.dir.path().join("pgpass"),
                 "use_unix_socket": true,
                 "authentication": {
@@ -689,7 +690,7 @@ impl GoldDr {
             let _ = child.wait();
         }
         if let Some(pid) = self.postmaster_pid() {
-            let _ = as_postgres(Command::new(pg_bin_dir().join("pg_ctl")))
+            let _ = as_postgres(Command::new(find_bin_dir().join("pg_ctl")))
                 .args(["stop", "-m", "immediate", "-w", "-t", "30", "-D"])
                 .arg(&self.data_dir)
                 .current_dir(self.dir.path())
@@ -755,16 +756,6 @@ fn as_postgres(mut cmd: Command) -> Command {
     cmd
 }
 
-fn running_as_root() -> bool {
-    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    if let Some(line) = status.lines().find(|l| l.starts_with("Uid:")) {
-        // Uid: real effective saved fs
-        return line.split_whitespace().nth(2) == Some("0");
-    }
-    let out = run(Command::new("id").arg("-u"));
-    String::from_utf8_lossy(&out.stdout).trim() == "0"
-}
-
 /// Removes inherited environment variables with these prefixes (they would
 /// configure Patroni, libpq or etcd behind the harness's back).
 fn clear_env(cmd: &mut Command, prefixes: &[&str]) {
@@ -777,59 +768,12 @@ fn clear_env(cmd: &mut Command, prefixes: &[&str]) {
     }
 }
 
-/// Newest `/usr/lib/postgresql/<version>/bin`, or `$PG_BIN_DIR` if set (as in `support::pg`).
-fn pg_bin_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("PG_BIN_DIR") {
-        return PathBuf::from(dir);
-    }
-    fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let version: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let bin = entry.path().join("bin");
-            bin.join("initdb").is_file().then_some((version, bin))
-        })
-        .max_by_key(|(version, _)| *version)
-        .map(|(_, bin)| bin)
-        .expect("no PostgreSQL server binaries in /usr/lib/postgresql/*/bin (or set PG_BIN_DIR)")
-}
-
 fn temp_dir(prefix: &str) -> TempDir {
     // /tmp, not $TMPDIR: unix socket paths must stay short.
     tempfile::Builder::new()
         .prefix(prefix)
         .tempdir_in("/tmp")
         .expect("create temp dir")
-}
-
-/// A loopback port that was free a moment ago, never handed out twice by
-/// this process. Picked below the kernel's ephemeral range when there is
-/// room, so outgoing connections' source ports cannot grab it meanwhile.
-fn free_port() -> u16 {
-    static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-    let low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-    let handed_out = handed_out.get_or_insert_with(HashSet::new);
-    for _ in 0..200 {
-        let port = if low > 12_000 {
-            fastrand::u16(10_000..low)
-        } else {
-            TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("bind 127.0.0.1:0")
-                .port()
-        };
-        if !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            handed_out.insert(port);
-            return port;
-        }
-    }
-    panic!("found no free loopback port");
 }
 
 /// A blocking HTTP/1.0 GET on 127.0.0.1:`port`: (status, body), or None on
@@ -869,30 +813,4 @@ fn read_lossy(path: &Path) -> String {
     fs::read(path)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default()
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"))
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "{}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Runs blocking process work without stalling a multi-threaded tokio
-/// runtime's worker (the fault proxy's tasks must keep running).
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
-    }
 }

@@ -6,11 +6,13 @@
 //! as the `postgres` OS user via `runuser`, because initdb/postgres refuse to
 //! run as root.
 
+use std::collections::HashSet;
 use std::fs;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -433,7 +435,7 @@ impl Drop for PgServer {
 }
 
 /// Newest `/usr/lib/postgresql/<version>/bin`, or `$PG_BIN_DIR` if set.
-fn find_bin_dir() -> PathBuf {
+pub fn find_bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("PG_BIN_DIR") {
         return PathBuf::from(dir);
     }
@@ -456,7 +458,7 @@ fn find_bin_dir() -> PathBuf {
         })
 }
 
-fn running_as_root() -> bool {
+pub fn running_as_root() -> bool {
     let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
     if let Some(line) = status.lines().find(|l| l.starts_with("Uid:")) {
         // Uid: real effective saved fs
@@ -464,14 +466,6 @@ fn running_as_root() -> bool {
     }
     let out = run(Command::new("id").arg("-u"));
     String::from_utf8_lossy(&out.stdout).trim() == "0"
-}
-
-/// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
 }
 
 /// Self-signed CA plus a server certificate for localhost/127.0.0.1 signed by
@@ -549,7 +543,7 @@ fn generate_tls(dir: &Path) -> PathBuf {
     dir.join("ca.crt")
 }
 
-fn run(cmd: &mut Command) -> Output {
+pub fn run(cmd: &mut Command) -> Output {
     cmd.stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"))
@@ -572,7 +566,7 @@ fn run_with_stdin(cmd: &mut Command, input: &str) -> Output {
     child.wait_with_output().expect("wait for child")
 }
 
-fn describe(out: &Output) -> String {
+pub fn describe(out: &Output) -> String {
     format!(
         "{}\n--- stdout ---\n{}\n--- stderr ---\n{}",
         out.status,
@@ -583,11 +577,39 @@ fn describe(out: &Output) -> String {
 
 /// Runs blocking process work without stalling a multi-threaded tokio
 /// runtime's worker (proxy tasks may need to run meanwhile).
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(f)
         }
         _ => f(),
     }
+}
+
+/// A loopback port that was free a moment ago, never handed out twice by
+/// this process. Picked below the kernel's ephemeral range when there is
+/// room, so outgoing connections' source ports cannot grab it meanwhile.
+pub fn free_port() -> u16 {
+    static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let handed_out = handed_out.get_or_insert_with(HashSet::new);
+    for _ in 0..200 {
+        let port = if low > 12_000 {
+            fastrand::u16(10_000..low)
+        } else {
+            TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("bind 127.0.0.1:0")
+                .port()
+        };
+        if !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
+            return port;
+        }
+    }
+    panic!("found no free loopback port");
 }

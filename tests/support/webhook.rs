@@ -48,15 +48,8 @@ impl WebhookSink {
         let app = axum::Router::new()
             .route("/hooks/{token}", post(receive))
             .with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}/hooks/t0ken", listener.local_addr().expect("addr"));
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-        });
+        let (addr, shutdown) = super::serve(app).await;
+        let url = format!("http://{addr}/hooks/t0ken");
         WebhookSink {
             url,
             shared,
