@@ -714,6 +714,19 @@ impl Raw {
             other: var("FALL"),
             reason: "PROMOTE_AFTER must be at least FALL: Gold is declared down before it is declared lost",
         })?;
+        // Data is at least as old as Gold's death, and Gold is only declared
+        // lost promote_after intervals after it: a shorter limit would veto
+        // every real loss.
+        let time_to_lost = probe_interval * thresholds.promote_after() + probe_timeout;
+        if !allow_stale_promotion && max_data_age <= time_to_lost {
+            return Err(ConfigError::Conflict {
+                var: var("MAX_DATA_AGE"),
+                other: var("PROMOTE_AFTER"),
+                reason: "WATCHDOG_MAX_DATA_AGE must exceed the time it takes to declare Gold lost \
+                         (WATCHDOG_PROMOTE_AFTER x WATCHDOG_PROBE_INTERVAL + WATCHDOG_PROBE_TIMEOUT), \
+                         or the stale-data guard would veto every real loss",
+            });
+        }
 
         let listen_raw = self
             .listen_addr
@@ -958,6 +971,8 @@ mod tests {
                 "WATCHDOG_WAL_RECEIVER_FRESH",
             ),
             (&[("WATCHDOG_MAX_DATA_AGE", "0s")], "WATCHDOG_MAX_DATA_AGE"),
+            // 18 × 10 s + 5 s = 185 s to declare Gold lost
+            (&[("WATCHDOG_MAX_DATA_AGE", "3m")], "WATCHDOG_MAX_DATA_AGE"),
             (
                 &[("WATCHDOG_ALLOW_STALE_PROMOTION", "yes please")],
                 "WATCHDOG_ALLOW_STALE_PROMOTION",
@@ -1071,8 +1086,10 @@ mod tests {
         let c = cfg(&[
             ("WATCHDOG_PROBE_INTERVAL", "1m 30s"),
             ("WATCHDOG_PROBE_TIMEOUT", "1500ms"),
+            ("WATCHDOG_MAX_DATA_AGE", "1h"),
         ])
         .unwrap();
+        assert_eq!(c.max_data_age, Duration::from_secs(3600));
         assert_eq!(c.probe_interval, Duration::from_secs(90));
         assert_eq!(c.probe_timeout, Duration::from_millis(1500));
     }

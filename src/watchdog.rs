@@ -128,18 +128,22 @@ impl<P: Probe> Watchdog<P> {
         if self.detector.verdict() == Verdict::Lost && !self.latched && self.acting.is_none() {
             self.start_act(matches!(target, Target::Known { .. }));
         }
-        let state = match (&target, self.latched) {
+        self.status.send_modify(|s| {
+            s.target = target;
+            s.last_tick = Some(std::time::Instant::now());
+        });
+        self.publish_state();
+        report
+    }
+
+    fn publish_state(&self) {
+        let state = match (&self.status.borrow().target, self.latched) {
             (_, true) => State::Promoted,
             (Target::Known { .. }, false) => State::Watching,
             (Target::Unknown { .. }, false) => State::TargetUnknown,
         };
         self.metrics.set_state(state);
-        self.status.send_modify(|s| {
-            s.state = state;
-            s.target = target;
-            s.last_tick = Some(std::time::Instant::now());
-        });
-        report
+        self.status.send_modify(|s| s.state = state);
     }
 
     /// Results against one address say nothing about another: start over.
@@ -186,12 +190,18 @@ impl<P: Probe> Watchdog<P> {
     }
 
     /// Takes in a finished act, if any. Never waits for an unfinished one.
+    /// (The scheduled loop takes it in the moment it finishes.)
     async fn settle_act(&mut self) {
         if !self.acting.as_ref().is_some_and(JoinHandle::is_finished) {
             return;
         }
         let Some(handle) = self.acting.take() else { return };
-        let report = match handle.await {
+        self.take_report(handle.await);
+    }
+
+    /// Logs, counts, alerts and publishes what an act decided.
+    fn take_report(&mut self, joined: Result<ActReport, tokio::task::JoinError>) {
+        let report = match joined {
             Ok(report) => report,
             Err(e) => {
                 error!(error = %e, "promotion task failed");
@@ -471,6 +481,18 @@ impl<P: Probe> Watchdog<P> {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
+                // A decision is reported the moment it is made, not a tick later.
+                joined = async {
+                    match self.acting.as_mut() {
+                        Some(handle) => handle.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.acting = None;
+                    self.take_report(joined);
+                    self.publish_state();
+                    continue;
+                }
                 _ = interval.tick() => {}
             }
             let jitter = max_jitter.mul_f64(fastrand::f64());

@@ -732,3 +732,33 @@ async fn every_api_call_is_allowed_by_the_rbac_manifest_and_every_rule_is_used()
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_promotion_is_reported_the_moment_it_is_made_not_a_tick_later() {
+    let env = KubeEnv::double().await;
+    let scene = Scene::new(&env, dead_port(), "standby_leader").await;
+    env.create_patroni_config(&scene.configmap, STANDBY_CONFIG, &[])
+        .await;
+    // One failed probe loses Gold; the next tick would come 4 s later.
+    let started = std::time::Instant::now();
+    let w = scene
+        .spawn(
+            &env,
+            &[
+                ("WATCHDOG_PROBE_INTERVAL", "4s"),
+                ("WATCHDOG_PROBE_TIMEOUT", "1s"),
+                ("WATCHDOG_FALL", "1"),
+                ("WATCHDOG_PROMOTE_AFTER", "1"),
+            ],
+        )
+        .await;
+    let st = wait_status(&w, "promoted", |s| s["promotion"]["result"] == "promoted").await;
+    assert!(
+        started.elapsed() < Duration::from_millis(3500),
+        "reported {:?} after start, with the second tick due at 4 s",
+        started.elapsed()
+    );
+    assert_eq!(st["state"], "promoted");
+    assert_eq!(st["counters"]["probes"], 1);
+    w.stop().await;
+}
