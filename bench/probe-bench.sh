@@ -16,7 +16,9 @@ set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO_ROOT"
-while IFS= read -r v; do unset "$v"; done < <(compgen -e | grep '^WATCHDOG_' || true)
+LIB_FD=2 # narration on stderr, the report on stdout
+# shellcheck source=scripts/lib.sh
+source "$REPO_ROOT/scripts/lib.sh"
 
 BENCH_DURATION=${BENCH_DURATION:-180}
 BENCH_RUNS=${BENCH_RUNS:-3}
@@ -36,27 +38,14 @@ DET_FALL=2
 DET_RISE=2
 DET_PROMOTE_AFTER=5
 
-BIN="$REPO_ROOT/target/release/patroni-dr-watchdog"
 RESULTS="$REPO_ROOT/bench/results.md"
 CLK_TCK=$(getconf CLK_TCK)
 
-WORK=""
-PG_BIN=""
-GOLD_DATA=""
-GOLD_SOCK=""
-GOLD_PORT=""
 BH_PID=""
-declare -A WD_PIDS=() # pid -> 1 for every watchdog this script started
-REPORT=""             # markdown report being built (file in $WORK)
+REPORT="" # markdown report being built (file in $WORK)
 COMPLETE=0
 T_START=$(date +%s)
 
-say() { printf '\n==> %s\n' "$*" >&2; }
-info() { printf '    %s\n' "$*" >&2; }
-die() {
-    printf '    ERROR: %s\n' "$*" >&2
-    exit 1
-}
 # Appends a line to the report and shows it.
 rep() {
     printf '%s\n' "$*" | tee -a "$REPORT"
@@ -66,29 +55,18 @@ cleanup() {
     local rc=$?
     set +e
     trap - EXIT INT TERM
-    local pid
-    for pid in "${!WD_PIDS[@]}"; do
-        if kill -0 "$pid" 2>/dev/null; then
-            kill -TERM "$pid" 2>/dev/null
-            for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-            kill -KILL "$pid" 2>/dev/null
-            wait "$pid" 2>/dev/null
-        fi
-    done
     if [[ -n "$BH_PID" ]] && kill -0 "$BH_PID" 2>/dev/null; then
         kill -TERM "$BH_PID" 2>/dev/null
         wait "$BH_PID" 2>/dev/null
     fi
-    if [[ -n "$GOLD_DATA" && -f "$GOLD_DATA/postmaster.pid" ]]; then
-        as_pg "$PG_BIN/pg_ctl" -D "$GOLD_DATA" -m immediate -w -t 20 stop >/dev/null 2>&1
-    fi
+    lib_cleanup # every watchdog started, and Gold
     if [[ -n "$REPORT" && -f "$REPORT" ]]; then
         if ((COMPLETE == 0)); then
             printf '\n**INCOMPLETE: the benchmark stopped early (exit %d).**\n' "$rc" >>"$REPORT"
         fi
         cp "$REPORT" "$RESULTS" && printf '\n(report written to %s)\n' "${RESULTS#"$REPO_ROOT"/}" >&2
     fi
-    [[ -n "$WORK" && -d "$WORK" ]] && rm -rf -- "$WORK"
+    lib_remove_work
     printf '(total bench runtime %d s)\n' "$(($(date +%s) - T_START))" >&2
     exit "$rc"
 }
@@ -96,152 +74,16 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-is_root() { [[ $(id -u) -eq 0 ]]; }
-as_pg() {
-    if is_root; then runuser -u postgres -- "$@"; else "$@"; fi
-}
-free_port() {
-    python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'
-}
-newest_pg_bin() {
-    local d
-    d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1 || true)
-    [[ -n "$d" && -x "$d/initdb" && -x "$d/pg_ctl" ]] && printf '%s\n' "$d"
-}
-# Floating-point arithmetic: calc 'expression' (awk syntax).
-calc() { awk "BEGIN{ printf \"%s\", $1 }"; }
-fmt() { awk -v x="$2" "BEGIN{ printf \"$1\", x }"; } # fmt '%.3f' value
-# Reads JSON on stdin, prints the value at a dotted path (e.g. counters.probes).
-json_get() {
-    if command -v jq >/dev/null 2>&1; then
-        jq -r ".$1 | tostring"
-    else
-        python3 -c '
-import json, sys
-v = json.load(sys.stdin)
-for k in sys.argv[1].split("."):
-    v = v[k] if isinstance(v, dict) else None
-print("null" if v is None else str(v).lower() if isinstance(v, bool) else v)
-' "$1"
-    fi
-}
-status_get() { # status_get URL PATH
-    curl -fsS --max-time 2 "$1/status" | json_get "$2"
-}
-
-# ---------------------------------------------------------- Gold ----
-start_gold() {
-    as_pg "$PG_BIN/pg_ctl" -D "$GOLD_DATA" -l "$WORK/gold.log" -w -t 60 start >/dev/null ||
-        {
-            tail -n 20 "$WORK/gold.log" >&2
-            die "PostgreSQL did not start"
-        }
-}
-stop_gold() { # stop_gold MODE
-    as_pg "$PG_BIN/pg_ctl" -D "$GOLD_DATA" -m "$1" -w -t 60 stop >/dev/null
-}
-gold_sql() {
-    as_pg "$PG_BIN/psql" -h "$GOLD_SOCK" -p "$GOLD_PORT" -U postgres -d postgres -XAtq -c "$1"
-}
-
-# ------------------------------------------------------ watchdog ----
-WD_PID=""
-WD_URL=""
-WD_T0=""
-# start_watchdog HOST_PORT INTERVAL TIMEOUT FALL RISE PROMOTE_AFTER LOGFILE
-# Sets WD_PID, WD_URL and WD_T0 (epoch just before the exec); returns once
-# /readyz answers.
+# start_watchdog GOLD_PORT INTERVAL TIMEOUT FALL RISE PROMOTE_AFTER LOGFILE
+# (no promoter): sets WD_PID, WD_URL and WD_T0 (see wd_start in scripts/lib.sh).
 start_watchdog() {
-    local port
-    port=$(free_port)
-    WD_T0=$(date +%s.%N)
-    NO_COLOR=1 \
-        WATCHDOG_GOLD_HOST=127.0.0.1 \
+    wd_start "$7" \
         WATCHDOG_GOLD_PORT="$1" \
-        WATCHDOG_GOLD_USER=postgres \
-        WATCHDOG_GOLD_DATABASE=postgres \
-        WATCHDOG_GOLD_SSLMODE=disable \
         WATCHDOG_PROBE_INTERVAL="$2" \
         WATCHDOG_PROBE_TIMEOUT="$3" \
         WATCHDOG_FALL="$4" \
         WATCHDOG_RISE="$5" \
-        WATCHDOG_PROMOTE_AFTER="$6" \
-        WATCHDOG_LISTEN_ADDR="127.0.0.1:$port" \
-        WATCHDOG_LOG_FORMAT=text \
-        "$BIN" run >>"$7" 2>&1 &
-    WD_PID=$!
-    WD_PIDS[$WD_PID]=1
-    WD_URL="http://127.0.0.1:$port"
-    for _ in $(seq 200); do
-        curl -fsS --max-time 1 "$WD_URL/readyz" >/dev/null 2>&1 && return 0
-        kill -0 "$WD_PID" 2>/dev/null || {
-            cat "$7" >&2
-            die "the watchdog exited at start-up"
-        }
-        sleep 0.05
-    done
-    die "the watchdog is not ready after 10 s"
-}
-# stop_watchdog PID: SIGTERM, then sets STOP_RC (999 = still running after
-# 5 s, killed) and STOP_MS. Runs in this shell: `wait` needs the child.
-STOP_RC=""
-STOP_MS=""
-stop_watchdog() {
-    local pid=$1 t0
-    t0=$(date +%s%N)
-    STOP_RC=0
-    kill -TERM "$pid"
-    for _ in $(seq 250); do kill -0 "$pid" 2>/dev/null || break; sleep 0.02; done
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -KILL "$pid"
-        wait "$pid" 2>/dev/null || true
-        STOP_RC=999
-    else
-        wait "$pid" || STOP_RC=$?
-    fi
-    STOP_MS=$((($(date +%s%N) - t0) / 1000000))
-    unset "WD_PIDS[$pid]"
-}
-
-# wait_verdict URL VERDICT TIMEOUT_S [T0_EPOCH]
-# Polls /status every 50 ms until the verdict is VERDICT. Prints
-#   "<poll_s> <since_s> <reason> <probes>"
-# where poll_s is when the poll saw it and since_s when the watchdog says the
-# verdict changed (verdict_since), both in seconds after T0 (default: now).
-# Returns 1 on timeout.
-wait_verdict() {
-    local t0=${4:-$(date +%s.%N)}
-    python3 - "$1" "$2" "$3" "$t0" <<'PY'
-import datetime, json, sys, time, urllib.request
-url, want, limit, t0 = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
-deadline = time.time() + limit
-last = None
-while time.time() < deadline:
-    try:
-        with urllib.request.urlopen(url + "/status", timeout=1) as r:
-            s = json.load(r)
-    except Exception:
-        time.sleep(0.05)
-        continue
-    now = time.time()
-    last = s
-    if s["verdict"] == want:
-        since = datetime.datetime.fromisoformat(s["verdict_since"].replace("Z", "+00:00")).timestamp()
-        lp = s.get("last_probe") or {}
-        print(f"{now - t0:.3f} {since - t0:.3f} {lp.get('reason', '-')} {s['counters']['probes']}")
-        sys.exit(0)
-    time.sleep(0.05)
-v = last["verdict"] if last else "no answer"
-print(f"timeout: verdict still {v} after {limit:.0f} s", file=sys.stderr)
-sys.exit(1)
-PY
-}
-
-# stats VALUES...: "min median max"
-stats() {
-    printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END{
-        m = (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2
-        printf "%.3f %.3f %.3f", a[1], m, a[NR]}'
+        WATCHDOG_PROMOTE_AFTER="$6"
 }
 
 # ------------------------------------------------- /proc readings ----
@@ -280,62 +122,22 @@ pass() { if awk "BEGIN{exit !($1)}"; then echo PASS; else echo FAIL; fi; }
 
 # =============================================================== setup ====
 say "Setup"
-PG_BIN=$(newest_pg_bin || true)
-if [[ -z "$PG_BIN" ]]; then
-    info "PostgreSQL is not installed: installing it with apt-get"
-    SUDO=()
-    if ! is_root; then
-        command -v sudo >/dev/null 2>&1 || die "not root and no sudo: install PostgreSQL first"
-        SUDO=(sudo)
-    fi
-    "${SUDO[@]}" apt-get update
-    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql
-    PG_BIN=$(newest_pg_bin || true)
-    [[ -n "$PG_BIN" ]] || die "no /usr/lib/postgresql/*/bin/initdb after installing"
-fi
-for tool in curl python3 awk; do command -v "$tool" >/dev/null 2>&1 || die "$tool is required"; done
-if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then PATH="$HOME/.cargo/bin:$PATH"; fi
-info "cargo build --release --locked"
-cargo build --release --locked
-[[ -x "$BIN" ]] || die "no binary at $BIN"
-
-WORK=$(mktemp -d -t patroni-dr-bench.XXXXXX)
-if is_root; then
-    chown postgres: "$WORK"
-    if ! runuser -u postgres -- test -w "$WORK"; then
-        rm -rf -- "$WORK"
-        WORK=$(mktemp -d -p /tmp patroni-dr-bench.XXXXXX)
-        chown postgres: "$WORK"
-    fi
-fi
+ensure_postgres
+require_tools curl python3 awk
+ensure_build
+make_workdir patroni-dr-bench
 REPORT="$WORK/report.md"
 : >"$REPORT"
-GOLD_DATA="$WORK/gold"
-GOLD_SOCK="$WORK/sock"
-as_pg mkdir -p "$GOLD_SOCK"
-GOLD_PORT=$(free_port)
-as_pg "$PG_BIN/initdb" -D "$GOLD_DATA" -U postgres --auth=trust -E UTF8 --locale=C --no-sync >"$WORK/initdb.log" 2>&1 ||
-    {
-        cat "$WORK/initdb.log" >&2
-        die "initdb failed"
-    }
-as_pg tee -a "$GOLD_DATA/postgresql.conf" >/dev/null <<EOF
-
-# patroni-dr-watchdog bench
-listen_addresses = '127.0.0.1'
-port = $GOLD_PORT
-unix_socket_directories = '$GOLD_SOCK'
-fsync = off
-EOF
-start_gold
+# shellcheck disable=SC2119 # no extra postgresql.conf lines
+gold_init
+gold_start
 info "Gold: $("$PG_BIN/postgres" --version) on 127.0.0.1:$GOLD_PORT, work dir $WORK"
 
-CPU_MODEL=$(awk -F': *' '/^model name/{print $2; exit}' /proc/cpuinfo 2>/dev/null || true)
 rep "# patroni-dr-watchdog probe benchmark"
 rep ""
 rep "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-rep "- machine: $(nproc) CPU(s), ${CPU_MODEL:-unknown CPU}, kernel $(uname -r)"
-rep "- watchdog: $("$BIN" --version) (release build), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo ' + uncommitted changes')"
+rep "- machine: $(machine_desc)"
+rep "- watchdog: $("$BIN" --version) (release build), commit $(commit_desc)"
 rep "- Gold: $("$PG_BIN/postgres" --version | sed 's/^postgres (PostgreSQL)/PostgreSQL/') on 127.0.0.1 (loopback), trust auth, sslmode=disable"
 rep "- settings: BENCH_DURATION=${BENCH_DURATION}s, BENCH_RUNS=${BENCH_RUNS}, CLK_TCK=${CLK_TCK}"
 
@@ -402,7 +204,7 @@ backends_list=$(gold_sql "SELECT coalesce(string_agg(application_name || '@' || 
 sockets_after=$(min3 gold_sockets "$SPID" "$GOLD_PORT")
 sockfds_after=$(min3 socket_fds "$SPID")
 total_probes=$(status_get "$SURL" counters.probes)
-stop_watchdog "$SPID"
+wd_stop "$SPID"
 s_rc=$STOP_RC s_ms=$STOP_MS
 backends_stopped=$(client_backends)
 sock_method="ss, TCP sockets of the watchdog's pid with destination port $GOLD_PORT"
@@ -438,7 +240,7 @@ for run in $(seq "$BENCH_RUNS"); do
     # A random phase between Gold's death and the probe schedule.
     sleep "$(calc "1 + $RANDOM / 32768")"
     ts=$(date +%s.%N)
-    stop_gold immediate
+    gold_stop immediate
     stop_ms+=("$(fmt '%.0f' "$(calc "($(date +%s.%N) - $ts) * 1000")")")
     out=$(wait_verdict "$RURL" lost 30 "$ts") || die "run $run: verdict never became lost after Gold stopped"
     read -r p s reason probes <<<"$out"
@@ -446,10 +248,10 @@ for run in $(seq "$BENCH_RUNS"); do
     since_times+=("$s")
     reasons+=("$reason")
     info "run $run: lost after $s s (watchdog's verdict_since), seen by the 50 ms poll after $p s; last reason $reason; pg_ctl stop took ${stop_ms[-1]} ms"
-    start_gold
+    gold_start
 done
 wait_verdict "$RURL" up 60 >/dev/null || die "verdict never became up after the last run"
-stop_watchdog "$RPID"
+wd_stop "$RPID"
 r_rc=$STOP_RC r_ms=$STOP_MS
 read -r smin smed smax <<<"$(stats "${since_times[@]}")"
 read -r pmin pmed pmax <<<"$(stats "${poll_times[@]}")"
@@ -500,7 +302,7 @@ for run in $(seq "$BENCH_RUNS"); do
     bh_times+=("$s")
     bh_polls+=("$p")
     bh_reasons+=("$reason")
-    stop_watchdog "$WD_PID"
+    wd_stop "$WD_PID"
     b_rc=$STOP_RC b_ms=$STOP_MS
     bh_exit+=("$b_rc/${b_ms}ms")
     info "run $run: lost after $s s from watchdog start (poll saw it after $p s); $probes probes, last reason $reason; SIGTERM exit $b_rc in $b_ms ms"

