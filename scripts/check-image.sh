@@ -31,9 +31,10 @@
 # Step 4 needs root (unshare --mount, chroot, mount). Without it the script
 # falls back to what it can do (a different UID through setpriv as root
 # without unshare; as non-root, only env -i, cwd / and RLIMIT_FSIZE 0) and
-# says so. Everything it starts is stopped by PID, its temporary directory
-# removed, on exit. Only loopback addresses are used. About 15 s after the
-# build.
+# says so (CHECK_IMAGE_SANDBOX=setpriv forces that fallback as root).
+# HADOLINT=/path/to/hadolint lints with a hadolint that is not on the PATH.
+# Everything it starts is stopped by PID, its temporary directory removed, on
+# exit. Only loopback addresses are used. About 5–10 s after the build.
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

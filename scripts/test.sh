@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, unit, property and integration
-# tests against real PostgreSQL servers. Installs the system packages the
-# tests need first, so it works on a fresh machine.
+# The whole test suite: formatting, lints, unit, property, integration and
+# end-to-end tests (real PostgreSQL, Patroni and etcd), then the manifests
+# (kustomize, Kubernetes schemas, promtool) and the release binary as the
+# image runs it. Installs the system packages it needs first, so it works on
+# a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,3 +15,5 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --locked "$@"
 fi
+scripts/check-manifests.sh
+scripts/check-image.sh
