@@ -89,24 +89,11 @@ async fn watchdog(site: &Site, probe: SocketAddr, extra: &[(&str, &str)]) -> Run
     let mut vars = vec![("WATCHDOG_PATRONI_URL", site.dr.patroni_url.as_str())];
     vars.extend_from_slice(extra);
     let w = app::spawn(config(probe, site.dr.pg_port, &vars)).await;
-    wait_status(&w, "up and watching the standby leader", |s| {
+    w.wait_status("up and watching the standby leader", |s| {
         s["verdict"] == "up" && s["cluster"]["role"]["role"] == "standby_leader"
     })
     .await;
     w
-}
-
-async fn wait_status(w: &Running, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-    let mut last = Value::Null;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        last = w.status().await;
-        if check(&last) {
-            return last;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}; last status: {last:#}");
 }
 
 fn has_veto(s: &Value, guard: &str) -> bool {
@@ -115,22 +102,14 @@ fn has_veto(s: &Value, guard: &str) -> bool {
         .is_some_and(|v| v.iter().any(|v| v["guard"] == guard))
 }
 
-async fn metric(w: &Running, series: &str) -> f64 {
-    let (_, body) = w.get("/metrics").await;
-    body.lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{series} not in /metrics"))
-}
-
 /// Several more decisions pass and GoldDR is still a read-only standby.
 async fn assert_not_promoted(site: &Site, w: &Running) {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(site.dr.role().await, "standby_leader");
     assert!(site.dr.is_in_recovery().await);
     assert_eq!(
-        metric(w, "patroni_dr_watchdog_promotions_total{result=\"promoted\"}").await,
+        w.metric("patroni_dr_watchdog_promotions_total{result=\"promoted\"}")
+            .await,
         0.0
     );
     assert_eq!(w.status().await["promotion"]["result"], Value::Null);
@@ -149,7 +128,9 @@ async fn gold_killed_promotes_golddr_with_its_rows_and_a_returning_gold_raises_s
 
     site.gold.kill();
     let killed = Instant::now();
-    let st = wait_status(&w, "promoted", |s| s["promotion"]["result"] == "promoted").await;
+    let st = w
+        .wait_status("promoted", |s| s["promotion"]["result"] == "promoted")
+        .await;
     support::wait_for("GoldDR writable", Duration::from_secs(30), async || {
         !site.dr.is_in_recovery().await
     })
@@ -173,9 +154,11 @@ async fn gold_killed_promotes_golddr_with_its_rows_and_a_returning_gold_raises_s
     // Gold comes back as a primary: two writable sites.
     assert_eq!(w.status().await["promotion"]["split_brain"], false);
     site.gold.restart();
-    let st = wait_status(&w, "split brain", |s| s["promotion"]["split_brain"] == true).await;
+    let st = w
+        .wait_status("split brain", |s| s["promotion"]["split_brain"] == true)
+        .await;
     assert_eq!(st["last_probe"]["outcome"], "up");
-    assert_eq!(metric(&w, "patroni_dr_watchdog_split_brain").await, 1.0);
+    assert_eq!(w.metric("patroni_dr_watchdog_split_brain").await, 1.0);
     support::wait_for("alerts", Duration::from_secs(20), async || {
         sink.any("SPLIT BRAIN")
     })
@@ -186,7 +169,8 @@ async fn gold_killed_promotes_golddr_with_its_rows_and_a_returning_gold_raises_s
     // Never fails back or acts again on its own.
     assert!(site.dr.is_primary().await);
     assert_eq!(
-        metric(&w, "patroni_dr_watchdog_promotions_total{result=\"promoted\"}").await,
+        w.metric("patroni_dr_watchdog_promotions_total{result=\"promoted\"}")
+            .await,
         1.0
     );
     w.stop().await;
@@ -251,18 +235,16 @@ async fn a_broken_probe_path_while_wal_still_streams_is_vetoed() {
         })
     };
     probe_path.set(Fault::Blackhole).await;
-    let st = wait_status(&w, "veto by the WAL receiver", |s| {
-        s["verdict"] == "lost" && has_veto(s, "wal_receiver_streaming")
-    })
-    .await;
+    let st = w
+        .wait_status("veto by the WAL receiver", |s| {
+            s["verdict"] == "lost" && has_veto(s, "wal_receiver_streaming")
+        })
+        .await;
     assert_eq!(st["cluster"]["wal_receiver"], "streaming", "{st:#}");
     assert_not_promoted(&site, &w).await;
     assert!(
-        metric(
-            &w,
-            "patroni_dr_watchdog_vetoes_total{guard=\"wal_receiver_streaming\"}"
-        )
-        .await
+        w.metric("patroni_dr_watchdog_vetoes_total{guard=\"wal_receiver_streaming\"}")
+            .await
             >= 2.0
     );
     writer.abort();
@@ -285,10 +267,11 @@ async fn a_witness_that_still_sees_gold_vetoes() {
     .await;
     // The whole tunnel goes dark; Gold itself is fine, as the witness sees.
     site.ts.set(Fault::Blackhole).await;
-    let st = wait_status(&w, "veto by the witness", |s| {
-        s["verdict"] == "lost" && has_veto(s, "witness_sees_gold")
-    })
-    .await;
+    let st = w
+        .wait_status("veto by the witness", |s| {
+            s["verdict"] == "lost" && has_veto(s, "witness_sees_gold")
+        })
+        .await;
     assert!(st["promotion"]["vetoes"].to_string().contains(&witness), "{st:#}");
     assert_not_promoted(&site, &w).await;
     let held: Vec<String> = sink
@@ -305,22 +288,27 @@ async fn dry_run_reports_the_promotion_it_would_make_and_makes_none() {
     let site = site().await;
     let w = watchdog(&site, site.ts.addr(), &[("WATCHDOG_MODE", "dry-run")]).await;
     site.gold.kill();
-    let st = wait_status(&w, "dry run", |s| s["promotion"]["result"] == "dry_run").await;
+    let st = w
+        .wait_status("dry run", |s| s["promotion"]["result"] == "dry_run")
+        .await;
     let would = st["promotion"]["reason"].as_str().unwrap_or_default();
     assert!(would.contains("would promote Patroni"), "{st:#}");
     assert_eq!(
-        metric(&w, "patroni_dr_watchdog_promotions_total{result=\"dry_run\"}").await,
+        w.metric("patroni_dr_watchdog_promotions_total{result=\"dry_run\"}")
+            .await,
         1.0
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(site.dr.role().await, "standby_leader");
     assert!(site.dr.is_in_recovery().await);
     assert_eq!(
-        metric(&w, "patroni_dr_watchdog_promotions_total{result=\"promoted\"}").await,
+        w.metric("patroni_dr_watchdog_promotions_total{result=\"promoted\"}")
+            .await,
         0.0
     );
     assert_eq!(
-        metric(&w, "patroni_dr_watchdog_promotions_total{result=\"dry_run\"}").await,
+        w.metric("patroni_dr_watchdog_promotions_total{result=\"dry_run\"}")
+            .await,
         1.0,
         "reported once per loss, not once per tick"
     );
@@ -354,12 +342,13 @@ async fn pg_promote_promotes_a_plain_streaming_standby() {
         ],
     ))
     .await;
-    wait_status(&w, "the standby's WAL receiver seen", |s| {
+    w.wait_status("the standby's WAL receiver seen", |s| {
         s["verdict"] == "up" && s["cluster"]["wal_receiver"] == "streaming"
     })
     .await;
     gold.kill();
-    wait_status(&w, "promoted", |s| s["promotion"]["result"] == "promoted").await;
+    w.wait_status("promoted", |s| s["promotion"]["result"] == "promoted")
+        .await;
     support::wait_for("standby writable", Duration::from_secs(30), async || {
         !in_recovery().await
     })

@@ -146,52 +146,24 @@ fn dead_port() -> u16 {
         .expect("port")
 }
 
-async fn wait_status(
-    w: &Running,
-    what: &str,
-    check: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let mut last = serde_json::Value::Null;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while std::time::Instant::now() < deadline {
-        last = w.status().await;
-        if check(&last) {
-            return last;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}; last status: {last:#}");
-}
-
-async fn metric(w: &Running, series: &str) -> f64 {
-    let (_, body) = w.get("/metrics").await;
-    body.lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{series} not in /metrics:\n{body}"))
-}
-
 /// Gold lost and a guard holding the promotion back: the ConfigMap must not
 /// change, however long it stays that way.
 async fn assert_vetoed_and_unwritten(env: &KubeEnv, scene: &Scene, w: &Running, guard: &str) {
     let before = env.configmap(&scene.configmap).await;
-    let st = wait_status(w, &format!("veto {guard}"), |s| {
-        s["verdict"] == "lost"
-            && s["promotion"]["vetoes"]
-                .as_array()
-                .is_some_and(|v| v.iter().any(|v| v["guard"] == guard))
-    })
-    .await;
+    let st = w
+        .wait_status(&format!("veto {guard}"), |s| {
+            s["verdict"] == "lost"
+                && s["promotion"]["vetoes"]
+                    .as_array()
+                    .is_some_and(|v| v.iter().any(|v| v["guard"] == guard))
+        })
+        .await;
     assert_eq!(st["promotion"]["result"], serde_json::Value::Null, "{st:#}");
     // Several more decisions while Gold stays lost.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
-        metric(
-            w,
-            &format!("patroni_dr_watchdog_vetoes_total{{guard=\"{guard}\"}}")
-        )
-        .await
+        w.metric(&format!("patroni_dr_watchdog_vetoes_total{{guard=\"{guard}\"}}"))
+            .await
             >= 2.0
     );
     let after = env.configmap(&scene.configmap).await;
@@ -201,7 +173,8 @@ async fn assert_vetoed_and_unwritten(env: &KubeEnv, scene: &Scene, w: &Running, 
     );
     assert_eq!(annotations(&after)["config"], STANDBY_CONFIG);
     assert_eq!(
-        metric(w, "patroni_dr_watchdog_promotions_total{result=\"promoted\"}").await,
+        w.metric("patroni_dr_watchdog_promotions_total{result=\"promoted\"}")
+            .await,
         0.0
     );
     if let Some(d) = env.api_double() {
@@ -217,24 +190,27 @@ async fn discovers_the_port_and_follows_changes_live(env: &KubeEnv) {
         .await;
     let w = scene.spawn(env, &[]).await;
 
-    let st = wait_status(&w, "up on the discovered port", |s| s["verdict"] == "up").await;
+    let st = w
+        .wait_status("up on the discovered port", |s| s["verdict"] == "up")
+        .await;
     assert_eq!(st["target"]["endpoint"]["port"], gold.port());
     assert_eq!(st["target"]["source"], "service");
 
     // The claim is re-synced: the Transport Service gets a new port.
     env.set_service_port(&scene.service, other_route.port()).await;
-    let st = wait_status(&w, "the new port", |s| {
-        s["target"]["endpoint"]["port"] == other_route.port() && s["verdict"] == "up"
-    })
-    .await;
+    let st = w
+        .wait_status("the new port", |s| {
+            s["target"]["endpoint"]["port"] == other_route.port() && s["verdict"] == "up"
+        })
+        .await;
     assert_eq!(st["state"], "watching");
     assert!(other_route.accepted() > 0, "probes now go through the new port");
     let target = format!(
         "patroni_dr_watchdog_target_info{{host=\"127.0.0.1\",port=\"{}\",source=\"service\"}}",
         other_route.port()
     );
-    assert_eq!(metric(&w, &target).await, 1.0);
-    assert!(metric(&w, "patroni_dr_watchdog_target_changes_total").await >= 2.0);
+    assert_eq!(w.metric(&target).await, 1.0);
+    assert!(w.metric("patroni_dr_watchdog_target_changes_total").await >= 2.0);
     w.stop().await;
 }
 
@@ -244,10 +220,12 @@ async fn a_deleted_or_portless_service_pauses_probing_and_never_promotes(env: &K
     env.create_patroni_config(&scene.configmap, STANDBY_CONFIG, &[])
         .await;
     let w = scene.spawn(env, &[]).await;
-    wait_status(&w, "up", |s| s["verdict"] == "up").await;
+    w.wait_status("up", |s| s["verdict"] == "up").await;
 
     env.delete_service(&scene.service).await;
-    let st = wait_status(&w, "target unknown", |s| s["state"] == "target_unknown").await;
+    let st = w
+        .wait_status("target unknown", |s| s["state"] == "target_unknown")
+        .await;
     assert!(
         st["target"]["reason"]
             .as_str()
@@ -270,12 +248,13 @@ async fn a_deleted_or_portless_service_pauses_probing_and_never_promotes(env: &K
     // Back, but without the named port: still unknown, and says why.
     env.create_service(&scene.service, &[(Some("metrics"), dead_port())])
         .await;
-    let st = wait_status(&w, "port missing", |s| {
-        s["target"]["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("no port named \"postgres\""))
-    })
-    .await;
+    let st = w
+        .wait_status("port missing", |s| {
+            s["target"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("no port named \"postgres\""))
+        })
+        .await;
     assert_eq!(st["state"], "target_unknown");
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(w.status().await["verdict"], "unknown");
@@ -284,7 +263,8 @@ async fn a_deleted_or_portless_service_pauses_probing_and_never_promotes(env: &K
         STANDBY_CONFIG
     );
     assert_eq!(
-        metric(&w, "patroni_dr_watchdog_state{state=\"target_unknown\"}").await,
+        w.metric("patroni_dr_watchdog_state{state=\"target_unknown\"}")
+            .await,
         1.0
     );
     w.stop().await;
@@ -300,7 +280,7 @@ async fn promotion_removes_exactly_standby_cluster_and_nothing_else(env: &KubeEn
         )
         .await;
     let w = scene.spawn(env, &[]).await;
-    let st = wait_status(&w, "promoted", |s| s["state"] == "promoted").await;
+    let st = w.wait_status("promoted", |s| s["state"] == "promoted").await;
     assert_eq!(st["promotion"]["result"], "promoted");
 
     let after = env.configmap(&scene.configmap).await;
@@ -337,7 +317,8 @@ async fn promotion_removes_exactly_standby_cluster_and_nothing_else(env: &KubeEn
     assert!(config_json(&after).get("standby_cluster").is_none());
 
     assert_eq!(
-        metric(&w, "patroni_dr_watchdog_promotions_total{result=\"promoted\"}").await,
+        w.metric("patroni_dr_watchdog_promotions_total{result=\"promoted\"}")
+            .await,
         1.0
     );
     let reasons = wait_events(env, &scene.configmap, "PromotedStandbyCluster").await;
@@ -351,7 +332,8 @@ async fn promotion_removes_exactly_standby_cluster_and_nothing_else(env: &KubeEn
     let later = env.configmap(&scene.configmap).await;
     assert_eq!(later.metadata.resource_version, after.metadata.resource_version);
     assert_eq!(
-        metric(&w, "patroni_dr_watchdog_promotions_total{result=\"promoted\"}").await,
+        w.metric("patroni_dr_watchdog_promotions_total{result=\"promoted\"}")
+            .await,
         1.0
     );
     if let Some(d) = env.api_double() {
@@ -380,19 +362,17 @@ async fn an_already_promoted_cluster_is_not_written(env: &KubeEnv) {
         .create_patroni_config(&scene.configmap, PROMOTED_CONFIG, &[])
         .await;
     let w = scene.spawn(env, &[]).await;
-    let st = wait_status(&w, "already promoted", |s| {
-        s["promotion"]["result"] == "already_promoted"
-    })
-    .await;
+    let st = w
+        .wait_status("already promoted", |s| {
+            s["promotion"]["result"] == "already_promoted"
+        })
+        .await;
     assert_eq!(st["state"], "promoted");
     let after = env.configmap(&scene.configmap).await;
     assert_eq!(before.metadata.resource_version, after.metadata.resource_version);
     assert_eq!(
-        metric(
-            &w,
-            "patroni_dr_watchdog_promotions_total{result=\"already_promoted\"}"
-        )
-        .await,
+        w.metric("patroni_dr_watchdog_promotions_total{result=\"already_promoted\"}")
+            .await,
         1.0
     );
     w.stop().await;
@@ -403,10 +383,11 @@ async fn a_malformed_config_is_reported_never_overwritten(env: &KubeEnv) {
     let broken = r#"{"ttl":30,"standby_cluster":{"host":"patroni-master-gold","port":31234}"#;
     let before = env.create_patroni_config(&scene.configmap, broken, &[]).await;
     let w = scene.spawn(env, &[]).await;
-    let st = wait_status(&w, "config error", |s| {
-        s["verdict"] == "lost" && s["promotion"]["vetoes"].as_array().is_some_and(|v| !v.is_empty())
-    })
-    .await;
+    let st = w
+        .wait_status("config error", |s| {
+            s["verdict"] == "lost" && s["promotion"]["vetoes"].as_array().is_some_and(|v| !v.is_empty())
+        })
+        .await;
     let vetoes = st["promotion"]["vetoes"].to_string();
     assert!(
         vetoes.contains("config_unreadable") && vetoes.contains("not valid JSON"),
@@ -445,17 +426,18 @@ async fn a_paused_cluster_is_not_promoted(env: &KubeEnv) {
     env.create_patroni_config(&scene.configmap, &paused, &[]).await;
     let w = scene.spawn(env, &[]).await;
     let before = env.configmap(&scene.configmap).await;
-    let st = wait_status(&w, "paused veto", |s| {
-        s["promotion"]["vetoes"]
-            .as_array()
-            .is_some_and(|v| v.iter().any(|v| v["guard"] == "paused"))
-    })
-    .await;
+    let st = w
+        .wait_status("paused veto", |s| {
+            s["promotion"]["vetoes"]
+                .as_array()
+                .is_some_and(|v| v.iter().any(|v| v["guard"] == "paused"))
+        })
+        .await;
     assert_eq!(st["cluster"]["paused"], true, "{st:#}");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let after = env.configmap(&scene.configmap).await;
     assert_eq!(before.metadata.resource_version, after.metadata.resource_version);
-    assert_eq!(metric(&w, "patroni_dr_watchdog_patroni_paused").await, 1.0);
+    assert_eq!(w.metric("patroni_dr_watchdog_patroni_paused").await, 1.0);
     w.stop().await;
 }
 
@@ -470,9 +452,11 @@ async fn a_disarmed_watchdog_observes_only_and_says_so(env: &KubeEnv) {
     .await;
     let w = scene.spawn(env, &[]).await;
     // Visible before anything goes wrong.
-    let st = wait_status(&w, "disarmed shown", |s| s["cluster"]["disarmed"] == true).await;
+    let st = w
+        .wait_status("disarmed shown", |s| s["cluster"]["disarmed"] == true)
+        .await;
     assert_eq!(st["cluster"]["role"]["role"], "standby_leader");
-    assert_eq!(metric(&w, "patroni_dr_watchdog_disarmed").await, 1.0);
+    assert_eq!(w.metric("patroni_dr_watchdog_disarmed").await, 1.0);
 
     gold.stop();
     assert_vetoed_and_unwritten(env, &scene, &w, "disarmed").await;
@@ -480,7 +464,7 @@ async fn a_disarmed_watchdog_observes_only_and_says_so(env: &KubeEnv) {
     // Re-armed without a restart: the next decision promotes.
     env.annotate(&scene.configmap, "patroni-dr-watchdog/disarmed", "false")
         .await;
-    wait_status(&w, "promoted after re-arming", |s| {
+    w.wait_status("promoted after re-arming", |s| {
         s["promotion"]["result"] == "promoted"
     })
     .await;
@@ -516,24 +500,25 @@ async fn three_sidecars_write_exactly_once(env: &KubeEnv) {
             ],
         )
         .await;
-    wait_status(&leader, "promoted", |s| s["promotion"]["result"] == "promoted").await;
-    for replica in [&replica_a, &replica_b] {
-        wait_status(replica, "replica decided", |s| {
-            s["promotion"]["result"] == "already_promoted"
-                || s["promotion"]["vetoes"].as_array().is_some_and(|v| !v.is_empty())
-        })
+    leader
+        .wait_status("promoted", |s| s["promotion"]["result"] == "promoted")
         .await;
+    for replica in [&replica_a, &replica_b] {
+        replica
+            .wait_status("replica decided", |s| {
+                s["promotion"]["result"] == "already_promoted"
+                    || s["promotion"]["vetoes"].as_array().is_some_and(|v| !v.is_empty())
+            })
+            .await;
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let cm = env.configmap(&scene.configmap).await;
     assert_eq!(annotations(&cm)["patroni-dr-watchdog/promoted-by"], "patroni-0");
     for replica in [&replica_a, &replica_b] {
         assert_eq!(
-            metric(
-                replica,
-                "patroni_dr_watchdog_promotions_total{result=\"promoted\"}"
-            )
-            .await,
+            replica
+                .metric("patroni_dr_watchdog_promotions_total{result=\"promoted\"}")
+                .await,
             0.0
         );
     }
@@ -561,7 +546,8 @@ async fn a_concurrent_writer_causes_a_conflict_the_promotion_retries_and_keeps_i
         }
     });
     let w = scene.spawn(&env, &[]).await;
-    wait_status(&w, "promoted", |s| s["promotion"]["result"] == "promoted").await;
+    w.wait_status("promoted", |s| s["promotion"]["result"] == "promoted")
+        .await;
     let cm = env.configmap(&scene.configmap).await;
     let expected = PROMOTED_CONFIG.replace("\"loop_wait\":10", "\"loop_wait\":5");
     assert_eq!(
@@ -584,7 +570,8 @@ async fn api_errors_during_promotion_are_retried_until_the_api_is_back() {
         .await;
     d.fail_next_matching("PATCH", &scene.configmap, 3, 503);
     let w = scene.spawn(&env, &[]).await;
-    wait_status(&w, "promoted", |s| s["promotion"]["result"] == "promoted").await;
+    w.wait_status("promoted", |s| s["promotion"]["result"] == "promoted")
+        .await;
     let patches = patch_statuses(d, &scene.configmap);
     assert_eq!(patches, [503, 503, 503, 200]);
     assert_eq!(
@@ -599,10 +586,11 @@ async fn a_missing_configmap_is_reported_and_the_watchdog_keeps_running() {
     let env = KubeEnv::double().await;
     let scene = Scene::new(&env, dead_port(), "standby_leader").await;
     let w = scene.spawn(&env, &[]).await;
-    let st = wait_status(&w, "config_unreadable veto", |s| {
-        s["promotion"]["vetoes"].to_string().contains("not found")
-    })
-    .await;
+    let st = w
+        .wait_status("config_unreadable veto", |s| {
+            s["promotion"]["vetoes"].to_string().contains("not found")
+        })
+        .await;
     assert!(
         st["promotion"]["vetoes"]
             .to_string()
@@ -689,7 +677,8 @@ async fn every_api_call_is_allowed_by_the_rbac_manifest_and_every_rule_is_used()
         .await;
     d.clear_requests();
     let w = scene.spawn(&env, &[]).await;
-    wait_status(&w, "promoted", |s| s["promotion"]["result"] == "promoted").await;
+    w.wait_status("promoted", |s| s["promotion"]["result"] == "promoted")
+        .await;
     for _ in 0..100 {
         if d.requests()
             .iter()
@@ -752,7 +741,9 @@ async fn a_promotion_is_reported_the_moment_it_is_made_not_a_tick_later() {
             ],
         )
         .await;
-    let st = wait_status(&w, "promoted", |s| s["promotion"]["result"] == "promoted").await;
+    let st = w
+        .wait_status("promoted", |s| s["promotion"]["result"] == "promoted")
+        .await;
     assert!(
         started.elapsed() < Duration::from_millis(3500),
         "reported {:?} after start, with the second tick due at 4 s",

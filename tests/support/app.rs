@@ -135,6 +135,35 @@ impl Running {
         serde_json::from_str(&body).expect("status is JSON")
     }
 
+    /// Polls `/status` until `check` holds (30 s at most) and returns it.
+    pub async fn wait_status(
+        &self,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let mut last = serde_json::Value::Null;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            last = self.status().await;
+            if check(&last) {
+                return last;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("timed out waiting for {what}; last status: {last:#}");
+    }
+
+    /// The value of the first `/metrics` sample that starts with `series`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (_, body) = self.get("/metrics").await;
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{series} not in /metrics:\n{body}"))
+    }
+
     pub async fn verdict(&self) -> String {
         self.status().await["verdict"]
             .as_str()
