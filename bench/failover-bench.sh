@@ -58,14 +58,7 @@ cleanup() {
     set +e
     trap - EXIT INT TERM
     lib_cleanup
-    if [[ -n "$REPORT" && -f "$REPORT" ]]; then
-        if ((COMPLETE == 0)); then
-            printf '\n**INCOMPLETE: the benchmark stopped early (exit %d).**\n' "$rc" >>"$REPORT"
-        fi
-        cp "$REPORT" "$RESULTS" && printf '\n(report written to %s)\n' "${RESULTS#"$REPO_ROOT"/}" >&2
-    fi
-    lib_remove_work
-    printf '(total bench runtime %d s)\n' "$(($(date +%s) - T_START))" >&2
+    finish_bench_report "$rc"
     exit "$rc"
 }
 trap cleanup EXIT

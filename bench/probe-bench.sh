@@ -60,14 +60,7 @@ cleanup() {
         wait "$BH_PID" 2>/dev/null
     fi
     lib_cleanup # every watchdog started, and Gold
-    if [[ -n "$REPORT" && -f "$REPORT" ]]; then
-        if ((COMPLETE == 0)); then
-            printf '\n**INCOMPLETE: the benchmark stopped early (exit %d).**\n' "$rc" >>"$REPORT"
-        fi
-        cp "$REPORT" "$RESULTS" && printf '\n(report written to %s)\n' "${RESULTS#"$REPO_ROOT"/}" >&2
-    fi
-    lib_remove_work
-    printf '(total bench runtime %d s)\n' "$(($(date +%s) - T_START))" >&2
+    finish_bench_report "$rc"
     exit "$rc"
 }
 trap cleanup EXIT

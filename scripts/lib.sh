@@ -757,9 +757,24 @@ lib_leftovers() {
         pid=${f#/proc/}
         pid=${pid%/cmdline}
         [[ "$pid" == "$$" || "$pid" == "$BASHPID" ]] && continue
-        mapfile -d '' args <"$f" 2>/dev/null || continue
+        mapfile -d '' args 2>/dev/null <"$f" || continue
         ((${#args[@]})) || continue
         [[ "${args[*]}" == *"$WORK"* ]] && printf '%s %s\n' "$pid" "${args[*]}"
     done
     return 0
+}
+
+# finish_bench_report RC: for the benchmarks' exit traps. Marks the report
+# ($REPORT) incomplete unless $COMPLETE is 1, publishes it to $RESULTS,
+# removes the work directory and prints the total runtime since $T_START.
+finish_bench_report() {
+    local rc=$1
+    if [[ -n "$REPORT" && -f "$REPORT" ]]; then
+        if ((COMPLETE == 0)); then
+            printf '\n**INCOMPLETE: the benchmark stopped early (exit %d).**\n' "$rc" >>"$REPORT"
+        fi
+        cp "$REPORT" "$RESULTS" && printf '\n(report written to %s)\n' "${RESULTS#"$REPO_ROOT"/}" >&2
+    fi
+    lib_remove_work
+    printf '(total bench runtime %d s)\n' "$(($(date +%s) - T_START))" >&2
 }
