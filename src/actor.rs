@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use crate::config::{Config, Mode, PromoterKind};
 use crate::detector::Verdict;
 use crate::events::Events;
-use crate::guards::{self, ClusterConfig, Decision, Facts, Limits, Role, Veto, Wal};
+use crate::guards::{self, Decision, Facts, Limits, Role, Veto, Wal};
 use crate::local_pg::LocalPg;
 use crate::metrics::Metrics;
 use crate::patroni::LocalPatroni;
@@ -216,11 +216,6 @@ impl Actor {
             Err(PromoteError::CalledOff(why)) => ActReport::CalledOff(why),
             Err(e) => ActReport::Failed(e),
         }
-    }
-
-    /// For `failback`: what is there now.
-    pub async fn inspect(&self) -> Result<ClusterConfig, PromoteError> {
-        self.promoter.inspect().await
     }
 }
 

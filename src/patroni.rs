@@ -33,10 +33,6 @@ impl LocalPatroni {
         })
     }
 
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
     /// `GET /patroni` answers 200 whatever the role (503 on some versions
     /// for replicas), so the body decides, never the status code.
     pub async fn role(&self) -> Role {

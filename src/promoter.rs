@@ -72,10 +72,6 @@ impl PromoteError {
             _ => false,
         }
     }
-
-    pub fn is_conflict(&self) -> bool {
-        matches!(self, PromoteError::Api { code: Some(409), .. })
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

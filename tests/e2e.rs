@@ -102,8 +102,9 @@ fn has_veto(s: &Value, guard: &str) -> bool {
         .is_some_and(|v| v.iter().any(|v| v["guard"] == guard))
 }
 
-/// Several more decisions pass and GoldDR is still a read-only standby.
-async fn assert_not_promoted(site: &Site, w: &Running) {
+/// Several more decisions pass and GoldDR is still a read-only standby,
+/// never written by the watchdog.
+async fn assert_golddr_untouched(site: &Site, w: &Running) {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(site.dr.role().await, "standby_leader");
     assert!(site.dr.is_in_recovery().await);
@@ -112,6 +113,11 @@ async fn assert_not_promoted(site: &Site, w: &Running) {
             .await,
         0.0
     );
+}
+
+/// The same, and no promotion (not even a dry run) was reported.
+async fn assert_not_promoted(site: &Site, w: &Running) {
+    assert_golddr_untouched(site, w).await;
     assert_eq!(w.status().await["promotion"]["result"], Value::Null);
 }
 
@@ -298,14 +304,7 @@ async fn dry_run_reports_the_promotion_it_would_make_and_makes_none() {
             .await,
         1.0
     );
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(site.dr.role().await, "standby_leader");
-    assert!(site.dr.is_in_recovery().await);
-    assert_eq!(
-        w.metric("patroni_dr_watchdog_promotions_total{result=\"promoted\"}")
-            .await,
-        0.0
-    );
+    assert_golddr_untouched(&site, &w).await;
     assert_eq!(
         w.metric("patroni_dr_watchdog_promotions_total{result=\"dry_run\"}")
             .await,
