@@ -189,6 +189,14 @@ async fn gold_killed_promotes_golddr_with_its_rows_and_a_returning_gold_raises_s
     let ts_port = site.ts.port();
     let failback = async || patroni_dr_watchdog::cli::failback(&cfg, None, "127.0.0.1", ts_port, true).await;
     assert_eq!(failback().await, patroni_dr_watchdog::cli::Exit::Ok);
+    // Patroni's GET /config serves its last view of the DCS, refreshed on its
+    // own loop: read-after-write needs a moment.
+    support::wait_for(
+        "standby_cluster back in GoldDR's config",
+        Duration::from_secs(20),
+        async || !site.dr.config_in_dcs().await["standby_cluster"].is_null(),
+    )
+    .await;
     let section = &site.dr.config_in_dcs().await["standby_cluster"];
     assert_eq!(
         (section["host"].as_str(), section["port"].as_u64()),
