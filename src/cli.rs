@@ -10,11 +10,11 @@ use kube::api::{Api, ListParams};
 use serde_json::Value;
 
 use crate::Config;
-use crate::actor::{self, ActReport};
-use crate::probe::{Outcome, PgProbe, Probe};
-use crate::promoter::Promoter;
-use crate::target::{Endpoint, port_of};
-use crate::witness;
+use crate::act::actor::{self, ActReport};
+use crate::act::promoter::Promoter;
+use crate::observe::probe::{Outcome, PgProbe, Probe};
+use crate::observe::target::{Endpoint, port_of};
+use crate::observe::witness;
 
 /// How a subcommand ended, for the exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,7 +95,7 @@ pub async fn check(config: &Config, kube: Option<&kube::Client>) -> Exit {
             let view = actor.observe().await;
             ok &= match (&view.role, config.uses_patroni()) {
                 (Some(role), true) => line(
-                    !matches!(role, crate::guards::Role::Unreachable(_)),
+                    !matches!(role, crate::decide::guards::Role::Unreachable(_)),
                     "local patroni",
                     format!("{} at {}", role.as_str(), config.patroni_url),
                 ),
@@ -261,7 +261,7 @@ pub async fn promote(config: &Config, kube: Option<&kube::Client>, reason: &str,
             format!(
                 "vetoed by {}; nothing written (--force skips the guards)",
                 v.iter()
-                    .map(crate::guards::Veto::describe)
+                    .map(crate::decide::guards::Veto::describe)
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
@@ -271,7 +271,7 @@ pub async fn promote(config: &Config, kube: Option<&kube::Client>, reason: &str,
         ActReport::DryRun { would } => (true, would.clone()),
     };
     if let (Some(events), ActReport::Promoted { .. }) = (&actor.events, &report) {
-        let metrics = crate::metrics::Metrics::new();
+        let metrics = crate::report::metrics::Metrics::new();
         events
             .publish(&metrics, true, "PromotedStandbyCluster", "Promote", reason)
             .await;

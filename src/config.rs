@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::detector::Thresholds;
-use crate::witness::{self, Witness};
+use crate::decide::detector::Thresholds;
+use crate::observe::witness::{self, Witness};
 
 pub const ENV_PREFIX: &str = "WATCHDOG_";
 

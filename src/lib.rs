@@ -5,28 +5,17 @@
 //! state and metrics published over HTTP. The detector is pure; I/O lives in
 //! `probe`, `target` and `http`.
 
-pub mod actor;
+pub mod act;
+pub mod app;
 pub mod cli;
 pub mod config;
-pub mod detector;
-pub mod dynamic_config;
-pub mod events;
-pub mod guards;
-pub mod http;
-pub mod local_pg;
+pub mod decide;
 pub mod logging;
-pub mod metrics;
-pub mod patroni;
-pub mod probe;
-pub mod promoter;
-pub mod status;
-pub mod target;
-pub mod watchdog;
-pub mod webhook;
-pub mod witness;
+pub mod observe;
+pub mod report;
 
+pub use app::{Watchdog, run};
 pub use config::Config;
-pub use watchdog::{Watchdog, run};
 
 /// An error and its sources on one line, as an operator wants to read it.
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {

@@ -6,8 +6,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use patroni_dr_watchdog::detector::Verdict;
-use patroni_dr_watchdog::probe::{BlindReason, DownReason, Outcome};
+use patroni_dr_watchdog::decide::detector::Verdict;
+use patroni_dr_watchdog::observe::probe::{BlindReason, DownReason, Outcome};
 use support::app;
 use support::pg::{PgOptions, PgServer};
 use support::proxy::{Fault, FaultProxy};

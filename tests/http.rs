@@ -6,11 +6,11 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use patroni_dr_watchdog::http::{self, AppState};
-use patroni_dr_watchdog::metrics::Metrics;
-use patroni_dr_watchdog::probe::{Probe, ProbeReport};
-use patroni_dr_watchdog::target::{self, Endpoint};
-use patroni_dr_watchdog::watchdog::Watchdog;
+use patroni_dr_watchdog::app::Watchdog;
+use patroni_dr_watchdog::observe::probe::{Probe, ProbeReport};
+use patroni_dr_watchdog::observe::target::{self, Endpoint};
+use patroni_dr_watchdog::report::http::{self, AppState};
+use patroni_dr_watchdog::report::metrics::Metrics;
 use support::app;
 use support::pg::{PgOptions, PgServer};
 use tokio_util::sync::CancellationToken;

@@ -5,8 +5,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use patroni_dr_watchdog::probe::{BlindReason, DownReason, Outcome, Probe, ProbeReport};
-use patroni_dr_watchdog::target::Endpoint;
+use patroni_dr_watchdog::observe::probe::{BlindReason, DownReason, Outcome, Probe, ProbeReport};
+use patroni_dr_watchdog::observe::target::Endpoint;
 use support::app;
 use support::pg::{PgOptions, PgServer};
 use support::proxy::{Fault, FaultProxy};

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use patroni_dr_watchdog::Config;
-use patroni_dr_watchdog::metrics::Metrics;
-use patroni_dr_watchdog::probe::PgProbe;
-use patroni_dr_watchdog::status::Status;
-use patroni_dr_watchdog::target::{self, Endpoint, Target};
-use patroni_dr_watchdog::watchdog::{self, Watchdog};
+use patroni_dr_watchdog::app::{self, Watchdog};
+use patroni_dr_watchdog::observe::probe::PgProbe;
+use patroni_dr_watchdog::observe::target::{self, Endpoint, Target};
+use patroni_dr_watchdog::report::metrics::Metrics;
+use patroni_dr_watchdog::report::status::Status;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -89,7 +89,7 @@ impl Stepper {
 pub struct Running {
     pub addr: SocketAddr,
     pub shutdown: CancellationToken,
-    handle: Option<JoinHandle<Result<(), watchdog::Error>>>,
+    handle: Option<JoinHandle<Result<(), app::Error>>>,
     http: reqwest::Client,
 }
 
@@ -104,7 +104,7 @@ pub async fn spawn_with(config: Config, kube: Option<kube::Client>) -> Running {
         .expect("bind loopback");
     let addr = listener.local_addr().expect("local addr");
     let shutdown = CancellationToken::new();
-    let handle = tokio::spawn(watchdog::run(config, listener, kube, shutdown.clone()));
+    let handle = tokio::spawn(app::run(config, listener, kube, shutdown.clone()));
     Running {
         addr,
         shutdown,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::guards::Role;
+use crate::decide::guards::Role;
 
 #[derive(Clone)]
 pub struct LocalPatroni {

@@ -22,10 +22,10 @@ use serde_json::json;
 use tokio::sync::watch;
 use tracing::warn;
 
-use crate::detector::Verdict;
-use crate::dynamic_config::{self, DynamicConfigError};
-use crate::guards::ClusterConfig;
-use crate::local_pg::LocalPg;
+use crate::act::dynamic_config::{self, DynamicConfigError};
+use crate::decide::detector::Verdict;
+use crate::decide::guards::ClusterConfig;
+use crate::observe::local_pg::LocalPg;
 
 /// Set to "true" by an operator to keep the watchdog observing only.
 pub const DISARMED_ANNOTATION: &str = "patroni-dr-watchdog/disarmed";

@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use tracing::warn;
 
-use crate::metrics::Metrics;
+use crate::report::metrics::Metrics;
 
 #[derive(Clone)]
 pub struct Events {

@@ -19,8 +19,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::{GoldConn, SslMode};
-use crate::detector::Observation;
-use crate::target::Endpoint;
+use crate::decide::detector::Observation;
+use crate::observe::target::Endpoint;
 
 /// Why Gold is considered unreachable or unusable as a primary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

@@ -15,8 +15,8 @@ use axum::routing::get;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::metrics::Metrics;
-use crate::status::{State, Status};
+use crate::report::metrics::Metrics;
+use crate::report::status::{State, Status};
 
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 

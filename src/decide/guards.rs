@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::Mode;
-use crate::witness::Testimony;
+use crate::observe::witness::Testimony;
 
 /// The local Patroni member's role, from `GET /patroni`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

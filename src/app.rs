@@ -14,16 +14,16 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::actor::{self, ActReport, Actor};
+use crate::act::actor::{self, ActReport, Actor};
 use crate::config::Config;
-use crate::detector::{Detector, Transition, Verdict};
-use crate::guards::Veto;
-use crate::http;
-use crate::metrics::Metrics;
-use crate::probe::{Outcome, PgProbe, Probe, ProbeReport, TlsSetupError};
-use crate::status::{LastProbe, State, Status};
-use crate::target::{self, Endpoint, Target};
-use crate::webhook::Webhook;
+use crate::decide::detector::{Detector, Transition, Verdict};
+use crate::decide::guards::Veto;
+use crate::observe::probe::{Outcome, PgProbe, Probe, ProbeReport, TlsSetupError};
+use crate::observe::target::{self, Endpoint, Target};
+use crate::report::http;
+use crate::report::metrics::Metrics;
+use crate::report::status::{LastProbe, State, Status};
+use crate::report::webhook::Webhook;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -309,7 +309,7 @@ impl<P: Probe> Watchdog<P> {
     fn speaks_for_site(&self) -> bool {
         matches!(
             self.status.borrow().cluster.role,
-            None | Some(crate::guards::Role::StandbyLeader)
+            None | Some(crate::decide::guards::Role::StandbyLeader)
         )
     }
 

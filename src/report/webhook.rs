@@ -9,7 +9,7 @@ use backon::{ExponentialBuilder, Retryable};
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use crate::metrics::Metrics;
+use crate::report::metrics::Metrics;
 
 /// Alerts waiting beyond this are dropped (and counted): a webhook that
 /// cannot keep up must not grow memory without bound.

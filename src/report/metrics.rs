@@ -13,10 +13,10 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
-use crate::detector::{Transition, Verdict};
-use crate::probe::{Outcome, ProbeReport};
-use crate::status::State;
-use crate::target::Target;
+use crate::decide::detector::{Transition, Verdict};
+use crate::observe::probe::{Outcome, ProbeReport};
+use crate::observe::target::Target;
+use crate::report::status::State;
 
 pub const PREFIX: &str = "patroni_dr_watchdog";
 
@@ -261,7 +261,7 @@ impl Metrics {
         for result in ["delivered", "failed", "dropped"] {
             let _ = m.webhook.get_or_create(&ResultLabels { result });
         }
-        for guard in crate::guards::Veto::NAMES {
+        for guard in crate::decide::guards::Veto::NAMES {
             let _ = m.vetoes.get_or_create(&GuardLabels { guard });
         }
         m.set_verdict(Verdict::Unknown);

@@ -9,19 +9,19 @@ use std::time::{Duration, SystemTime};
 use futures::future::join_all;
 use tokio::sync::watch;
 
-use crate::config::{Config, Mode, PromoterKind};
-use crate::detector::Verdict;
-use crate::events::Events;
-use crate::guards::{self, Decision, Facts, Limits, Role, Veto, Wal};
-use crate::local_pg::LocalPg;
-use crate::metrics::Metrics;
-use crate::patroni::LocalPatroni;
-use crate::promoter::{
+use crate::act::promoter::{
     self, AnyPromoter, Audit, ConfigMapPromoter, PatroniApiPromoter, PgPromoter, PromoteError, Promoter,
     Promotion,
 };
-use crate::status::{ClusterStatus, Status};
-use crate::witness::{self, Testimony, Witness};
+use crate::config::{Config, Mode, PromoterKind};
+use crate::decide::detector::Verdict;
+use crate::decide::guards::{self, Decision, Facts, Limits, Role, Veto, Wal};
+use crate::observe::local_pg::LocalPg;
+use crate::observe::patroni::LocalPatroni;
+use crate::observe::witness::{self, Testimony, Witness};
+use crate::report::events::Events;
+use crate::report::metrics::Metrics;
+use crate::report::status::{ClusterStatus, Status};
 
 pub struct Actor {
     /// `None` for a plain standby (`pg-promote`): it is its own leader.

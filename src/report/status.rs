@@ -7,10 +7,10 @@ use std::time::{Instant, SystemTime};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::detector::Verdict;
-use crate::guards::{Role, Veto};
-use crate::probe::ProbeReport;
-use crate::target::Target;
+use crate::decide::detector::Verdict;
+use crate::decide::guards::{Role, Veto};
+use crate::observe::probe::ProbeReport;
+use crate::observe::target::Target;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -1,0 +1,9 @@
+//! Observe: where Gold is, what a probe of it says, and what the cluster
+//! beside us looks like. Everything here does I/O and reports facts; nothing
+//! here decides.
+
+pub mod local_pg;
+pub mod patroni;
+pub mod probe;
+pub mod target;
+pub mod witness;
