@@ -2,15 +2,13 @@
 //! loop probe by probe, so they show the counting without depending on the
 //! clock; the last ones run the real scheduled loop with generous bounds.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::app;
+use crate::support::pg::{PgOptions, PgServer};
+use crate::support::proxy::{Fault, FaultProxy};
 use patroni_dr_watchdog::decide::detector::Verdict;
 use patroni_dr_watchdog::observe::probe::{BlindReason, DownReason, Outcome};
-use support::app;
-use support::pg::{PgOptions, PgServer};
-use support::proxy::{Fault, FaultProxy};
 
 async fn tick_verdicts(s: &mut app::Stepper, n: usize) -> Vec<String> {
     let mut out = Vec::new();
@@ -152,13 +150,13 @@ async fn the_scheduled_loop_loses_a_stopped_gold_and_recovers() {
         ],
     ))
     .await;
-    support::wait_for("up", Duration::from_secs(20), || async {
+    crate::support::wait_for("up", Duration::from_secs(20), || async {
         w.verdict().await == "up"
     })
     .await;
     gold.stop();
     let stopped = Instant::now();
-    support::wait_for("lost", Duration::from_secs(30), || async {
+    crate::support::wait_for("lost", Duration::from_secs(30), || async {
         w.verdict().await == "lost"
     })
     .await;
@@ -170,7 +168,7 @@ async fn the_scheduled_loop_loses_a_stopped_gold_and_recovers() {
         stopped.elapsed()
     );
     gold.restart();
-    support::wait_for("up again", Duration::from_secs(30), || async {
+    crate::support::wait_for("up again", Duration::from_secs(30), || async {
         w.verdict().await == "up"
     })
     .await;
@@ -193,7 +191,7 @@ async fn the_scheduled_loop_never_loses_gold_behind_a_fast_flapping_tunnel() {
         ],
     ))
     .await;
-    support::wait_for("up", Duration::from_secs(20), || async {
+    crate::support::wait_for("up", Duration::from_secs(20), || async {
         w.verdict().await == "up"
     })
     .await;

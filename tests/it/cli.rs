@@ -1,14 +1,12 @@
 //! The binary as an operator runs it: bad settings stop it before it touches
 //! anything, logs say one line per decision, and SIGTERM stops it promptly.
 
-mod support;
-
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::pg::{PgOptions, PgServer, WATCHDOG_USER};
+use crate::support::pg::{PgOptions, PgServer, WATCHDOG_USER};
 
 const BIN: &str = env!("CARGO_BIN_EXE_patroni-dr-watchdog");
 
@@ -160,14 +158,14 @@ async fn logs_one_json_line_per_verdict_change_and_stops_cleanly_on_sigterm() {
     });
 
     let client = reqwest::Client::builder().no_proxy().build().expect("client");
-    support::wait_for("up", Duration::from_secs(20), || async {
+    crate::support::wait_for("up", Duration::from_secs(20), || async {
         verdict(&client, http_port).await.as_deref() == Some("up")
     })
     .await;
     // Many healthy probes, which must not be logged one by one.
     tokio::time::sleep(Duration::from_secs(2)).await;
     gold.stop();
-    support::wait_for("lost", Duration::from_secs(20), || async {
+    crate::support::wait_for("lost", Duration::from_secs(20), || async {
         verdict(&client, http_port).await.as_deref() == Some("lost")
     })
     .await;
@@ -325,7 +323,7 @@ async fn status_prints_a_running_watchdogs_state() {
     ]);
     let mut child = spawn(&vars);
     let client = reqwest::Client::builder().no_proxy().build().expect("client");
-    support::wait_for("up", Duration::from_secs(20), || async {
+    crate::support::wait_for("up", Duration::from_secs(20), || async {
         verdict(&client, http_port).await.as_deref() == Some("up")
     })
     .await;
@@ -373,7 +371,7 @@ async fn promote_goes_through_the_guards_unless_forced() {
             .expect("query")
             .get(0)
     };
-    support::wait_for("the standby streams", Duration::from_secs(20), async || {
+    crate::support::wait_for("the standby streams", Duration::from_secs(20), async || {
         let c = standby.superuser_client().await;
         let row = c.query_one(
             "SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming'",

@@ -1,14 +1,12 @@
 //! Self-test of the integration-test support code (tests/support).
 
-mod support;
-
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use support::pg::{PgOptions, PgServer, WATCHDOG_USER};
-use support::proxy::{Fault, FaultProxy};
+use crate::support::pg::{PgOptions, PgServer, WATCHDOG_USER};
+use crate::support::proxy::{Fault, FaultProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_postgres::NoTls;
@@ -71,7 +69,7 @@ async fn echo_roundtrip(addr: SocketAddr) -> std::io::Result<Duration> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_through_proxy_and_backend_count() {
-    support::init_tracing();
+    crate::support::init_tracing();
     let pg = PgServer::start(PgOptions::default());
     assert_eq!(pg.host(), "127.0.0.1");
     assert_eq!(pg.client_backends().await, 0);
@@ -88,11 +86,11 @@ async fn postgres_through_proxy_and_backend_count() {
     let err = select_one(&client).await.unwrap_err();
     eprintln!("query on a cut connection: {err} / {err:?}");
     assert!(err.is_closed() || err.code().is_none(), "{err:?}");
-    support::wait_for("the cut backend to exit", Duration::from_secs(5), || async {
+    crate::support::wait_for("the cut backend to exit", Duration::from_secs(5), || async {
         pg.client_backends().await == 0
     })
     .await;
-    support::wait_for(
+    crate::support::wait_for(
         "the proxy to drop the cut connection",
         Duration::from_secs(5),
         || async { proxy.open_connections() == 0 },
@@ -148,7 +146,7 @@ async fn blackhole_accepts_but_never_answers() {
     let mut buf = [0u8; 4];
     let read = tokio::time::timeout(Duration::from_millis(300), stream.read(&mut buf)).await;
     assert!(read.is_err(), "blackhole answered: {read:?}");
-    support::wait_for(
+    crate::support::wait_for(
         "the blackholed connection to be counted",
         Duration::from_secs(2),
         || async { proxy.accepted() == 1 && proxy.open_connections() == 1 },
@@ -161,7 +159,7 @@ async fn blackhole_accepts_but_never_answers() {
         .await
         .expect("cut blackholed connection still open");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
-    support::wait_for("no open connection", Duration::from_secs(2), || async {
+    crate::support::wait_for("no open connection", Duration::from_secs(2), || async {
         proxy.open_connections() == 0
     })
     .await;
@@ -287,7 +285,7 @@ async fn password_server_requires_the_right_password() {
     // The superuser over the unix socket needs no password.
     assert_eq!(pg.client_backends().await, 1);
     drop(client);
-    support::wait_for("the backend to exit", Duration::from_secs(5), || async {
+    crate::support::wait_for("the backend to exit", Duration::from_secs(5), || async {
         pg.client_backends().await == 0
     })
     .await;
@@ -324,7 +322,7 @@ async fn smart_shutdown_refuses_new_sessions_until_the_last_one_leaves() {
     pg.begin_smart_shutdown();
 
     let mut last_err = None;
-    support::wait_for(
+    crate::support::wait_for(
         "new sessions to be refused",
         Duration::from_secs(10),
         async || match connect(&pg_config(pg.port(), WATCHDOG_USER)).await {
@@ -341,7 +339,7 @@ async fn smart_shutdown_refuses_new_sessions_until_the_last_one_leaves() {
     assert_eq!(select_one(&holder).await.unwrap(), 1);
 
     drop(holder);
-    support::wait_for("the server to exit", Duration::from_secs(10), || async {
+    crate::support::wait_for("the server to exit", Duration::from_secs(10), || async {
         TcpStream::connect(pg.addr()).await.is_err()
     })
     .await;

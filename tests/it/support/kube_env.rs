@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service, ServicePort, ServiceSpec};
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
-use crate::kube_api::ApiDouble;
+use crate::support::kube_api::ApiDouble;
 
 pub enum KubeEnv {
     Double(ApiDouble),

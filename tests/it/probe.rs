@@ -1,15 +1,13 @@
 //! One probe against real PostgreSQL servers, directly or through the fault
 //! proxy: every outcome class an operator relies on.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::app;
+use crate::support::pg::{PgOptions, PgServer};
+use crate::support::proxy::{Fault, FaultProxy};
 use patroni_dr_watchdog::observe::probe::{BlindReason, DownReason, Outcome, Probe, ProbeReport};
 use patroni_dr_watchdog::observe::target::Endpoint;
-use support::app;
-use support::pg::{PgOptions, PgServer};
-use support::proxy::{Fault, FaultProxy};
 
 async fn probe_once(gold: std::net::SocketAddr, extra: &[(&str, &str)]) -> ProbeReport {
     let config = app::config(gold, extra);
@@ -28,7 +26,7 @@ async fn a_writable_primary_is_up_and_no_connection_is_left_behind() {
         assert_eq!(report.outcome, Outcome::Up, "{report:?}");
         assert_eq!(report.error, None);
     }
-    support::wait_for(
+    crate::support::wait_for(
         "Gold's client backends to close",
         Duration::from_secs(10),
         || async { gold.client_backends().await == 0 },
@@ -137,7 +135,7 @@ async fn a_server_shutting_down_is_down() {
     let holder = gold.superuser_client().await;
     gold.begin_smart_shutdown();
     let mut last = None;
-    support::wait_for(
+    crate::support::wait_for(
         "the server to refuse new sessions",
         Duration::from_secs(10),
         async || {

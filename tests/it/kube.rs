@@ -7,19 +7,13 @@
 //! `WATCHDOG_TEST_KUBECONFIG=~/.kube/config cargo nextest run --test kube --run-ignored all`.
 //! Tests that need injected faults run against the double only.
 
-#[path = "support/kube_api.rs"]
-mod kube_api;
-#[path = "support/kube_env.rs"]
-mod kube_env;
-mod support;
-
 use std::time::Duration;
 
-use kube_env::{FakePatroni, KubeEnv, annotations, config_json, labels, unique};
+use crate::support::app::{self, Running};
+use crate::support::kube_env::{FakePatroni, KubeEnv, annotations, config_json, labels, unique};
+use crate::support::pg::{PgOptions, PgServer, WATCHDOG_USER};
+use crate::support::proxy::FaultProxy;
 use patroni_dr_watchdog::Config;
-use support::app::{self, Running};
-use support::pg::{PgOptions, PgServer, WATCHDOG_USER};
-use support::proxy::FaultProxy;
 
 const STANDBY_CONFIG: &str = r#"{"ttl":30,"loop_wait":10,"retry_timeout":10,"maximum_lag_on_failover":1048576,"postgresql":{"use_pg_rewind":true,"use_slots":true,"parameters":{"max_connections":100,"wal_level":"logical"}},"standby_cluster":{"host":"patroni-master-gold","port":31234,"create_replica_methods":["basebackup_fast_xlog"]},"slots":{"patroni_golddr":{"type":"physical"}}}"#;
 const PROMOTED_CONFIG: &str = r#"{"ttl":30,"loop_wait":10,"retry_timeout":10,"maximum_lag_on_failover":1048576,"postgresql":{"use_pg_rewind":true,"use_slots":true,"parameters":{"max_connections":100,"wal_level":"logical"}},"slots":{"patroni_golddr":{"type":"physical"}}}"#;
@@ -114,7 +108,7 @@ impl Scene {
 
 /// Successful updates of the ConfigMap (the tests themselves only create
 /// and delete it).
-fn updates(d: &kube_api::ApiDouble, configmap: &str) -> usize {
+fn updates(d: &crate::support::kube_api::ApiDouble, configmap: &str) -> usize {
     d.requests()
         .iter()
         .filter(|r| matches!(r.method.as_str(), "PATCH" | "PUT") && r.path.ends_with(configmap))
@@ -123,7 +117,7 @@ fn updates(d: &kube_api::ApiDouble, configmap: &str) -> usize {
 }
 
 /// The HTTP status of every PATCH of the ConfigMap, in order.
-fn patch_statuses(d: &kube_api::ApiDouble, configmap: &str) -> Vec<u16> {
+fn patch_statuses(d: &crate::support::kube_api::ApiDouble, configmap: &str) -> Vec<u16> {
     d.requests()
         .iter()
         .filter(|r| r.method == "PATCH" && r.path.ends_with(configmap))
@@ -604,7 +598,7 @@ async fn a_missing_configmap_is_reported_and_the_watchdog_keeps_running() {
 
 /// Maps a recorded request to the RBAC terms it needs:
 /// (API group, resource, object name if any, verb).
-fn rbac_terms(r: &kube_api::RecordedRequest) -> (String, String, Option<String>, String) {
+fn rbac_terms(r: &crate::support::kube_api::RecordedRequest) -> (String, String, Option<String>, String) {
     let parts: Vec<&str> = r.path.trim_start_matches('/').split('/').collect();
     let (group, rest) = match parts.as_slice() {
         ["api", _version, rest @ ..] => (String::new(), rest),

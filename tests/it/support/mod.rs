@@ -4,6 +4,9 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod kube_api;
+pub mod kube_env;
+pub mod patroni_cluster;
 pub mod pg;
 pub mod proxy;
 pub mod webhook;

@@ -2,20 +2,16 @@
 //! the Transport Service, etcd, a GoldDR Patroni standby cluster replicating
 //! through the proxy, and the watchdog promoting through Patroni's REST API.
 
-#[path = "support/patroni_cluster.rs"]
-mod patroni_cluster;
-mod support;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use patroni_cluster::{Etcd, Gold, GoldDr, GoldDrOptions};
+use crate::support::app::{self, Running};
+use crate::support::patroni_cluster::{Etcd, Gold, GoldDr, GoldDrOptions};
+use crate::support::pg::{PgOptions, PgServer, WATCHDOG_USER};
+use crate::support::proxy::{Fault, FaultProxy};
+use crate::support::webhook::WebhookSink;
 use patroni_dr_watchdog::Config;
 use serde_json::Value;
-use support::app::{self, Running};
-use support::pg::{PgOptions, PgServer, WATCHDOG_USER};
-use support::proxy::{Fault, FaultProxy};
-use support::webhook::WebhookSink;
 
 const ROWS: i64 = 25;
 
@@ -36,7 +32,7 @@ async fn site() -> Site {
     gold.create_slot("golddr");
     let ts = FaultProxy::start(gold.addr()).await;
     let dr = GoldDr::start(&etcd, GoldDrOptions::new(ts.addr(), "golddr"));
-    support::wait_for("rows on GoldDR", Duration::from_secs(60), async || {
+    crate::support::wait_for("rows on GoldDR", Duration::from_secs(60), async || {
         dr.try_query_i64("SELECT count(*) FROM orders").await == Ok(ROWS)
     })
     .await;
@@ -137,7 +133,7 @@ async fn gold_killed_promotes_golddr_with_its_rows_and_a_returning_gold_raises_s
     let st = w
         .wait_status("promoted", |s| s["promotion"]["result"] == "promoted")
         .await;
-    support::wait_for("GoldDR writable", Duration::from_secs(30), async || {
+    crate::support::wait_for("GoldDR writable", Duration::from_secs(30), async || {
         !site.dr.is_in_recovery().await
     })
     .await;
@@ -165,7 +161,7 @@ async fn gold_killed_promotes_golddr_with_its_rows_and_a_returning_gold_raises_s
         .await;
     assert_eq!(st["last_probe"]["outcome"], "up");
     assert_eq!(w.metric("patroni_dr_watchdog_split_brain").await, 1.0);
-    support::wait_for("alerts", Duration::from_secs(20), async || {
+    crate::support::wait_for("alerts", Duration::from_secs(20), async || {
         sink.any("SPLIT BRAIN")
     })
     .await;
@@ -191,7 +187,7 @@ async fn gold_killed_promotes_golddr_with_its_rows_and_a_returning_gold_raises_s
     assert_eq!(failback().await, patroni_dr_watchdog::cli::Exit::Ok);
     // Patroni's GET /config serves its last view of the DCS, refreshed on its
     // own loop: read-after-write needs a moment.
-    support::wait_for(
+    crate::support::wait_for(
         "standby_cluster back in GoldDR's config",
         Duration::from_secs(20),
         async || !site.dr.config_in_dcs().await["standby_cluster"].is_null(),
@@ -356,7 +352,7 @@ async fn pg_promote_promotes_a_plain_streaming_standby() {
     gold.kill();
     w.wait_status("promoted", |s| s["promotion"]["result"] == "promoted")
         .await;
-    support::wait_for("standby writable", Duration::from_secs(30), async || {
+    crate::support::wait_for("standby writable", Duration::from_secs(30), async || {
         !in_recovery().await
     })
     .await;

@@ -2,15 +2,11 @@
 //! etcd, and a GoldDR standby cluster replicating from Gold through the proxy,
 //! which `PATCH /config {"standby_cluster": null}` promotes.
 
-#[path = "support/patroni_cluster.rs"]
-mod patroni_cluster;
-mod support;
-
 use std::time::{Duration, Instant};
 
-use patroni_cluster::{Etcd, Gold, GoldDr, GoldDrOptions};
+use crate::support::patroni_cluster::{Etcd, Gold, GoldDr, GoldDrOptions};
+use crate::support::proxy::FaultProxy;
 use serde_json::json;
-use support::proxy::FaultProxy;
 
 /// Both sites. Fields drop in declaration order: GoldDR first, etcd last.
 struct Sites {
@@ -51,7 +47,7 @@ impl Sites {
             .execute(&format!("INSERT INTO replicated VALUES ({id}, 'from Gold')"))
             .await;
         let sql = format!("SELECT count(*) FROM replicated WHERE id = {id}");
-        support::wait_for(
+        crate::support::wait_for(
             &format!("row {id} to reach GoldDR"),
             Duration::from_secs(30),
             async || self.golddr.try_query_i64(&sql).await == Ok(1),
@@ -62,14 +58,14 @@ impl Sites {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn golddr_streams_from_gold_through_the_proxy() {
-    support::init_tracing();
+    crate::support::init_tracing();
     let sites = Sites::start().await;
     let golddr = &sites.golddr;
 
     assert_eq!(golddr.role().await, "standby_leader");
     assert!(golddr.is_in_recovery().await);
     sites.replicate_row(1).await;
-    support::wait_for(
+    crate::support::wait_for(
         "GoldDR's WAL receiver to stream",
         Duration::from_secs(30),
         async || golddr.wal_receiver_status().await.as_deref() == Some("streaming"),
@@ -92,7 +88,7 @@ async fn golddr_streams_from_gold_through_the_proxy() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn removing_standby_cluster_promotes_golddr_and_drop_stops_it() {
-    support::init_tracing();
+    crate::support::init_tracing();
     let sites = Sites::start().await;
     sites.replicate_row(1).await;
 
@@ -102,12 +98,12 @@ async fn removing_standby_cluster_promotes_golddr_and_drop_stops_it() {
         .patch_config(json!({ "standby_cluster": null }))
         .await;
     assert_eq!(status, 200);
-    support::wait_for("GoldDR to become writable", Duration::from_secs(15), async || {
+    crate::support::wait_for("GoldDR to become writable", Duration::from_secs(15), async || {
         !sites.golddr.is_in_recovery().await
     })
     .await;
     let writable_after = started.elapsed();
-    support::wait_for(
+    crate::support::wait_for(
         "GoldDR's role to become primary",
         Duration::from_secs(15),
         async || sites.golddr.is_primary().await,

@@ -1,13 +1,11 @@
 //! Alerts reach the chat webhook, survive a failing webhook, and a webhook
 //! that never answers cannot slow the watchdog down.
 
-mod support;
-
 use std::time::Duration;
 
-use support::app;
-use support::pg::{PgOptions, PgServer};
-use support::webhook::WebhookSink;
+use crate::support::app;
+use crate::support::pg::{PgOptions, PgServer};
+use crate::support::webhook::WebhookSink;
 
 fn fast(gold: std::net::SocketAddr, hook: &str, extra: &[(&str, &str)]) -> patroni_dr_watchdog::Config {
     let mut vars = vec![
@@ -34,7 +32,7 @@ async fn gold_lost_and_a_blind_probe_are_posted_as_text_naming_the_sidecar() {
         &[("WATCHDOG_GOLD_PASSWORD", "wrong")],
     ))
     .await;
-    support::wait_for("blind alert", Duration::from_secs(20), async || {
+    crate::support::wait_for("blind alert", Duration::from_secs(20), async || {
         sink.any("is blind")
     })
     .await;
@@ -58,9 +56,9 @@ async fn gold_lost_and_a_blind_probe_are_posted_as_text_naming_the_sidecar() {
         &[("WATCHDOG_GOLD_PASSWORD", "right")],
     ))
     .await;
-    support::wait_for("up", Duration::from_secs(20), async || w.verdict().await == "up").await;
+    crate::support::wait_for("up", Duration::from_secs(20), async || w.verdict().await == "up").await;
     gold.stop();
-    support::wait_for("lost alert", Duration::from_secs(20), async || {
+    crate::support::wait_for("lost alert", Duration::from_secs(20), async || {
         sink.any("is lost")
     })
     .await;
@@ -82,7 +80,7 @@ async fn a_failing_webhook_is_retried_until_it_takes_the_alert() {
     gold.stop();
     let sink = WebhookSink::failing_first(2).await;
     let w = app::spawn(fast(gold.addr(), &sink.url, &[])).await;
-    support::wait_for("delivered after retries", Duration::from_secs(30), async || {
+    crate::support::wait_for("delivered after retries", Duration::from_secs(30), async || {
         sink.any("is lost")
     })
     .await;
@@ -101,11 +99,11 @@ async fn a_webhook_that_never_answers_does_not_slow_the_watchdog() {
     gold.stop();
     let sink = WebhookSink::hanging().await;
     let w = app::spawn(fast(gold.addr(), &sink.url, &[])).await;
-    support::wait_for("lost", Duration::from_secs(20), async || {
+    crate::support::wait_for("lost", Duration::from_secs(20), async || {
         w.verdict().await == "lost"
     })
     .await;
-    support::wait_for("alert attempted", Duration::from_secs(20), async || {
+    crate::support::wait_for("alert attempted", Duration::from_secs(20), async || {
         sink.requests() >= 1
     })
     .await;

@@ -1,18 +1,16 @@
 //! The HTTP surface: metrics and status say what the loop knows, and the
 //! health endpoints never fail because Gold is down.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::app;
+use crate::support::pg::{PgOptions, PgServer};
 use patroni_dr_watchdog::app::Watchdog;
 use patroni_dr_watchdog::observe::probe::{Probe, ProbeReport};
 use patroni_dr_watchdog::observe::target::{self, Endpoint};
 use patroni_dr_watchdog::report::http::{self, AppState};
 use patroni_dr_watchdog::report::metrics::Metrics;
-use support::app;
-use support::pg::{PgOptions, PgServer};
 use tokio_util::sync::CancellationToken;
 
 /// As named in the `# TYPE` lines (counters and infos get their suffix on
@@ -66,7 +64,7 @@ async fn every_metric_family_is_exported_and_follows_the_state() {
     }
     assert!(body.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF");
 
-    support::wait_for("up", Duration::from_secs(20), || async {
+    crate::support::wait_for("up", Duration::from_secs(20), || async {
         w.verdict().await == "up"
     })
     .await;
@@ -119,7 +117,7 @@ async fn every_metric_family_is_exported_and_follows_the_state() {
     );
 
     gold.stop();
-    support::wait_for("lost", Duration::from_secs(20), || async {
+    crate::support::wait_for("lost", Duration::from_secs(20), || async {
         w.verdict().await == "lost"
     })
     .await;
@@ -164,7 +162,7 @@ async fn every_metric_family_is_exported_and_follows_the_state() {
 async fn status_reports_state_counters_last_probe_and_redacted_settings() {
     let gold = PgServer::start(PgOptions::default());
     let w = app::spawn(fast(gold.addr(), &[])).await;
-    support::wait_for("up", Duration::from_secs(20), || async {
+    crate::support::wait_for("up", Duration::from_secs(20), || async {
         w.verdict().await == "up"
     })
     .await;
@@ -191,7 +189,7 @@ async fn status_reports_state_counters_last_probe_and_redacted_settings() {
     assert_eq!(st["settings"]["thresholds"]["promote_after"], 4);
 
     gold.stop();
-    support::wait_for("down", Duration::from_secs(20), || async {
+    crate::support::wait_for("down", Duration::from_secs(20), || async {
         w.status().await["consecutive_failures"].as_u64() >= Some(2)
     })
     .await;
@@ -209,12 +207,12 @@ async fn status_reports_state_counters_last_probe_and_redacted_settings() {
 async fn livez_and_readyz_stay_ok_while_gold_is_lost() {
     let gold = PgServer::start(PgOptions::default());
     let w = app::spawn(fast(gold.addr(), &[])).await;
-    support::wait_for("ready", Duration::from_secs(10), || async {
+    crate::support::wait_for("ready", Duration::from_secs(10), || async {
         w.get("/readyz").await.0 == 200
     })
     .await;
     gold.stop();
-    support::wait_for("lost", Duration::from_secs(20), || async {
+    crate::support::wait_for("lost", Duration::from_secs(20), || async {
         w.verdict().await == "lost"
     })
     .await;
@@ -274,12 +272,12 @@ async fn livez_fails_only_when_the_loop_is_stuck_and_readyz_waits_for_the_loop()
 
     let shutdown = CancellationToken::new();
     let run = tokio::spawn(watchdog.run(shutdown.clone()));
-    support::wait_for("ready", Duration::from_secs(5), || async {
+    crate::support::wait_for("ready", Duration::from_secs(5), || async {
         get("/readyz").await == 200
     })
     .await;
     // stale after 3 × 100 ms + 50 ms
-    support::wait_for("livez to fail", Duration::from_secs(10), || async {
+    crate::support::wait_for("livez to fail", Duration::from_secs(10), || async {
         get("/livez").await == 503
     })
     .await;
@@ -328,7 +326,7 @@ async fn every_metric_the_alerts_and_dashboard_use_is_exported() {
         ],
     ))
     .await;
-    support::wait_for("the cluster observed", Duration::from_secs(20), async || {
+    crate::support::wait_for("the cluster observed", Duration::from_secs(20), async || {
         !w.status().await["cluster"]["observed_at"].is_null()
     })
     .await;

@@ -1,10 +1,8 @@
 //! Self-tests of the in-process Kubernetes API double, driven by the real kube client.
 
-#[path = "support/kube_api.rs"]
-mod kube_api;
-
 use std::time::Duration;
 
+use crate::support::kube_api::ApiDouble;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Event as CoreEvent, Service};
 use k8s_openapi::api::events::v1::Event as EventsV1Event;
@@ -12,7 +10,6 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, W
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
-use kube_api::ApiDouble;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -289,7 +286,7 @@ fn applied_port(ev: &watcher::Event<Service>, port: i32) -> bool {
     matches!(ev, watcher::Event::Apply(s) | watcher::Event::InitApply(s) if port_of(s) == port)
 }
 
-fn watch_requests(double: &ApiDouble) -> Vec<kube_api::RecordedRequest> {
+fn watch_requests(double: &ApiDouble) -> Vec<crate::support::kube_api::RecordedRequest> {
     double.requests().into_iter().filter(|r| r.watch).collect()
 }
 
