@@ -1,28 +1,39 @@
-//! The loop that ties target, probe, detector, metrics and status together,
-//! and [`run`], which wires the whole process.
+//! The shell around the pure loop state: it probes, observes and writes,
+//! feeds what comes back to [`LoopState`] as events, carries out the effects
+//! it returns, and publishes its snapshot. Also [`run`], which wires the
+//! whole process, and [`build_cluster`], which the subcommands share.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use kube::api::Api;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::act::actor::{self, ActReport, Actor};
-use crate::config::Config;
-use crate::decide::detector::{Detector, Transition, Verdict};
-use crate::decide::guards::Veto;
+use crate::act::promoter::{
+    self, AnyPromoter, ConfigMapPromoter, PatroniApiPromoter, PgPromoter, PromoteError, Promoter, Promotion,
+};
+use crate::config::{Config, PromoterKind};
+use crate::decide::detector::{Transition, Verdict};
+use crate::decide::guards::Limits;
+use crate::decide::state::{Alert, Audit, Effect, Event, LoopState, Policy, Severity, Written};
+use crate::observe::cluster::{self, ClusterObserver, Observation};
+use crate::observe::cluster_config::{
+    ConfigMapReader, ConfigReader, PatroniConfigReader, PostgresConfigReader,
+};
+use crate::observe::local_pg::LocalPg;
+use crate::observe::patroni::PatroniClient;
 use crate::observe::probe::{Outcome, PgProbe, Probe, ProbeReport, TlsSetupError};
 use crate::observe::target::{self, Endpoint, Target};
+use crate::report::events::Events;
 use crate::report::http;
 use crate::report::metrics::Metrics;
-use crate::report::status::{LastProbe, State, Status};
+use crate::report::status::Status;
 use crate::report::webhook::Webhook;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,64 +47,168 @@ pub enum Error {
     )]
     NoKubernetes,
     #[error("cannot build an HTTP client (TLS set-up): {0}")]
-    PatroniClient(#[source] reqwest::Error),
+    HttpClient(#[source] reqwest::Error),
 }
 
-/// Probe errors kept for the promotion's Event and audit trail.
-const RECENT_ERRORS: usize = 3;
+/// What this site can do about a lost Gold: observe the cluster beside us
+/// and write the promotion.
+pub struct Cluster {
+    pub observer: ClusterObserver,
+    pub promoter: AnyPromoter,
+    /// The object Events are recorded on, when there is one.
+    pub event_object: Option<ObjectReference>,
+}
+
+/// The observer and promoter the settings ask for; `None` when the promoter
+/// is `none`.
+pub fn build_cluster(
+    config: &Config,
+    kube: Option<&kube::Client>,
+    namespace: &str,
+) -> Result<Option<Cluster>, Error> {
+    let timeout = config.probe_timeout;
+    let local_pg = LocalPg::new(&config.local_pg, timeout);
+    let patroni = || PatroniClient::new(&config.patroni_url, timeout).map_err(Error::HttpClient);
+    let (reader, promoter, event_object) = match (config.promoter, kube) {
+        (PromoterKind::None, _) => return Ok(None),
+        (PromoterKind::Configmap, Some(client)) => {
+            let reader = ConfigMapReader::new(client.clone(), namespace, &config.patroni_configmap);
+            let reference = reader.reference();
+            (
+                ConfigReader::ConfigMap(reader.clone()),
+                AnyPromoter::ConfigMap(ConfigMapPromoter { reader }),
+                Some(reference),
+            )
+        }
+        (PromoterKind::Configmap, None) => return Err(Error::NoKubernetes),
+        (PromoterKind::PatroniApi, _) => {
+            let reader = PatroniConfigReader { patroni: patroni()? };
+            (
+                ConfigReader::PatroniApi(reader.clone()),
+                AnyPromoter::PatroniApi(PatroniApiPromoter { reader }),
+                None,
+            )
+        }
+        (PromoterKind::PgPromote, _) => {
+            let reader = PostgresConfigReader {
+                pg: local_pg.clone(),
+                object: format!("PostgreSQL {}:{}", config.local_pg.host, config.local_pg.port),
+            };
+            (
+                ConfigReader::Postgres(reader.clone()),
+                AnyPromoter::PgPromote(PgPromoter { reader }),
+                None,
+            )
+        }
+    };
+    let patroni = if config.uses_patroni() {
+        Some(patroni()?)
+    } else {
+        None
+    };
+    let observer = ClusterObserver::new(patroni, reader, local_pg, config.witnesses.clone(), timeout)
+        .map_err(Error::HttpClient)?;
+    Ok(Some(Cluster {
+        observer,
+        promoter,
+        event_object,
+    }))
+}
+
+/// The guards' limits from the settings.
+pub fn limits(config: &Config) -> Limits {
+    Limits {
+        mode: config.mode,
+        wal_receiver_fresh: config.wal_receiver_fresh,
+        max_data_age: config.max_data_age,
+        allow_stale_promotion: config.allow_stale_promotion,
+        witness_unreachable_blocks: config.witness_unreachable_blocks,
+    }
+}
+
+/// Promotes with retries, and says how it went as the loop's event.
+pub async fn write(promoter: &AnyPromoter, audit: Audit, verdict: watch::Receiver<Verdict>) -> Written {
+    match promoter::promote(promoter, &audit, &verdict).await {
+        Ok(Promotion::Written) => Written::Promoted(audit),
+        Ok(Promotion::AlreadyPromoted) => Written::AlreadyPromoted,
+        Err(PromoteError::CalledOff(why)) => Written::CalledOff(why),
+        Err(e) => Written::Failed(crate::error_chain(&e)),
+    }
+}
 
 pub struct Watchdog<P> {
     probe: P,
-    detector: Detector,
+    state: LoopState,
+    settings: Arc<Config>,
     target: watch::Receiver<Target>,
-    metrics: Arc<Metrics>,
     status: watch::Sender<Status>,
-    interval: Duration,
-    last_outcome: Option<Outcome>,
-    actor: Option<Arc<Actor>>,
+    metrics: Arc<Metrics>,
+    started: Instant,
+    /// Gold's verdict for a promotion in flight, which stops retrying the
+    /// moment Gold answers again.
     verdict: watch::Sender<Verdict>,
-    acting: Option<JoinHandle<ActReport>>,
-    /// Set once this process promoted or found the cluster promoted: it
-    /// never acts again.
-    latched: bool,
-    recent_errors: VecDeque<String>,
-    /// What the last act reported, so each new situation is logged once.
-    last_act: Option<String>,
+    observer: Option<ClusterObserver>,
+    observations: mpsc::Receiver<Observation>,
+    observations_tx: mpsc::Sender<Observation>,
+    observe_now: Arc<Notify>,
+    promoter: Option<Arc<AnyPromoter>>,
+    events: Option<Events>,
     webhook: Option<Webhook>,
+    writing: Option<JoinHandle<Written>>,
 }
 
 impl<P: Probe> Watchdog<P> {
-    pub fn new(
-        config: Arc<Config>,
-        probe: P,
-        target: watch::Receiver<Target>,
-        metrics: Arc<Metrics>,
-    ) -> (Self, watch::Receiver<Status>) {
+    pub fn new(settings: Arc<Config>, probe: P, target: watch::Receiver<Target>) -> Self {
         let current = target.borrow().clone();
-        metrics.set_target(&current);
-        let (status, status_rx) = watch::channel(Status::new(config.clone(), current));
-        let watchdog = Watchdog {
-            probe,
-            detector: Detector::new(config.thresholds),
-            target,
-            metrics,
-            status,
-            interval: config.probe_interval,
-            last_outcome: None,
-            actor: None,
-            verdict: watch::Sender::new(Verdict::Unknown),
-            acting: None,
-            latched: false,
-            recent_errors: VecDeque::new(),
-            last_act: None,
-            webhook: None,
+        let policy = Policy {
+            thresholds: settings.thresholds,
+            interval: settings.probe_interval,
+            limits: limits(&settings),
+            identity: settings.identity.clone(),
+            promotes: None,
         };
-        (watchdog, status_rx)
+        let state = LoopState::new(policy, current);
+        let started = Instant::now();
+        let (status, status_rx) = watch::channel(Status::of(&state, &settings, started));
+        let metrics = Arc::new(Metrics::new(status_rx));
+        let (observations_tx, observations) = mpsc::channel(4);
+        Watchdog {
+            probe,
+            state,
+            settings,
+            target,
+            status,
+            metrics,
+            started,
+            verdict: watch::Sender::new(Verdict::Unknown),
+            observer: None,
+            observations,
+            observations_tx,
+            observe_now: Arc::new(Notify::new()),
+            promoter: None,
+            events: None,
+            webhook: None,
+            writing: None,
+        }
     }
 
-    /// Lets this watchdog promote when Gold is lost.
-    pub fn with_actor(mut self, actor: Arc<Actor>) -> Self {
-        self.actor = Some(actor);
+    /// Lets this watchdog observe the cluster beside it and promote it when
+    /// Gold is lost.
+    pub fn with_cluster(mut self, cluster: Cluster, kube: Option<&kube::Client>) -> Self {
+        let mut policy = self.state.policy().clone();
+        policy.promotes = Some(cluster.promoter.object());
+        self.state = LoopState::new(policy, self.state.target().clone());
+        if let (Some(client), Some(reference)) = (kube, cluster.event_object) {
+            self.events = Some(Events::new(
+                client.clone(),
+                &self.settings.identity,
+                reference,
+                self.metrics.kube_api_errors("create_event"),
+            ));
+        }
+        self.observer = Some(cluster.observer);
+        self.promoter = Some(Arc::new(cluster.promoter));
+        self.publish();
         self
     }
 
@@ -103,51 +218,107 @@ impl<P: Probe> Watchdog<P> {
         self
     }
 
-    /// The status channel's sender, for tasks that add to the status.
-    pub fn status_sender(&self) -> watch::Sender<Status> {
-        self.status.clone()
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.status.subscribe()
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    fn publish(&self) {
+        self.status
+            .send_replace(Status::of(&self.state, &self.settings, self.started));
+    }
+
+    fn handle(&mut self, event: Event) -> Vec<Effect> {
+        self.state.handle(event, SystemTime::now(), Instant::now())
     }
 
     /// One probe and its consequences. `None` when there was no target to
     /// probe. Public so tests can step the loop deterministically.
     pub async fn tick(&mut self) -> Option<ProbeReport> {
         let target = self.target.borrow_and_update().clone();
-        if self.status.borrow().target != target {
-            self.retarget(&target);
+        if &target != self.state.target() {
+            self.log_retarget(&target);
+            self.metrics.target_changed();
+            let effects = self.handle(Event::Target(target.clone()));
+            self.carry_out(effects);
         }
         let report = match &target {
             Target::Known { endpoint, .. } => {
                 let report = self.probe.probe(endpoint).await;
-                self.record(endpoint, &report);
-                self.check_split_brain(&report);
+                self.metrics.observe_probe(&report);
+                let previous = self.state.last_probe().map(|(r, _)| r.outcome);
+                let effects = self.handle(Event::Probe(report.clone()));
+                let transition = effects.iter().find_map(|e| match e {
+                    Effect::Verdict(t) => Some(*t),
+                    _ => None,
+                });
+                self.log_probe(endpoint, &report, previous, transition);
+                self.carry_out(effects);
                 Some(report)
             }
-            Target::Unknown { .. } => None,
+            Target::Unknown { .. } => {
+                self.state.idle_tick(Instant::now());
+                None
+            }
         };
-        self.settle_act().await;
-        if self.detector.verdict() == Verdict::Lost && !self.latched && self.acting.is_none() {
-            self.start_act(matches!(target, Target::Known { .. }));
-        }
-        self.status.send_modify(|s| {
-            s.target = target;
-            s.last_tick = Some(std::time::Instant::now());
-        });
-        self.publish_state();
+        self.publish();
         report
     }
 
-    fn publish_state(&self) {
-        let state = match (&self.status.borrow().target, self.latched) {
-            (_, true) => State::Promoted,
-            (Target::Known { .. }, false) => State::Watching,
-            (Target::Unknown { .. }, false) => State::TargetUnknown,
-        };
-        self.metrics.set_state(state);
-        self.status.send_modify(|s| s.state = state);
+    fn carry_out(&mut self, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::ObserveNow => self.observe_now.notify_one(),
+                Effect::Promote(audit) => self.start_write(audit),
+                Effect::Verdict(t) => {
+                    self.metrics.verdict_entered(t.to);
+                    self.verdict.send_replace(t.to);
+                }
+                Effect::Vetoed(guards) => guards.into_iter().for_each(|g| self.metrics.veto(g)),
+                Effect::Counted(result) => self.metrics.promotion(result),
+                Effect::Alert(alert) => self.alert(alert),
+            }
+        }
     }
 
-    /// Results against one address say nothing about another: start over.
-    fn retarget(&mut self, target: &Target) {
+    fn start_write(&mut self, audit: Audit) {
+        let Some(promoter) = self.promoter.clone() else {
+            return;
+        };
+        info!(by = %audit.by, reason = %audit.reason, object = %promoter.object(),
+            "every guard agrees: promoting");
+        let verdict = self.verdict.subscribe();
+        self.writing = Some(tokio::spawn(
+            async move { write(&promoter, audit, verdict).await },
+        ));
+    }
+
+    /// One log line; with a notifying alert also a Kubernetes Event and a
+    /// webhook message, both delivered off the loop.
+    fn alert(&self, alert: Alert) {
+        let reason = alert.kind.reason();
+        let guards = alert.guards.as_str();
+        match alert.kind.severity() {
+            Severity::Error => error!(alert = reason, guards, "{}", alert.text),
+            Severity::Warning => warn!(alert = reason, guards, "{}", alert.text),
+            Severity::Info => info!(alert = reason, guards, "{}", alert.text),
+        }
+        if !alert.kind.notifies() {
+            return;
+        }
+        if let Some(webhook) = &self.webhook {
+            webhook.send(&alert.text);
+        }
+        if let Some(events) = self.events.clone() {
+            let warning = alert.kind.severity() >= Severity::Warning;
+            tokio::spawn(async move { events.publish(warning, reason, "Promote", alert.text).await });
+        }
+    }
+
+    fn log_retarget(&self, target: &Target) {
         match target {
             Target::Known { endpoint, source } => {
                 info!(%endpoint, source = source.as_str(), "probing a new target")
@@ -156,287 +327,26 @@ impl<P: Probe> Watchdog<P> {
                 warn!(reason = %reason, "target unknown: probing paused, Gold cannot be declared lost")
             }
         }
-        self.metrics.set_target(target);
-        self.metrics.target_changed();
-        if let Some(t) = self.detector.reset() {
-            info!(from = %t.from, to = %t.to, "gold verdict reset with the target");
-            self.metrics.transition(t);
-            self.verdict.send_replace(Verdict::Unknown);
-            self.status.send_modify(|s| {
-                s.verdict = Verdict::Unknown;
-                s.verdict_since = Some(SystemTime::now());
-                s.consecutive_failures = 0;
-                s.consecutive_successes = 0;
-            });
-        }
-        self.last_outcome = None;
-        self.metrics.set_streaks(0, 0);
-    }
-
-    fn start_act(&mut self, target_known: bool) {
-        let Some(actor) = self.actor.clone() else { return };
-        let failures = self.detector.consecutive_failures();
-        let errors: Vec<&str> = self.recent_errors.iter().map(String::as_str).collect();
-        let reason = format!(
-            "Gold lost: {failures} consecutive failed probes, {} apart; last errors: {}",
-            humantime::format_duration(self.interval),
-            errors.join(" | ")
-        );
-        self.acting = Some(tokio::spawn(actor.act(
-            target_known,
-            reason,
-            self.verdict.subscribe(),
-        )));
-    }
-
-    /// Takes in a finished act, if any. Never waits for an unfinished one.
-    /// (The scheduled loop takes it in the moment it finishes.)
-    async fn settle_act(&mut self) {
-        if !self.acting.as_ref().is_some_and(JoinHandle::is_finished) {
-            return;
-        }
-        let Some(handle) = self.acting.take() else { return };
-        self.take_report(handle.await);
-    }
-
-    /// Logs, counts, alerts and publishes what an act decided.
-    fn take_report(&mut self, joined: Result<ActReport, tokio::task::JoinError>) {
-        let report = match joined {
-            Ok(report) => report,
-            Err(e) => {
-                error!(error = %e, "promotion task failed");
-                return;
-            }
-        };
-        let now = SystemTime::now();
-        // What makes a situation new: which guards object (not their
-        // changing details), or the kind of outcome.
-        let key = match &report {
-            ActReport::Vetoed(v) => v.iter().map(Veto::name).collect::<Vec<_>>().join(","),
-            ActReport::DryRun { .. } => "dry_run".to_string(),
-            other => format!("{other:?}"),
-        };
-        let changed = self.last_act.as_deref() != Some(key.as_str());
-        self.last_act = Some(key);
-        match report {
-            ActReport::Vetoed(vetoes) => {
-                for v in &vetoes {
-                    self.metrics.veto(v.name());
-                }
-                if changed {
-                    let guards: Vec<&str> = vetoes.iter().map(Veto::name).collect();
-                    warn!(guards = ?guards, details = ?vetoes, "gold is lost but promotion is vetoed");
-                    self.alert(
-                        true,
-                        "PromotionVetoed",
-                        format!(
-                            "Gold is lost but promotion is held back by: {}",
-                            vetoes.iter().map(Veto::describe).collect::<Vec<_>>().join(", ")
-                        ),
-                    );
-                }
-                self.status.send_modify(|s| s.promotion.vetoes = vetoes);
-            }
-            ActReport::DryRun { would } => {
-                if changed {
-                    self.metrics.promotion("dry_run");
-                    warn!(would = %would, "dry run: every guard agrees; nothing written");
-                    self.alert(
-                        true,
-                        "DryRunPromotion",
-                        format!("DRY RUN: {would}; nothing written"),
-                    );
-                }
-                self.status.send_modify(|s| {
-                    s.promotion.result = Some("dry_run");
-                    s.promotion.at = Some(now);
-                    s.promotion.reason = Some(would);
-                    s.promotion.vetoes.clear();
-                });
-            }
-            ActReport::Promoted { audit } => {
-                self.latched = true;
-                self.metrics.promotion("promoted");
-                error!(by = %audit.by, reason = %audit.reason,
-                    "PROMOTED: the DR standby cluster is being promoted to primary. Failback is manual");
-                self.alert(
-                    true,
-                    "PromotedStandbyCluster",
-                    format!("{} promoted the DR standby cluster. {}", audit.by, audit.reason),
-                );
-                self.status.send_modify(|s| {
-                    s.promotion.result = Some("promoted");
-                    s.promotion.at = Some(audit.at);
-                    s.promotion.reason = Some(audit.reason);
-                    s.promotion.vetoes.clear();
-                    s.promotion.last_error = None;
-                });
-            }
-            ActReport::AlreadyPromoted => {
-                self.latched = true;
-                self.metrics.promotion("already_promoted");
-                info!("gold is lost and the DR cluster is already promoted: nothing written");
-                self.alert(
-                    false,
-                    "AlreadyPromoted",
-                    "Gold is lost and the DR cluster is already promoted: nothing written".to_string(),
-                );
-                self.status.send_modify(|s| {
-                    s.promotion.result = Some("already_promoted");
-                    s.promotion.at = Some(now);
-                    s.promotion.vetoes.clear();
-                });
-            }
-            ActReport::CalledOff(why) => {
-                self.metrics.promotion("called_off");
-                info!(why, "promotion called off before writing");
-            }
-            ActReport::Failed(e) => {
-                self.metrics.promotion("failed");
-                let message = e.to_string();
-                if changed {
-                    error!(error = %message, "promotion failed; nothing was written; will try again while Gold stays lost");
-                    self.alert(true, "PromotionFailed", format!("promotion failed: {message}"));
-                }
-                self.status
-                    .send_modify(|s| s.promotion.last_error = Some(message));
-            }
-        }
-    }
-
-    /// Site-wide alerts (Gold lost, probe blind) come from the sidecar beside
-    /// the standby leader only, so three sidecars don't say everything thrice.
-    fn speaks_for_site(&self) -> bool {
-        matches!(
-            self.status.borrow().cluster.role,
-            None | Some(crate::decide::guards::Role::StandbyLeader)
-        )
-    }
-
-    /// A Kubernetes Event on the config ConfigMap (when there is one) and a
-    /// webhook message. Both are delivered off the loop.
-    fn alert(&self, warning: bool, reason: &'static str, text: String) {
-        if let Some(webhook) = &self.webhook {
-            webhook.send(&text);
-        }
-        if let Some(events) = self.actor.as_ref().and_then(|a| a.events.clone()) {
-            let metrics = self.metrics.clone();
-            tokio::spawn(async move { events.publish(&metrics, warning, reason, "Promote", text).await });
-        }
-    }
-
-    /// After this process promoted, Gold must stay dead: a writable Gold now
-    /// means two primaries. Raised, never repaired: failback is a human act.
-    fn check_split_brain(&mut self, report: &ProbeReport) {
-        if !self.latched {
-            return;
-        }
-        let writable = report.outcome == Outcome::Up;
-        let was = self.status.borrow().promotion.split_brain;
-        if writable == was {
-            return;
-        }
-        self.metrics.set_split_brain(writable);
-        self.status.send_modify(|s| s.promotion.split_brain = writable);
-        if writable {
-            error!(
-                "SPLIT BRAIN: Gold answers as a writable primary while GoldDR was promoted. Stop writes to one site now; see the failback procedure"
-            );
-            self.alert(
-                true,
-                "SplitBrain",
-                "SPLIT BRAIN: Gold answers as a writable primary again while GoldDR was promoted. Stop writes to one site now."
-                    .to_string(),
-            );
-        } else {
-            warn!(outcome = %report.outcome, "Gold no longer answers as a writable primary");
-        }
-    }
-
-    fn record(&mut self, endpoint: &Endpoint, report: &ProbeReport) {
-        let now = SystemTime::now();
-        let unix = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or_default();
-        self.metrics.observe_probe(report, unix);
-        let transition = self.detector.observe(report.outcome.observation());
-        let (failures, successes) = (
-            self.detector.consecutive_failures(),
-            self.detector.consecutive_successes(),
-        );
-        self.metrics.set_streaks(failures, successes);
-        self.log_probe(endpoint, report, transition);
-        if self.speaks_for_site() {
-            let error = report.error.as_deref().unwrap_or("");
-            if transition.is_some_and(|t| t.to == Verdict::Lost) {
-                self.alert(
-                    true,
-                    "GoldLost",
-                    format!(
-                        "Gold {endpoint} is lost: {failures} consecutive failed probes ({}: {error})",
-                        report.outcome
-                    ),
-                );
-            }
-            if matches!(report.outcome, Outcome::Blind(_))
-                && !matches!(self.last_outcome, Some(Outcome::Blind(_)))
-            {
-                self.alert(
-                    true,
-                    "ProbeBlind",
-                    format!(
-                        "the probe of Gold {endpoint} is blind ({}: {error}): Gold answered but cannot be judged; fix the probe's settings",
-                        report.outcome
-                    ),
-                );
-            }
-        }
-        if let Some(t) = transition {
-            self.metrics.transition(t);
-            self.verdict.send_replace(t.to);
-            if t.from == Verdict::Lost {
-                // A later loss is a new situation, reported afresh.
-                self.last_act = None;
-                self.status.send_modify(|s| s.promotion.vetoes.clear());
-            }
-        }
-        if let Some(error) = &report.error {
-            if self.recent_errors.len() == RECENT_ERRORS {
-                self.recent_errors.pop_front();
-            }
-            self.recent_errors
-                .push_back(format!("{}: {error}", report.outcome));
-        }
-        self.status.send_modify(|s| {
-            s.verdict = self.detector.verdict();
-            if transition.is_some() {
-                s.verdict_since = Some(now);
-            }
-            s.consecutive_failures = failures;
-            s.consecutive_successes = successes;
-            s.counters.probes += 1;
-            match report.outcome {
-                Outcome::Up => s.counters.up += 1,
-                Outcome::Down(_) => s.counters.down += 1,
-                Outcome::Blind(_) => s.counters.blind += 1,
-            }
-            s.last_probe = Some(LastProbe::new(report, now));
-        });
-        self.last_outcome = Some(report.outcome);
     }
 
     /// One line per verdict change; one line when the kind of probe result
     /// changes (so a blind or failing probe is visible before it matters);
     /// everything else at debug.
-    fn log_probe(&self, endpoint: &Endpoint, report: &ProbeReport, transition: Option<Transition>) {
+    fn log_probe(
+        &self,
+        endpoint: &Endpoint,
+        report: &ProbeReport,
+        previous: Option<Outcome>,
+        transition: Option<Transition>,
+    ) {
         let outcome = report.outcome;
-        let failures = self.detector.consecutive_failures();
-        let successes = self.detector.consecutive_successes();
+        let detector = self.state.detector();
+        let failures = detector.consecutive_failures();
+        let successes = detector.consecutive_successes();
         let error = report.error.as_deref().unwrap_or("");
         let duration_ms = report.duration.as_millis() as u64;
         if let Some(Transition { from, to }) = transition {
-            let t = self.detector.thresholds();
+            let t = detector.thresholds();
             // Warn when Gold looks worse; a step back from lost is good news.
             let worse = matches!(to, Verdict::Down | Verdict::Lost) && from != Verdict::Lost;
             if worse {
@@ -451,7 +361,7 @@ impl<P: Probe> Watchdog<P> {
                     consecutive_successes = successes, rise = t.rise(), "gold verdict changed"
                 );
             }
-        } else if self.last_outcome != Some(outcome) {
+        } else if previous != Some(outcome) {
             match outcome {
                 Outcome::Blind(_) => {
                     warn!(%endpoint, outcome = outcome.class(), reason = outcome.reason(), error,
@@ -468,29 +378,47 @@ impl<P: Probe> Watchdog<P> {
 
     /// Probes on a fixed schedule until `shutdown` fires. Ticks that fall
     /// behind are delayed, never bunched, and one probe never overlaps the
-    /// next because they run in sequence on this task.
+    /// next because they run in sequence on this task. Observations and
+    /// finished writes are taken in the moment they arrive.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        self.metrics.set_state(State::Watching);
-        self.status.send_modify(|s| s.state = State::Watching);
-        let mut interval = tokio::time::interval(self.interval);
+        if let Some(observer) = self.observer.take() {
+            tokio::spawn(cluster::run(
+                observer,
+                self.settings.probe_interval,
+                self.observe_now.clone(),
+                self.observations_tx.clone(),
+                shutdown.clone(),
+            ));
+        }
+        let effects = self.handle(Event::Started);
+        self.carry_out(effects);
+        self.publish();
+        let mut interval = tokio::time::interval(self.settings.probe_interval);
         interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
         // Spreads the sidecars of one StatefulSet so they don't probe Gold in
         // lockstep.
-        let max_jitter = (self.interval / 20).min(Duration::from_millis(500));
+        let max_jitter = (self.settings.probe_interval / 20).min(Duration::from_millis(500));
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                // A decision is reported the moment it is made, not a tick later.
                 joined = async {
-                    match self.acting.as_mut() {
+                    match self.writing.as_mut() {
                         Some(handle) => handle.await,
                         None => std::future::pending().await,
                     }
                 } => {
-                    self.acting = None;
-                    self.take_report(joined);
-                    self.publish_state();
+                    self.writing = None;
+                    let written = joined.unwrap_or_else(|e| Written::Failed(format!("promotion task failed: {e}")));
+                    let effects = self.handle(Event::Written(written));
+                    self.carry_out(effects);
+                    self.publish();
+                    continue;
+                }
+                Some(observation) = self.observations.recv() => {
+                    let effects = self.handle(Event::Observed(observation));
+                    self.carry_out(effects);
+                    self.publish();
                     continue;
                 }
                 _ = interval.tick() => {}
@@ -506,8 +434,9 @@ impl<P: Probe> Watchdog<P> {
                 } => {}
             }
         }
-        self.metrics.set_state(State::Stopping);
-        self.status.send_modify(|s| s.state = State::Stopping);
+        let effects = self.handle(Event::Stopping);
+        self.carry_out(effects);
+        self.publish();
         info!("probe loop stopped");
     }
 }
@@ -522,7 +451,6 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let config = Arc::new(config);
-    let metrics = Arc::new(Metrics::new());
     let probe = PgProbe::new(config.gold.clone(), config.probe_timeout)?;
     let kube = match (config.uses_kubernetes(), kube) {
         (true, None) => return Err(Error::NoKubernetes),
@@ -539,54 +467,59 @@ pub async fn run(
         (None, Some(svc)) => format!("{svc}.{namespace}.svc"),
         (None, None) => unreachable!("config validation requires a host or a service"),
     };
-    let (target_tx, target_rx) = match (config.target.port, &config.target.service, &kube) {
-        (Some(port), _, _) => target::fixed(Endpoint { host, port }),
+    let discovery = match (config.target.port, &config.target.service, &kube) {
+        (Some(port), _, _) => {
+            let (tx, rx) = target::fixed(Endpoint { host, port });
+            (tx, rx, None)
+        }
         (None, Some(svc), Some(client)) => {
             let (tx, rx) = watch::channel(Target::Unknown {
                 reason: format!("looking up Service {namespace}/{svc}"),
             });
-            tokio::spawn(target::discover(
-                Api::<Service>::namespaced(client.clone(), &namespace),
-                svc.clone(),
-                config.target.port_name.clone(),
-                host,
-                tx.clone(),
-                metrics.clone(),
-                shutdown.clone(),
-            ));
-            (tx, rx)
+            let task = (client.clone(), svc.clone(), host);
+            (tx, rx, Some(task))
         }
         (None, _, _) => return Err(Error::NoKubernetes),
     };
+    let (target_tx, target_rx, discover) = discovery;
 
-    let (mut watchdog, status) = Watchdog::new(config.clone(), probe, target_rx, metrics.clone());
-    if let Some(actor) = actor::build(&config, kube.as_ref(), &namespace).map_err(Error::PatroniClient)? {
-        let actor = Arc::new(actor);
-        tokio::spawn(actor::observe_cluster(
-            actor.clone(),
-            watchdog.status_sender(),
-            metrics.clone(),
-            config.probe_interval,
+    let mut watchdog = Watchdog::new(config.clone(), probe, target_rx);
+    let metrics = watchdog.metrics();
+    if let Some((client, svc, host)) = discover {
+        tokio::spawn(target::discover(
+            Api::<Service>::namespaced(client, &namespace),
+            svc,
+            config.target.port_name.clone(),
+            host,
+            target_tx.clone(),
+            metrics.discovery_errors(),
             shutdown.clone(),
         ));
-        watchdog = watchdog.with_actor(actor);
+    }
+    if let Some(cluster) = build_cluster(&config, kube.as_ref(), &namespace)? {
+        watchdog = watchdog.with_cluster(cluster, kube.as_ref());
     }
     if let Some(url) = &config.webhook_url {
-        let webhook = Webhook::spawn(url.expose().to_string(), &config.identity, metrics.clone())
-            .map_err(Error::PatroniClient)?;
+        let webhook = Webhook::spawn(url.expose().to_string(), &config.identity, metrics.webhook())
+            .map_err(Error::HttpClient)?;
         watchdog = watchdog.with_webhook(webhook);
     }
 
-    let app = http::router(http::AppState::new(status, metrics, &config));
+    let app = http::router(http::AppState::new(watchdog.status(), metrics, &config));
     let server = tokio::spawn(
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .into_future(),
     );
+    let gold = match &*target_tx.borrow() {
+        Target::Known { endpoint, .. } => endpoint.to_string(),
+        Target::Unknown { reason } => format!("unknown ({reason})"),
+    };
     info!(
-        target = ?*target_tx.borrow(),
+        gold = %gold,
         namespace = %namespace,
-        promoter = ?config.promoter,
+        promoter = config.promoter.as_str(),
+        mode = config.mode.as_str(),
         interval = %humantime::format_duration(config.probe_interval),
         timeout = %humantime::format_duration(config.probe_timeout),
         fall = config.thresholds.fall(),

@@ -10,8 +10,12 @@ use kube::api::{Api, ListParams};
 use serde_json::Value;
 
 use crate::Config;
-use crate::act::actor::{self, ActReport};
 use crate::act::promoter::Promoter;
+use crate::app::{self, Cluster};
+use crate::decide::detector::Verdict;
+use crate::decide::guards::{self, Decision, Facts, Veto};
+use crate::decide::state::{Audit, Written};
+use crate::observe::patroni::Role;
 use crate::observe::probe::{Outcome, PgProbe, Probe};
 use crate::observe::target::{Endpoint, port_of};
 use crate::observe::witness;
@@ -86,53 +90,82 @@ pub async fn check(config: &Config, kube: Option<&kube::Client>) -> Exit {
             }
         }
     }
-    match actor::build(config, kube, &ns) {
-        Err(e) => ok &= line(false, "http client", crate::error_chain(&e)),
+    match app::build_cluster(config, kube, &ns) {
+        Err(e) => ok &= line(false, "promoter", crate::error_chain(&e)),
         Ok(None) => {
-            line(true, "promoter", "none: observing only");
+            line(
+                true,
+                "promoter",
+                "none: this watchdog observes only and cannot promote from here",
+            );
         }
-        Ok(Some(actor)) => {
-            let view = actor.observe().await;
-            ok &= match (&view.role, config.uses_patroni()) {
-                (Some(role), true) => line(
-                    !matches!(role, crate::decide::guards::Role::Unreachable(_)),
+        Ok(Some(Cluster {
+            mut observer,
+            promoter,
+            ..
+        })) => {
+            let o = observer.observe().await;
+            if config.uses_patroni() {
+                ok &= line(
+                    !matches!(o.role, Role::Unreachable(_)),
                     "local patroni",
-                    format!("{} at {}", role.as_str(), config.patroni_url),
-                ),
-                _ => true,
+                    match &o.role {
+                        Role::Unreachable(e) => format!("unreachable at {}: {e}", config.patroni_url),
+                        role => format!("{} at {}", role.as_str(), config.patroni_url),
+                    },
+                );
+            }
+            let switches: Vec<&str> = o.disarm_switches.iter().map(|s| s.into()).collect();
+            ok &= match &o.config {
+                Err(e) => line(false, "promoter", e),
+                Ok(c) => {
+                    let disarmed: Vec<&str> = c.disarmed_by.iter().map(|s| s.into()).collect();
+                    line(
+                        true,
+                        "promoter",
+                        format!(
+                            "{}: standby={} paused={} disarmed={}{}",
+                            promoter.object(),
+                            c.standby,
+                            c.paused,
+                            c.disarmed(),
+                            if disarmed.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" (by {})", disarmed.join(", "))
+                            }
+                        ),
+                    )
+                }
             };
-            ok &= match &view.config_error {
-                Some(e) => line(false, "promoter", e),
-                None => line(
-                    true,
-                    "promoter",
-                    format!(
-                        "{}: standby={} paused={} disarmed={}",
-                        actor.promoter.object(),
-                        view.standby.unwrap_or_default(),
-                        view.paused.unwrap_or_default(),
-                        view.disarmed.unwrap_or_default()
-                    ),
+            line(
+                true,
+                "disarm switch",
+                format!(
+                    "{}: {}",
+                    switches.join(", "),
+                    o.disarm_switches
+                        .iter()
+                        .map(|s| s.how())
+                        .collect::<Vec<_>>()
+                        .join("; ")
                 ),
-            };
-            ok &= match &view.local_pg_error {
-                Some(e) => line(false, "local postgresql", e),
-                None => line(
+            );
+            ok &= match &o.wal {
+                Err(e) => line(false, "local postgresql", e),
+                Ok(w) => line(
                     true,
                     "local postgresql",
-                    format!(
-                        "WAL receiver {}",
-                        view.wal_receiver.as_deref().unwrap_or("not running")
-                    ),
+                    format!("WAL receiver {}", w.receiver.as_deref().unwrap_or("not running")),
                 ),
             };
-            for w in &config.witnesses {
-                let t = witness::ask(w, &actor.http, config.probe_timeout).await;
-                ok &= line(
-                    !matches!(t, witness::Testimony::CantTell(_)),
-                    "witness",
-                    format!("{w}: {t:?}"),
-                );
+            for (w, t) in &o.witnesses {
+                let (reached, says) = match t {
+                    witness::Testimony::GoldAlive(d) => (true, format!("Gold alive ({d})")),
+                    witness::Testimony::GoldGone(d) => (true, format!("Gold gone ({d})")),
+                    witness::Testimony::CantTell(d) => (false, format!("cannot tell ({d})")),
+                };
+                ok &= line(reached, "witness", format!("{w}: {says}"));
             }
         }
     }
@@ -216,7 +249,11 @@ pub async fn status(url: &str, json: bool) -> Exit {
         .unwrap_or_default();
     println!(
         "promotion    {} via {}, mode {}, result {}, vetoes [{}], split brain {}",
-        if p["result"].is_null() { "armed" } else { "done" },
+        match (p["result"].is_null(), p["promoter"].as_str()) {
+            (_, Some("none")) => "cannot promote from here (no promoter):",
+            (true, _) => "armed",
+            (false, _) => "done",
+        },
         s(&p["promoter"]),
         s(&p["mode"]),
         s(&p["result"]),
@@ -226,25 +263,30 @@ pub async fn status(url: &str, json: bool) -> Exit {
     Exit::Ok
 }
 
-/// The configured promoter with its guards, or `None` after saying why not.
-fn promoter_actor(config: &Config, kube: Option<&kube::Client>) -> Option<actor::Actor> {
-    match actor::build(config, kube, &namespace(config, kube)) {
-        Ok(Some(a)) => Some(a),
+/// The configured observer and promoter, or `None` after saying why not.
+fn cluster(config: &Config, kube: Option<&kube::Client>) -> Option<Cluster> {
+    match app::build_cluster(config, kube, &namespace(config, kube)) {
+        Ok(Some(c)) => Some(c),
         Ok(None) => {
             eprintln!("WATCHDOG_PROMOTER is none: set the promoter this site uses");
             None
         }
         Err(e) => {
-            eprintln!("cannot build an HTTP client: {}", crate::error_chain(&e));
+            eprintln!("{}", crate::error_chain(&e));
             None
         }
     }
 }
 
 /// `promote --reason`: an operator's promotion, through the same guards
-/// unless `force`.
+/// (Gold's verdict is the operator's call) unless `force`.
 pub async fn promote(config: &Config, kube: Option<&kube::Client>, reason: &str, force: bool) -> Exit {
-    let Some(actor) = promoter_actor(config, kube) else {
+    let Some(Cluster {
+        mut observer,
+        promoter,
+        event_object,
+    }) = cluster(config, kube)
+    else {
         return Exit::Failed;
     };
     let reason = format!(
@@ -252,28 +294,48 @@ pub async fn promote(config: &Config, kube: Option<&kube::Client>, reason: &str,
         config.identity,
         if force { " (--force, guards skipped)" } else { "" }
     );
-    let report = actor.act_manually(reason.clone(), force).await;
-    let (ok, message) = match &report {
-        ActReport::Promoted { .. } => (true, format!("promoted {}", actor.promoter.object())),
-        ActReport::AlreadyPromoted => (true, "already promoted: nothing written".to_string()),
-        ActReport::Vetoed(v) => (
-            false,
-            format!(
-                "vetoed by {}; nothing written (--force skips the guards)",
-                v.iter()
-                    .map(crate::decide::guards::Veto::describe)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ),
-        ActReport::CalledOff(why) => (false, format!("called off: {why}")),
-        ActReport::Failed(e) => (false, format!("failed: {e}")),
-        ActReport::DryRun { would } => (true, would.clone()),
+    if !force {
+        let observation = observer.observe().await;
+        match guards::decide(&Facts::new(true, &observation), &app::limits(config)) {
+            Decision::Veto(v) => {
+                line(
+                    false,
+                    "promote",
+                    format!(
+                        "vetoed by {}; nothing written (--force skips the guards)",
+                        v.iter().map(Veto::describe).collect::<Vec<_>>().join(", ")
+                    ),
+                );
+                return Exit::Failed;
+            }
+            Decision::AlreadyPromoted => {
+                line(true, "promote", "already promoted: nothing written");
+                return Exit::Ok;
+            }
+            Decision::Promote => {}
+        }
+    }
+    let audit = Audit {
+        at: SystemTime::now(),
+        by: config.identity.clone(),
+        reason: reason.clone(),
     };
-    if let (Some(events), ActReport::Promoted { .. }) = (&actor.events, &report) {
-        let metrics = crate::report::metrics::Metrics::new();
+    let (_lost, verdict) = tokio::sync::watch::channel(Verdict::Lost);
+    let (ok, message) = match app::write(&promoter, audit, verdict).await {
+        Written::Promoted(_) => (true, format!("promoted {}", promoter.object())),
+        Written::AlreadyPromoted => (true, "already promoted: nothing written".to_string()),
+        Written::CalledOff(why) => (false, format!("called off: {why}")),
+        Written::Failed(e) => (false, format!("failed: {e}")),
+    };
+    if let (true, Some(client), Some(reference)) = (ok, kube, event_object) {
+        let events = crate::report::events::Events::new(
+            client.clone(),
+            &config.identity,
+            reference,
+            prometheus_client::metrics::counter::Counter::default(),
+        );
         events
-            .publish(&metrics, true, "PromotedStandbyCluster", "Promote", reason)
+            .publish(true, "PromotedStandbyCluster", "Promote", reason)
             .await;
     }
     line(ok, "promote", message);
@@ -289,10 +351,10 @@ pub async fn failback(
     port: u16,
     yes: bool,
 ) -> Exit {
-    let Some(actor) = promoter_actor(config, kube) else {
+    let Some(Cluster { promoter, .. }) = cluster(config, kube) else {
         return Exit::Failed;
     };
-    let object = actor.promoter.object();
+    let object = promoter.object();
     eprintln!(
         "\n  !!! FAILBACK !!!\n\n  This re-adds standby_cluster {{host: {host}, port: {port}}} to {object}.\n  \
          This site's primary is demoted to a standby leader replicating from {host}:{port}.\n  \
@@ -313,7 +375,7 @@ pub async fn failback(
             return Exit::Failed;
         }
     }
-    match actor.promoter.failback(host, port).await {
+    match promoter.failback(host, port).await {
         Ok(()) => {
             line(
                 true,

@@ -1,69 +1,10 @@
-//! Patroni's dynamic configuration, as stored in the `config` annotation of
-//! `<scope>-config`: what it says (standby? paused?) and the one edit we make
-//! to it (remove `standby_cluster`), done on the text so that every other byte
-//! stays exactly as Patroni wrote it.
+//! The one edit the watchdog makes to Patroni's dynamic configuration:
+//! remove `standby_cluster` (promote), or add it back (failback), done on the
+//! text so that every other byte stays exactly as Patroni wrote it.
 
 use serde_json::Value;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DynamicConfigError {
-    #[error("is not valid JSON ({0}); fix it with `patronictl edit-config`, nothing was written")]
-    Json(String),
-    #[error("is JSON but not an object; fix it with `patronictl edit-config`, nothing was written")]
-    NotAnObject,
-    #[error("already has a standby_cluster section: this cluster is already a standby")]
-    AlreadyStandby,
-}
-
-/// What the watchdog needs to know of the dynamic config.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Facts {
-    /// Patroni treats the cluster as a standby cluster.
-    pub standby: bool,
-    /// Maintenance mode (`pause: true`).
-    pub paused: bool,
-}
-
-fn parse(text: &str) -> Result<serde_json::Map<String, Value>, DynamicConfigError> {
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(DynamicConfigError::NotAnObject),
-        Err(e) => Err(DynamicConfigError::Json(e.to_string())),
-    }
-}
-
-/// Patroni only runs a standby cluster while `standby_cluster` is an object
-/// with `host`, `port` or `restore_command`; anything else (null, `{}`) is a
-/// promoted cluster.
-fn is_standby_section(v: &Value) -> bool {
-    v.as_object().is_some_and(|o| {
-        ["host", "port", "restore_command"]
-            .iter()
-            .any(|k| o.contains_key(*k))
-    })
-}
-
-/// Patroni parses `pause` leniently; whatever it could read as true, we must
-/// treat as paused, or we would act during maintenance.
-fn is_true(v: &Value) -> bool {
-    match v {
-        Value::Bool(b) => *b,
-        Value::Number(n) => n.as_f64().is_some_and(|n| n != 0.0),
-        Value::String(s) => matches!(
-            s.trim().to_ascii_lowercase().as_str(),
-            "true" | "on" | "yes" | "1"
-        ),
-        _ => false,
-    }
-}
-
-pub fn facts(text: &str) -> Result<Facts, DynamicConfigError> {
-    let map = parse(text)?;
-    Ok(Facts {
-        standby: map.get("standby_cluster").is_some_and(is_standby_section),
-        paused: map.get("pause").is_some_and(is_true),
-    })
-}
+use crate::observe::dynamic_config::{DynamicConfigError, parse};
 
 /// The config without its `standby_cluster` member(s), or `None` when it has
 /// none. Only that member and one adjacent comma are cut out of the text.
@@ -237,53 +178,7 @@ mod tests {
     const PATRONI: &str = r#"{"ttl":30,"loop_wait":10,"retry_timeout":10,"maximum_lag_on_failover":1048576,"postgresql":{"use_pg_rewind":true,"parameters":{"max_connections":100}},"standby_cluster":{"host":"patroni-master-gold","port":31234,"create_replica_methods":["basebackup_fast_xlog"]}}"#;
 
     #[test]
-    fn facts_of_a_standby_cluster() {
-        assert_eq!(
-            facts(PATRONI).unwrap(),
-            Facts {
-                standby: true,
-                paused: false
-            }
-        );
-    }
-
-    #[test]
-    fn only_a_section_with_host_port_or_restore_command_is_standby() {
-        for (text, standby) in [
-            (r#"{"standby_cluster":{"host":"h"}}"#, true),
-            (r#"{"standby_cluster":{"port":5432}}"#, true),
-            (r#"{"standby_cluster":{"restore_command":"cp"}}"#, true),
-            (r#"{"standby_cluster":null}"#, false),
-            (r#"{"standby_cluster":{}}"#, false),
-            (r#"{"standby_cluster":{"primary_slot_name":"x"}}"#, false),
-            (r#"{"ttl":30}"#, false),
-            // what the old CronJob's sed left behind
-            (r#"{"null":{"host":"h","port":1}}"#, false),
-        ] {
-            assert_eq!(facts(text).unwrap().standby, standby, "{text}");
-        }
-    }
-
-    #[test]
-    fn pause_is_read_as_leniently_as_patroni_might() {
-        for (v, paused) in [
-            ("true", true),
-            ("\"true\"", true),
-            ("\"on\"", true),
-            ("1", true),
-            ("false", false),
-            ("null", false),
-            ("\"off\"", false),
-        ] {
-            let text = format!(r#"{{"pause":{v}}}"#);
-            assert_eq!(facts(&text).unwrap().paused, paused, "{text}");
-        }
-    }
-
-    #[test]
     fn malformed_config_is_an_error_not_a_guess() {
-        assert!(matches!(facts("{\"ttl\":"), Err(DynamicConfigError::Json(_))));
-        assert_eq!(facts("[1,2]"), Err(DynamicConfigError::NotAnObject));
         assert!(matches!(
             remove_standby_cluster("not json"),
             Err(DynamicConfigError::Json(_))
@@ -367,7 +262,7 @@ mod tests {
             out,
             r#"{"ttl":30,"loop_wait":10,"standby_cluster":{"host":"patroni-master-gold","port":31234}}"#
         );
-        assert!(facts(&out).unwrap().standby);
+        assert!(crate::observe::dynamic_config::facts(&out).unwrap().standby);
         assert_eq!(
             remove_standby_cluster(&out).unwrap().as_deref(),
             Some(PROMOTED_LIKE)

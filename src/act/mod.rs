@@ -1,6 +1,5 @@
 //! Act: the writes this program makes once a decision says so — promoting
 //! the DR cluster by editing its dynamic config.
 
-pub mod actor;
 pub mod dynamic_config;
 pub mod promoter;

@@ -15,33 +15,30 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use backon::{ExponentialBuilder, Retryable};
-use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
-use kube::api::{Api, Patch, PatchParams};
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
+use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use tokio::sync::watch;
 use tracing::warn;
 
-use crate::act::dynamic_config::{self, DynamicConfigError};
+use crate::act::dynamic_config;
 use crate::decide::detector::Verdict;
-use crate::decide::guards::ClusterConfig;
-use crate::observe::local_pg::LocalPg;
+pub use crate::decide::state::Audit;
+use crate::observe::cluster_config::{
+    CONFIG_ANNOTATION, ConfigMapReader, PatroniConfigReader, PostgresConfigReader, ReadError,
+};
+use crate::observe::dynamic_config::DynamicConfigError;
 
-/// Set to "true" by an operator to keep the watchdog observing only.
-pub const DISARMED_ANNOTATION: &str = "patroni-dr-watchdog/disarmed";
 pub const PROMOTED_AT_ANNOTATION: &str = "patroni-dr-watchdog/promoted-at";
 pub const PROMOTED_BY_ANNOTATION: &str = "patroni-dr-watchdog/promoted-by";
 pub const REASON_ANNOTATION: &str = "patroni-dr-watchdog/reason";
 pub const FAILBACK_AT_ANNOTATION: &str = "patroni-dr-watchdog/failback-at";
-const CONFIG_ANNOTATION: &str = "config";
 const FIELD_MANAGER: &str = "patroni-dr-watchdog";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PromoteError {
-    #[error("{object} not found: check WATCHDOG_PATRONI_CONFIGMAP and WATCHDOG_NAMESPACE")]
-    NotFound { object: String },
-    #[error("{object} has no `config` annotation: is it Patroni's <scope>-config? Nothing was written")]
-    NoConfigAnnotation { object: String },
+    #[error(transparent)]
+    Read(#[from] ReadError),
     #[error("the dynamic config in {object} {source}")]
     Malformed {
         object: String,
@@ -67,6 +64,7 @@ impl PromoteError {
     /// everything else needs a human.
     fn retryable(&self) -> bool {
         match self {
+            PromoteError::Read(e) => e.retryable(),
             PromoteError::Api { code: None, .. } => true,
             PromoteError::Api { code: Some(c), .. } => *c == 409 || *c == 429 || *c >= 500,
             _ => false,
@@ -82,117 +80,31 @@ pub enum Promotion {
     AlreadyPromoted,
 }
 
-/// Who promoted, when and why; written as annotations with the promotion.
-#[derive(Debug, Clone)]
-pub struct Audit {
-    pub at: SystemTime,
-    pub by: String,
-    pub reason: String,
-}
-
 #[derive(Clone)]
 pub struct ConfigMapPromoter {
-    api: Api<ConfigMap>,
-    namespace: String,
-    name: String,
-    call_timeout: Duration,
+    pub reader: ConfigMapReader,
 }
 
 impl ConfigMapPromoter {
-    pub fn new(client: kube::Client, namespace: &str, name: &str) -> Self {
-        ConfigMapPromoter {
-            api: Api::namespaced(client, namespace),
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-            call_timeout: Duration::from_secs(5),
-        }
-    }
-
-    /// A reference for Events about this ConfigMap.
-    pub fn reference(&self) -> ObjectReference {
-        ObjectReference {
-            api_version: Some(ConfigMap::api_version(&()).into_owned()),
-            kind: Some(ConfigMap::kind(&()).into_owned()),
-            name: Some(self.name.clone()),
-            namespace: Some(self.namespace.clone()),
-            ..Default::default()
-        }
-    }
-
-    fn api_error(&self, operation: &'static str, e: kube::Error) -> PromoteError {
-        let code = match &e {
-            kube::Error::Api(status) => Some(status.code),
-            _ => None,
-        };
-        if code == Some(404) {
-            return PromoteError::NotFound {
-                object: self.object(),
-            };
-        }
-        PromoteError::Api {
-            operation,
-            object: self.object(),
-            code,
-            message: crate::error_chain(&e),
-        }
-    }
-
-    fn timed_out(&self, operation: &'static str) -> PromoteError {
-        PromoteError::Api {
-            operation,
-            object: self.object(),
-            code: None,
-            message: format!(
-                "no answer within {}",
-                humantime::format_duration(self.call_timeout)
-            ),
-        }
-    }
-
-    async fn read(&self) -> Result<(ConfigMap, String, ClusterConfig), PromoteError> {
-        let cm = tokio::time::timeout(self.call_timeout, self.api.get(&self.name))
-            .await
-            .map_err(|_| self.timed_out("get"))?
-            .map_err(|e| self.api_error("get", e))?;
-        let annotations = cm.annotations();
-        let text =
-            annotations
-                .get(CONFIG_ANNOTATION)
-                .cloned()
-                .ok_or_else(|| PromoteError::NoConfigAnnotation {
-                    object: self.object(),
-                })?;
-        let facts = dynamic_config::facts(&text).map_err(|source| PromoteError::Malformed {
-            object: self.object(),
-            source,
-        })?;
-        let config = ClusterConfig {
-            standby: facts.standby,
-            paused: facts.paused,
-            disarmed: annotations
-                .get(DISARMED_ANNOTATION)
-                .is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
-        };
-        Ok((cm, text, config))
-    }
-
     async fn patch(&self, patch: &serde_json::Value) -> Result<(), PromoteError> {
+        let r = &self.reader;
         let params = PatchParams {
             field_manager: Some(FIELD_MANAGER.into()),
             ..Default::default()
         };
         tokio::time::timeout(
-            self.call_timeout,
-            self.api.patch(&self.name, &params, &Patch::Merge(patch)),
+            r.call_timeout,
+            r.api.patch(&r.name, &params, &Patch::Merge(patch)),
         )
         .await
-        .map_err(|_| self.timed_out("patch"))?
-        .map_err(|e| self.api_error("patch", e))?;
+        .map_err(|_| r.timed_out("patch"))?
+        .map_err(|e| r.api_error("patch", e))?;
         Ok(())
     }
 
     async fn failback_attempt(&self, section: &serde_json::Value) -> Result<(), PromoteError> {
-        let (cm, text, _) = self.read().await?;
+        let read = self.reader.read().await?;
+        let (cm, text) = (read.object, read.text);
         let new_config = dynamic_config::add_standby_cluster(&text, section).map_err(|source| {
             PromoteError::Malformed {
                 object: self.object(),
@@ -214,8 +126,6 @@ impl ConfigMapPromoter {
 
 /// One way to promote. Every implementation is idempotent.
 pub trait Promoter: Send + Sync {
-    /// What is there now: still a standby? paused? disarmed? Read-only.
-    fn inspect(&self) -> impl Future<Output = Result<ClusterConfig, PromoteError>> + Send;
     /// One try at promoting, re-checking what it writes first.
     fn attempt(&self, audit: &Audit) -> impl Future<Output = Result<Promotion, PromoteError>> + Send;
     /// Makes a promoted site a standby of `host:port` again.
@@ -225,12 +135,9 @@ pub trait Promoter: Send + Sync {
 }
 
 impl Promoter for ConfigMapPromoter {
-    async fn inspect(&self) -> Result<ClusterConfig, PromoteError> {
-        self.read().await.map(|(_, _, c)| c)
-    }
-
     async fn attempt(&self, audit: &Audit) -> Result<Promotion, PromoteError> {
-        let (cm, text, config) = self.read().await?;
+        let read = self.reader.read().await?;
+        let (cm, text, config) = (read.object, read.text, read.config);
         let at = humantime::format_rfc3339_seconds(audit.at).to_string();
         if !config.standby {
             // A write that timed out may still have landed: if the audit
@@ -246,7 +153,7 @@ impl Promoter for ConfigMapPromoter {
         if config.paused {
             return Err(PromoteError::CalledOff("Patroni was paused"));
         }
-        if config.disarmed {
+        if config.disarmed() {
             return Err(PromoteError::CalledOff("the watchdog was disarmed"));
         }
         let new_config = dynamic_config::remove_standby_cluster(&text)
@@ -282,7 +189,7 @@ impl Promoter for ConfigMapPromoter {
     }
 
     fn object(&self) -> String {
-        format!("ConfigMap {}/{}", self.namespace, self.name)
+        self.reader.object()
     }
 }
 
@@ -321,83 +228,43 @@ pub async fn promote<P: Promoter>(
 
 /// `PATCH /config` on the local Patroni: works whatever its DCS.
 pub struct PatroniApiPromoter {
-    http: reqwest::Client,
-    url: String,
+    pub reader: PatroniConfigReader,
 }
 
 impl PatroniApiPromoter {
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, reqwest::Error> {
-        Ok(PatroniApiPromoter {
-            http: reqwest::Client::builder().timeout(timeout).no_proxy().build()?,
-            url: url.trim_end_matches('/').to_string(),
-        })
-    }
-
-    fn error(&self, operation: &'static str, code: Option<u16>, message: String) -> PromoteError {
-        PromoteError::Api {
-            operation,
-            object: self.object(),
-            code,
-            message,
-        }
-    }
-
     async fn patch_config(&self, body: serde_json::Value) -> Result<(), PromoteError> {
+        let op = "PATCH /config";
         let resp = self
-            .http
-            .patch(format!("{}/config", self.url))
+            .reader
+            .patroni
+            .patch("/config")
             .json(&body)
             .send()
             .await
-            .map_err(|e| self.error("PATCH /config", None, crate::error_chain(&e)))?;
+            .map_err(|e| self.reader.error(op, None, crate::error_chain(&e.without_url())))?;
         let status = resp.status();
         if status.is_success() {
             return Ok(());
         }
         let text = resp.text().await.unwrap_or_default();
-        Err(self.error(
-            "PATCH /config",
-            Some(status.as_u16()),
-            format!("HTTP {status}: {text}"),
-        ))
+        Err(self
+            .reader
+            .error(op, Some(status.as_u16()), format!("HTTP {status}: {text}"))
+            .into())
     }
 }
 
 impl Promoter for PatroniApiPromoter {
-    async fn inspect(&self) -> Result<ClusterConfig, PromoteError> {
-        let op = "GET /config";
-        let resp = self
-            .http
-            .get(format!("{}/config", self.url))
-            .send()
-            .await
-            .map_err(|e| self.error(op, None, crate::error_chain(&e)))?;
-        let status = resp.status();
-        let text = resp
-            .text()
-            .await
-            .map_err(|e| self.error(op, Some(status.as_u16()), crate::error_chain(&e)))?;
-        if !status.is_success() {
-            return Err(self.error(op, Some(status.as_u16()), format!("HTTP {status}: {text}")));
-        }
-        let facts = dynamic_config::facts(&text).map_err(|source| PromoteError::Malformed {
-            object: self.object(),
-            source,
-        })?;
-        Ok(ClusterConfig {
-            standby: facts.standby,
-            paused: facts.paused,
-            disarmed: false,
-        })
-    }
-
     async fn attempt(&self, _audit: &Audit) -> Result<Promotion, PromoteError> {
-        let config = self.inspect().await?;
+        let config = self.reader.read().await?;
         if !config.standby {
             return Ok(Promotion::AlreadyPromoted);
         }
         if config.paused {
             return Err(PromoteError::CalledOff("Patroni was paused"));
+        }
+        if config.disarmed() {
+            return Err(PromoteError::CalledOff("the watchdog was disarmed"));
         }
         // What `patronictl edit-config` and Patroni 4.1's promote-cluster do.
         self.patch_config(json!({"standby_cluster": null})).await?;
@@ -405,7 +272,7 @@ impl Promoter for PatroniApiPromoter {
     }
 
     async fn failback(&self, host: &str, port: u16) -> Result<(), PromoteError> {
-        if self.inspect().await?.standby {
+        if self.reader.read().await?.standby {
             return Err(PromoteError::Unsupported(
                 "this cluster is already a standby cluster",
             ));
@@ -415,25 +282,20 @@ impl Promoter for PatroniApiPromoter {
     }
 
     fn object(&self) -> String {
-        format!("Patroni {}", self.url)
+        self.reader.object()
     }
 }
 
 /// `pg_promote()` on a plain streaming standby.
 pub struct PgPromoter {
-    pg: LocalPg,
-    object: String,
+    pub reader: PostgresConfigReader,
 }
 
 impl PgPromoter {
-    pub fn new(pg: LocalPg, object: String) -> Self {
-        PgPromoter { pg, object }
-    }
-
     fn error(&self, operation: &'static str, message: String) -> PromoteError {
         PromoteError::Api {
             operation,
-            object: self.object.clone(),
+            object: self.reader.object.clone(),
             code: None,
             message,
         }
@@ -441,24 +303,16 @@ impl PgPromoter {
 }
 
 impl Promoter for PgPromoter {
-    async fn inspect(&self) -> Result<ClusterConfig, PromoteError> {
-        let standby = self
-            .pg
-            .in_recovery()
-            .await
-            .map_err(|e| self.error("pg_is_in_recovery()", e))?;
-        Ok(ClusterConfig {
-            standby,
-            paused: false,
-            disarmed: false,
-        })
-    }
-
     async fn attempt(&self, _audit: &Audit) -> Result<Promotion, PromoteError> {
-        if !self.inspect().await?.standby {
+        let config = self.reader.read().await?;
+        if !config.standby {
             return Ok(Promotion::AlreadyPromoted);
         }
+        if config.disarmed() {
+            return Err(PromoteError::CalledOff("the watchdog was disarmed"));
+        }
         match self
+            .reader
             .pg
             .promote()
             .await
@@ -478,7 +332,7 @@ impl Promoter for PgPromoter {
     }
 
     fn object(&self) -> String {
-        self.object.clone()
+        self.reader.object.clone()
     }
 }
 
@@ -490,14 +344,6 @@ pub enum AnyPromoter {
 }
 
 impl Promoter for AnyPromoter {
-    async fn inspect(&self) -> Result<ClusterConfig, PromoteError> {
-        match self {
-            AnyPromoter::ConfigMap(p) => p.inspect().await,
-            AnyPromoter::PatroniApi(p) => p.inspect().await,
-            AnyPromoter::PgPromote(p) => p.inspect().await,
-        }
-    }
-
     async fn attempt(&self, audit: &Audit) -> Result<Promotion, PromoteError> {
         match self {
             AnyPromoter::ConfigMap(p) => p.attempt(audit).await,

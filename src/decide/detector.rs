@@ -4,8 +4,6 @@
 //! Counting follows Kubernetes probes and HAProxy's `rise`/`fall`: a verdict
 //! changes only after that many *consecutive* results disagree with it.
 
-use std::fmt;
-
 use serde::Serialize;
 
 /// What one probe says about Gold, stripped of its details.
@@ -22,8 +20,11 @@ pub enum Observation {
     Blind,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, strum::IntoStaticStr, strum::EnumIter, strum::Display,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Verdict {
     /// Not enough results yet.
     Unknown,
@@ -36,21 +37,8 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 4] = [Verdict::Unknown, Verdict::Up, Verdict::Down, Verdict::Lost];
-
     pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Unknown => "unknown",
-            Verdict::Up => "up",
-            Verdict::Down => "down",
-            Verdict::Lost => "lost",
-        }
-    }
-}
-
-impl fmt::Display for Verdict {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        self.into()
     }
 }
 

@@ -6,64 +6,11 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::Mode;
+use crate::observe::cluster::Observation;
+pub use crate::observe::cluster::Wal;
+pub use crate::observe::cluster_config::{ClusterConfig, DisarmSwitch};
+pub use crate::observe::patroni::Role;
 use crate::observe::witness::Testimony;
-
-/// The local Patroni member's role, from `GET /patroni`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "role", content = "detail", rename_all = "snake_case")]
-pub enum Role {
-    StandbyLeader,
-    /// `primary`, or `master` before Patroni 3.
-    Primary,
-    Replica,
-    Other(String),
-    /// Patroni did not answer or answered nonsense.
-    Unreachable(String),
-}
-
-impl Role {
-    /// From the `role` field of `GET /patroni`, accepting every Patroni
-    /// version's names.
-    pub fn from_patroni(role: &str) -> Role {
-        match role {
-            "standby_leader" | "standby-leader" => Role::StandbyLeader,
-            "primary" | "master" => Role::Primary,
-            "replica" => Role::Replica,
-            other => Role::Other(other.to_string()),
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        match self {
-            Role::StandbyLeader => "standby_leader",
-            Role::Primary => "primary",
-            Role::Replica => "replica",
-            Role::Other(r) => r,
-            Role::Unreachable(_) => "unreachable",
-        }
-    }
-}
-
-/// The parts of the DR cluster's configuration a promotion depends on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct ClusterConfig {
-    /// `standby_cluster` is still in the dynamic config.
-    pub standby: bool,
-    /// Patroni maintenance mode.
-    pub paused: bool,
-    /// The operator's disarm annotation is set.
-    pub disarmed: bool,
-}
-
-/// What the local PostgreSQL says about replication from Gold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Wal {
-    /// The WAL receiver is `streaming` and heard from Gold this long ago.
-    pub streaming_for: Option<Duration>,
-    /// How old the newest data from Gold is: since WAL last arrived (as
-    /// observed), or since the last replayed commit. `None`: unknown.
-    pub data_age: Option<Duration>,
-}
 
 /// The operator's limits for the guards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,8 +33,22 @@ pub struct Facts {
     pub witnesses: Vec<(String, Testimony)>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+impl Facts {
+    /// The guards' view of one observation.
+    pub fn new(target_known: bool, o: &Observation) -> Facts {
+        Facts {
+            target_known,
+            role: o.role.clone(),
+            config: o.config.clone(),
+            wal: o.wal.as_ref().map(|w| w.wal).map_err(Clone::clone),
+            witnesses: o.witnesses.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, strum::IntoStaticStr, strum::EnumIter)]
 #[serde(tag = "guard", content = "detail", rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Veto {
     /// Never act on a guessed address.
     TargetUnknown,
@@ -98,7 +59,8 @@ pub enum Veto {
     PatroniUnreachable(String),
     ConfigUnreadable(String),
     Paused,
-    Disarmed,
+    /// The switches that are set.
+    Disarmed(String),
     /// The local standby still receives WAL from Gold: Gold is alive and
     /// only our probe path is broken.
     WalReceiverStreaming(String),
@@ -110,36 +72,8 @@ pub enum Veto {
 }
 
 impl Veto {
-    pub const NAMES: [&'static str; 12] = [
-        "target_unknown",
-        "mode_observe",
-        "not_standby_leader",
-        "patroni_unreachable",
-        "config_unreadable",
-        "paused",
-        "disarmed",
-        "wal_receiver_streaming",
-        "local_pg_unreachable",
-        "stale_data",
-        "witness_sees_gold",
-        "witness_unreachable",
-    ];
-
     pub fn name(&self) -> &'static str {
-        match self {
-            Veto::TargetUnknown => "target_unknown",
-            Veto::ModeObserve => "mode_observe",
-            Veto::NotStandbyLeader(_) => "not_standby_leader",
-            Veto::PatroniUnreachable(_) => "patroni_unreachable",
-            Veto::ConfigUnreadable(_) => "config_unreadable",
-            Veto::Paused => "paused",
-            Veto::Disarmed => "disarmed",
-            Veto::WalReceiverStreaming(_) => "wal_receiver_streaming",
-            Veto::LocalPgUnreachable(_) => "local_pg_unreachable",
-            Veto::StaleData(_) => "stale_data",
-            Veto::WitnessSeesGold(_) => "witness_sees_gold",
-            Veto::WitnessUnreachable(_) => "witness_unreachable",
-        }
+        self.into()
     }
 
     /// The guard's name with its detail, for logs, Events and alerts.
@@ -150,6 +84,7 @@ impl Veto {
             | Veto::ConfigUnreadable(d)
             | Veto::WalReceiverStreaming(d)
             | Veto::LocalPgUnreachable(d)
+            | Veto::Disarmed(d)
             | Veto::StaleData(d)
             | Veto::WitnessSeesGold(d)
             | Veto::WitnessUnreachable(d) => format!("{} ({d})", self.name()),
@@ -194,8 +129,9 @@ pub fn decide(f: &Facts, limits: &Limits) -> Decision {
             if c.paused {
                 vetoes.push(Veto::Paused);
             }
-            if c.disarmed {
-                vetoes.push(Veto::Disarmed);
+            if c.disarmed() {
+                let by: Vec<&str> = c.disarmed_by.iter().map(|s| s.into()).collect();
+                vetoes.push(Veto::Disarmed(by.join(", ")));
             }
         }
     }
@@ -261,7 +197,7 @@ mod tests {
             config: Ok(ClusterConfig {
                 standby: true,
                 paused: false,
-                disarmed: false,
+                disarmed_by: vec![],
             }),
             wal: Ok(Wal {
                 streaming_for: None,
@@ -308,7 +244,7 @@ mod tests {
                 config: Ok(ClusterConfig {
                     standby: false,
                     paused: true,
-                    disarmed: true,
+                    disarmed_by: vec![DisarmSwitch::DynamicConfigKey],
                 }),
                 ..good()
             };
@@ -387,11 +323,15 @@ mod tests {
         let mut configs = vec![Err("malformed".to_string())];
         for standby in [true, false] {
             for paused in [true, false] {
-                for disarmed in [true, false] {
+                for disarmed_by in [
+                    vec![],
+                    vec![DisarmSwitch::DynamicConfigKey],
+                    vec![DisarmSwitch::ConfigmapAnnotation, DisarmSwitch::DynamicConfigKey],
+                ] {
                     configs.push(Ok(ClusterConfig {
                         standby,
                         paused,
-                        disarmed,
+                        disarmed_by,
                     }));
                 }
             }
@@ -475,7 +415,7 @@ mod tests {
             ("patroni_unreachable", matches!(f.role, Role::Unreachable(_))),
             ("config_unreadable", f.config.is_err()),
             ("paused", f.config.as_ref().is_ok_and(|c| c.paused)),
-            ("disarmed", f.config.as_ref().is_ok_and(|c| c.disarmed)),
+            ("disarmed", f.config.as_ref().is_ok_and(|c| c.disarmed())),
             ("wal_receiver_streaming", streaming),
             ("local_pg_unreachable", f.wal.is_err()),
             ("stale_data", stale),

@@ -3,3 +3,4 @@
 
 pub mod detector;
 pub mod guards;
+pub mod state;

@@ -88,11 +88,22 @@ impl LocalPg {
         .await
     }
 
-    pub async fn in_recovery(&self) -> Result<bool, String> {
+    /// Whether it is still a standby, and whether an operator disarmed the
+    /// watchdog with our own setting (a placeholder GUC that needs no
+    /// extension: `ALTER SYSTEM SET patroni_dr_watchdog.disarmed = on`).
+    pub async fn recovery_and_disarm(&self) -> Result<(bool, bool), String> {
         self.with_client(|client| async move {
-            let row = client.query_one("SELECT pg_is_in_recovery()", &[]).await;
+            let row = client
+                .query_one(
+                    "SELECT pg_is_in_recovery(), \
+                       coalesce(current_setting('patroni_dr_watchdog.disarmed', true), '') \
+                         IN ('on', 'true', 'yes', '1')",
+                    &[],
+                )
+                .await;
             drop(client);
-            row?.try_get(0)
+            let row = row?;
+            Ok((row.try_get(0)?, row.try_get(1)?))
         })
         .await
     }

@@ -2,6 +2,9 @@
 //! beside us looks like. Everything here does I/O and reports facts; nothing
 //! here decides.
 
+pub mod cluster;
+pub mod cluster_config;
+pub mod dynamic_config;
 pub mod local_pg;
 pub mod patroni;
 pub mod probe;

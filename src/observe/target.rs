@@ -2,7 +2,7 @@
 //! discovered address can change under it without a restart.
 
 use std::fmt;
-use std::sync::Arc;
+
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::report::metrics::Metrics;
+use prometheus_client::metrics::counter::Counter;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct Endpoint {
@@ -103,7 +103,7 @@ pub async fn discover(
     port_name: Option<String>,
     host: String,
     tx: watch::Sender<Target>,
-    metrics: Arc<Metrics>,
+    errors: Counter,
     shutdown: CancellationToken,
 ) {
     let object = format!("{}/{service}", api.namespace().unwrap_or("default"));
@@ -118,7 +118,7 @@ pub async fn discover(
         let next = match event {
             None => return,
             Some(Err(e)) => {
-                metrics.discovery_error();
+                errors.inc();
                 warn!(service = %object, error = %crate::error_chain(&e), "cannot watch the Transport Service; retrying");
                 if matches!(*tx.borrow(), Target::Known { .. }) {
                     continue;

@@ -5,19 +5,20 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use tracing::warn;
 
-use crate::report::metrics::Metrics;
+use prometheus_client::metrics::counter::Counter;
 
 #[derive(Clone)]
 pub struct Events {
     recorder: Recorder,
     reference: ObjectReference,
+    errors: Counter,
 }
 
 /// The API limits a note to 1 kB.
 const MAX_NOTE: usize = 1000;
 
 impl Events {
-    pub fn new(client: kube::Client, identity: &str, reference: ObjectReference) -> Self {
+    pub fn new(client: kube::Client, identity: &str, reference: ObjectReference, errors: Counter) -> Self {
         let reporter = Reporter {
             controller: "patroni-dr-watchdog".into(),
             instance: Some(identity.to_string()),
@@ -25,11 +26,12 @@ impl Events {
         Events {
             recorder: Recorder::new(client, reporter),
             reference,
+            errors,
         }
     }
 
     /// Best effort: a failure to record is logged and counted, never fatal.
-    pub async fn publish(&self, metrics: &Metrics, warning: bool, reason: &str, action: &str, note: String) {
+    pub async fn publish(&self, warning: bool, reason: &str, action: &str, note: String) {
         let mut note = note;
         if note.len() > MAX_NOTE {
             let mut cut = MAX_NOTE;
@@ -50,7 +52,7 @@ impl Events {
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&event, &self.reference).await {
-            metrics.kube_api_error("create_event");
+            self.errors.inc();
             warn!(reason, error = %crate::error_chain(&e), "cannot record Kubernetes Event");
         }
     }

@@ -15,8 +15,9 @@ use axum::routing::get;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::decide::state::State;
 use crate::report::metrics::Metrics;
-use crate::report::status::{State, Status};
+use crate::report::status::Status;
 
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 

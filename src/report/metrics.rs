@@ -1,22 +1,34 @@
 //! Prometheus metrics, in the style of blackbox_exporter and
-//! postgres_exporter. The struct registers its own families; every label set
-//! that can ever appear is created up front so dashboards and alerts see a 0
-//! rather than a missing series.
+//! postgres_exporter.
+//!
+//! Two kinds, with one owner each. Counters and the probe-duration histogram
+//! count things as they happen, where they happen. Every gauge that restates
+//! the loop's state (verdict, state, streaks, split-brain, disarm, pause,
+//! local role, target, last probe) is computed from the `/status` snapshot at
+//! scrape time by [`StateCollector`], so a gauge cannot disagree with
+//! `/status`. Label values come from the enums themselves, so a variant
+//! cannot be forgotten; every label set that can appear is there from the
+//! start, so dashboards and alerts see a 0 rather than a missing series.
 
-use std::sync::atomic::AtomicU64;
-
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
+use strum::IntoEnumIterator;
+use tokio::sync::watch;
 
-use crate::decide::detector::{Transition, Verdict};
+use crate::decide::detector::Verdict;
+use crate::decide::guards::Veto;
+use crate::decide::state::{PromotionResult, State};
 use crate::observe::probe::{Outcome, ProbeReport};
 use crate::observe::target::Target;
-use crate::report::status::State;
+use crate::report::status::Status;
+use crate::report::webhook::WebhookMetrics;
 
 pub const PREFIX: &str = "patroni_dr_watchdog";
 
@@ -37,15 +49,15 @@ pub struct VerdictLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StateLabels {
-    pub state: &'static str,
+struct StateLabels {
+    state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TargetLabels {
-    pub host: String,
-    pub port: String,
-    pub source: &'static str,
+struct TargetLabels {
+    host: String,
+    port: String,
+    source: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -64,40 +76,29 @@ pub struct OperationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RoleLabels {
-    pub role: String,
+struct RoleLabels {
+    role: String,
 }
-
-/// Results of a promotion attempt, as counted.
-pub const PROMOTION_RESULTS: [&str; 5] = ["promoted", "already_promoted", "dry_run", "failed", "called_off"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
 
+/// The Kubernetes API operations besides discovery, as counted.
+pub const KUBE_OPERATIONS: [&str; 1] = ["create_event"];
+
 pub struct Metrics {
     registry: Registry,
-    probe_success: Gauge,
     probes: Family<OutcomeLabels, Counter>,
     probe_duration: Family<ClassLabels, Histogram>,
-    last_probe_timestamp: Gauge<f64, AtomicU64>,
-    verdict: Family<VerdictLabels, Gauge>,
     verdict_changes: Family<VerdictLabels, Counter>,
-    consecutive_failures: Gauge,
-    consecutive_successes: Gauge,
-    state: Family<StateLabels, Gauge>,
-    target: Family<TargetLabels, Gauge>,
     target_changes: Counter,
     discovery_errors: Counter,
     kube_api_errors: Family<OperationLabels, Counter>,
     promotions: Family<ResultLabels, Counter>,
     vetoes: Family<GuardLabels, Counter>,
-    disarmed: Gauge,
-    paused: Gauge,
-    local_role: Family<RoleLabels, Gauge>,
-    split_brain: Gauge,
-    webhook: Family<ResultLabels, Counter>,
+    webhook: WebhookMetrics,
 }
 
 fn duration_histogram() -> Histogram {
@@ -105,43 +106,24 @@ fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 15))
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Metrics {
-    pub fn new() -> Self {
-        let mut m = Metrics {
-            registry: Registry::with_prefix(PREFIX),
-            probe_success: Gauge::default(),
+    /// The counters, plus the gauges read from `status` at every scrape.
+    pub fn new(status: watch::Receiver<Status>) -> Self {
+        let mut registry = Registry::with_prefix(PREFIX);
+        let m = Metrics {
             probes: Family::default(),
             probe_duration: Family::new_with_constructor(duration_histogram),
-            last_probe_timestamp: Gauge::default(),
-            verdict: Family::default(),
             verdict_changes: Family::default(),
-            consecutive_failures: Gauge::default(),
-            consecutive_successes: Gauge::default(),
-            state: Family::default(),
-            target: Family::default(),
             target_changes: Counter::default(),
             discovery_errors: Counter::default(),
             kube_api_errors: Family::default(),
             promotions: Family::default(),
             vetoes: Family::default(),
-            disarmed: Gauge::default(),
-            paused: Gauge::default(),
-            local_role: Family::default(),
-            split_brain: Gauge::default(),
-            webhook: Family::default(),
+            webhook: WebhookMetrics::register(&mut registry),
+            registry,
         };
+        let mut m = m;
         let registry = &mut m.registry;
-        registry.register(
-            "probe_success",
-            "1 if the last probe found Gold's PostgreSQL writable, else 0",
-            m.probe_success.clone(),
-        );
         registry.register(
             "probes",
             "Probes of Gold by outcome class (up, down, blind) and reason",
@@ -153,35 +135,9 @@ impl Metrics {
             m.probe_duration.clone(),
         );
         registry.register(
-            "last_probe_timestamp_seconds",
-            "Unix time at which the last probe finished",
-            m.last_probe_timestamp.clone(),
-        );
-        registry.register(
-            "verdict",
-            "Hysteresis verdict about Gold: 1 for the current one of unknown, up, down, lost",
-            m.verdict.clone(),
-        );
-        registry.register(
             "verdict_changes",
             "Verdict changes, by the verdict entered",
             m.verdict_changes.clone(),
-        );
-        registry.register(
-            "consecutive_failures",
-            "Consecutive down probes (reset by an up or a blind probe)",
-            m.consecutive_failures.clone(),
-        );
-        registry.register(
-            "consecutive_successes",
-            "Consecutive up probes",
-            m.consecutive_successes.clone(),
-        );
-        registry.register("state", "Watchdog state: 1 for the current one", m.state.clone());
-        registry.register(
-            "target_info",
-            "Where Gold is probed; no series while the target is unknown",
-            m.target.clone(),
         );
         registry.register(
             "target_changes",
@@ -209,37 +165,13 @@ impl Metrics {
             m.vetoes.clone(),
         );
         registry.register(
-            "disarmed",
-            "1 while the disarm annotation is set on the Patroni config ConfigMap",
-            m.disarmed.clone(),
-        );
-        registry.register(
-            "patroni_paused",
-            "1 while the DR Patroni cluster is in maintenance mode (pause)",
-            m.paused.clone(),
-        );
-        registry.register(
-            "local_role",
-            "Role of the Patroni member beside this sidecar (1 for the current one)",
-            m.local_role.clone(),
-        );
-        registry.register(
-            "split_brain",
-            "1 while Gold answers as a writable primary after this process promoted GoldDR",
-            m.split_brain.clone(),
-        );
-        registry.register(
-            "webhook_alerts",
-            "Webhook alerts by result: delivered, failed, dropped",
-            m.webhook.clone(),
-        );
-        registry.register(
             "build",
             "Build information",
             Info::new(BuildLabels {
                 version: env!("CARGO_PKG_VERSION"),
             }),
         );
+        registry.register_collector(Box::new(StateCollector { status }));
 
         for o in Outcome::all() {
             let _ = m.probes.get_or_create(&OutcomeLabels {
@@ -250,22 +182,20 @@ impl Metrics {
         for class in ["up", "down", "blind"] {
             let _ = m.probe_duration.get_or_create(&ClassLabels { outcome: class });
         }
-        for v in Verdict::ALL {
+        for v in Verdict::iter() {
             let _ = m
                 .verdict_changes
-                .get_or_create(&VerdictLabels { verdict: v.as_str() });
+                .get_or_create(&VerdictLabels { verdict: v.into() });
         }
-        for result in PROMOTION_RESULTS {
-            let _ = m.promotions.get_or_create(&ResultLabels { result });
+        for r in PromotionResult::iter() {
+            let _ = m.promotions.get_or_create(&ResultLabels { result: r.into() });
         }
-        for result in ["delivered", "failed", "dropped"] {
-            let _ = m.webhook.get_or_create(&ResultLabels { result });
+        for guard in Veto::iter() {
+            let _ = m.vetoes.get_or_create(&GuardLabels { guard: guard.name() });
         }
-        for guard in crate::decide::guards::Veto::NAMES {
-            let _ = m.vetoes.get_or_create(&GuardLabels { guard });
+        for operation in KUBE_OPERATIONS {
+            let _ = m.kube_api_errors.get_or_create(&OperationLabels { operation });
         }
-        m.set_verdict(Verdict::Unknown);
-        m.set_state(State::Starting);
         m
     }
 
@@ -275,9 +205,8 @@ impl Metrics {
         Ok(out)
     }
 
-    pub fn observe_probe(&self, report: &ProbeReport, finished_unix: f64) {
+    pub fn observe_probe(&self, report: &ProbeReport) {
         let o = report.outcome;
-        self.probe_success.set(i64::from(o == Outcome::Up));
         self.probes
             .get_or_create(&OutcomeLabels {
                 outcome: o.class(),
@@ -287,90 +216,169 @@ impl Metrics {
         self.probe_duration
             .get_or_create(&ClassLabels { outcome: o.class() })
             .observe(report.duration.as_secs_f64());
-        self.last_probe_timestamp.set(finished_unix);
     }
 
-    pub fn set_streaks(&self, failures: u32, successes: u32) {
-        self.consecutive_failures.set(i64::from(failures));
-        self.consecutive_successes.set(i64::from(successes));
-    }
-
-    pub fn transition(&self, t: Transition) {
+    pub fn verdict_entered(&self, verdict: Verdict) {
         self.verdict_changes
             .get_or_create(&VerdictLabels {
-                verdict: t.to.as_str(),
+                verdict: verdict.into(),
             })
             .inc();
-        self.set_verdict(t.to);
     }
 
-    fn set_verdict(&self, current: Verdict) {
-        for v in Verdict::ALL {
-            self.verdict
-                .get_or_create(&VerdictLabels { verdict: v.as_str() })
-                .set(i64::from(v == current));
-        }
+    /// The counter discovery increments on each failed read or watch.
+    pub fn discovery_errors(&self) -> Counter {
+        self.discovery_errors.clone()
     }
 
-    pub fn set_state(&self, current: State) {
-        for s in State::ALL {
-            self.state
-                .get_or_create(&StateLabels { state: s.as_str() })
-                .set(i64::from(s == current));
-        }
-    }
-
-    pub fn discovery_error(&self) {
-        self.discovery_errors.inc();
-    }
-
-    pub fn kube_api_error(&self, operation: &'static str) {
+    /// The counter for one Kubernetes API operation's failures.
+    pub fn kube_api_errors(&self, operation: &'static str) -> Counter {
         self.kube_api_errors
             .get_or_create(&OperationLabels { operation })
+            .clone()
+    }
+
+    pub fn webhook(&self) -> WebhookMetrics {
+        self.webhook.clone()
+    }
+
+    pub fn promotion(&self, result: PromotionResult) {
+        self.promotions
+            .get_or_create(&ResultLabels {
+                result: result.into(),
+            })
             .inc();
-    }
-
-    pub fn promotion(&self, result: &'static str) {
-        self.promotions.get_or_create(&ResultLabels { result }).inc();
-    }
-
-    pub fn webhook(&self, result: &'static str) {
-        self.webhook.get_or_create(&ResultLabels { result }).inc();
-    }
-
-    pub fn set_split_brain(&self, on: bool) {
-        self.split_brain.set(i64::from(on));
     }
 
     pub fn veto(&self, guard: &'static str) {
         self.vetoes.get_or_create(&GuardLabels { guard }).inc();
     }
 
-    pub fn set_cluster(&self, role: &str, paused: Option<bool>, disarmed: Option<bool>) {
-        self.local_role.clear();
-        self.local_role
-            .get_or_create(&RoleLabels {
-                role: role.to_string(),
-            })
-            .set(1);
-        self.paused.set(i64::from(paused == Some(true)));
-        self.disarmed.set(i64::from(disarmed == Some(true)));
-    }
-
     pub fn target_changed(&self) {
         self.target_changes.inc();
     }
+}
 
-    pub fn set_target(&self, target: &Target) {
-        self.target.clear();
-        if let Target::Known { endpoint, source } = target {
-            self.target
-                .get_or_create(&TargetLabels {
-                    host: endpoint.host.clone(),
-                    port: endpoint.port.to_string(),
-                    source: source.as_str(),
-                })
-                .set(1);
+/// The gauges, computed from the `/status` snapshot at scrape time.
+struct StateCollector {
+    status: watch::Receiver<Status>,
+}
+
+impl std::fmt::Debug for StateCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StateCollector")
+    }
+}
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(value);
+    g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+/// One series per value, 1 for the current one.
+fn one_hot<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl Iterator<Item = (L, bool)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, on) in series {
+        ConstGauge::new(i64::from(on)).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for StateCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = self.status.borrow().clone();
+        let e = &mut encoder;
+        let writable = s.last_probe.as_ref().is_some_and(|p| p.outcome == "up");
+        gauge(
+            e,
+            "probe_success",
+            "1 if the last probe found Gold's PostgreSQL writable, else 0",
+            i64::from(writable),
+        )?;
+        let last = s
+            .last_probe
+            .as_ref()
+            .and_then(|p| p.at.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0.0, |d| d.as_secs_f64());
+        let g = ConstGauge::new(last);
+        g.encode(e.encode_descriptor(
+            "last_probe_timestamp_seconds",
+            "Unix time at which the last probe finished",
+            None,
+            g.metric_type(),
+        )?)?;
+        one_hot(
+            e,
+            "verdict",
+            "Hysteresis verdict about Gold: 1 for the current one of unknown, up, down, lost",
+            Verdict::iter().map(|v| (VerdictLabels { verdict: v.into() }, v == s.verdict)),
+        )?;
+        gauge(
+            e,
+            "consecutive_failures",
+            "Consecutive down probes (reset by an up or a blind probe)",
+            i64::from(s.consecutive_failures),
+        )?;
+        gauge(
+            e,
+            "consecutive_successes",
+            "Consecutive up probes",
+            i64::from(s.consecutive_successes),
+        )?;
+        one_hot(
+            e,
+            "state",
+            "Watchdog state: 1 for the current one",
+            State::iter().map(|st| (StateLabels { state: st.into() }, st == s.state)),
+        )?;
+        if let Target::Known { endpoint, source } = &s.target {
+            let mut info = e.encode_descriptor(
+                "target",
+                "Where Gold is probed; no series while the target is unknown",
+                None,
+                MetricType::Info,
+            )?;
+            info.encode_info(&TargetLabels {
+                host: endpoint.host.clone(),
+                port: endpoint.port.to_string(),
+                source: source.as_str(),
+            })?;
         }
+        gauge(
+            e,
+            "disarmed",
+            "1 while a disarm switch is set (our key in Patroni's dynamic config, the ConfigMap annotation, or the PostgreSQL setting)",
+            i64::from(s.cluster.disarmed == Some(true)),
+        )?;
+        gauge(
+            e,
+            "patroni_paused",
+            "1 while the DR Patroni cluster is in maintenance mode (pause)",
+            i64::from(s.cluster.paused == Some(true)),
+        )?;
+        let role = s
+            .cluster
+            .role
+            .as_ref()
+            .map_or("unknown", |r| r.as_str())
+            .to_string();
+        one_hot(
+            e,
+            "local_role",
+            "Role of the Patroni member beside this sidecar (1 for the current one)",
+            std::iter::once((RoleLabels { role }, true)),
+        )?;
+        gauge(
+            e,
+            "split_brain",
+            "1 while Gold answers as a writable primary after this process promoted GoldDR",
+            i64::from(s.promotion.split_brain),
+        )?;
+        Ok(())
     }
 }

@@ -1,5 +1,5 @@
-//! The snapshot the loop publishes after every tick: what `/status` returns
-//! and what `/livez` and `/readyz` judge by.
+//! `/status`: a snapshot of the loop's state, taken after every event. What
+//! `/livez` and `/readyz` judge by, and what the gauges read at scrape time.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -8,52 +8,14 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::decide::detector::Verdict;
-use crate::decide::guards::{Role, Veto};
+use crate::decide::guards::Veto;
+use crate::decide::state::{Counters, LoopState, State};
+use crate::observe::cluster::Observation;
+use crate::observe::cluster_config::DisarmSwitch;
+use crate::observe::patroni::Role;
 use crate::observe::probe::ProbeReport;
 use crate::observe::target::Target;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum State {
-    /// The process is up but the loop has not run yet.
-    Starting,
-    /// Probing Gold.
-    Watching,
-    /// No usable address for Gold: probing is paused.
-    TargetUnknown,
-    /// This process promoted the DR cluster (or found it promoted) and will
-    /// never act again; it keeps probing Gold.
-    Promoted,
-    /// Shutdown requested: draining.
-    Stopping,
-}
-
-impl State {
-    pub const ALL: [State; 4] = [
-        State::Starting,
-        State::Watching,
-        State::TargetUnknown,
-        State::Stopping,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Starting => "starting",
-            State::Watching => "watching",
-            State::TargetUnknown => "target_unknown",
-            State::Promoted => "promoted",
-            State::Stopping => "stopping",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Counters {
-    pub probes: u64,
-    pub up: u64,
-    pub down: u64,
-    pub blind: u64,
-}
+use crate::observe::witness::Testimony;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LastProbe {
@@ -77,6 +39,13 @@ impl LastProbe {
     }
 }
 
+#[derive(Debug, Clone, Serialize)]
+pub struct WitnessStatus {
+    pub witness: String,
+    #[serde(flatten)]
+    pub testimony: Testimony,
+}
+
 /// The DR cluster beside us, as last observed (refreshed every interval).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ClusterStatus {
@@ -84,6 +53,10 @@ pub struct ClusterStatus {
     pub standby: Option<bool>,
     pub paused: Option<bool>,
     pub disarmed: Option<bool>,
+    /// Which disarm switches are set now.
+    pub disarmed_by: Vec<DisarmSwitch>,
+    /// The switches that can disarm this watchdog without a restart.
+    pub disarm_switches: Vec<DisarmSwitch>,
     /// Why the Patroni config could not be read, if it could not.
     pub config_error: Option<String>,
     /// The local WAL receiver's status (`streaming`, ...), if one runs.
@@ -92,8 +65,46 @@ pub struct ClusterStatus {
     /// How old the newest data from Gold is, as the stale-data guard sees it.
     pub data_age_seconds: Option<f64>,
     pub local_pg_error: Option<String>,
+    pub witnesses: Vec<WitnessStatus>,
     #[serde(serialize_with = "rfc3339_opt")]
     pub observed_at: Option<SystemTime>,
+}
+
+impl From<&Observation> for ClusterStatus {
+    fn from(o: &Observation) -> Self {
+        let mut view = ClusterStatus {
+            role: Some(o.role.clone()),
+            disarm_switches: o.disarm_switches.to_vec(),
+            observed_at: Some(o.started),
+            witnesses: o
+                .witnesses
+                .iter()
+                .map(|(witness, testimony)| WitnessStatus {
+                    witness: witness.clone(),
+                    testimony: testimony.clone(),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        match &o.config {
+            Ok(c) => {
+                view.standby = Some(c.standby);
+                view.paused = Some(c.paused);
+                view.disarmed = Some(c.disarmed());
+                view.disarmed_by = c.disarmed_by.clone();
+            }
+            Err(e) => view.config_error = Some(e.clone()),
+        }
+        match &o.wal {
+            Ok(w) => {
+                view.wal_receiver = w.receiver.clone();
+                view.wal_last_message_age_seconds = w.last_msg_age.map(|d| d.as_secs_f64());
+                view.data_age_seconds = w.wal.data_age.map(|d| d.as_secs_f64());
+            }
+            Err(e) => view.local_pg_error = Some(e.clone()),
+        }
+        view
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -112,6 +123,9 @@ pub struct PromotionStatus {
     /// The guards holding a promotion back right now.
     pub vetoes: Vec<Veto>,
     pub last_error: Option<String>,
+    /// Why nothing is done while Gold is lost, when no guard says so (e.g.
+    /// there is no promoter here).
+    pub idle: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -137,26 +151,35 @@ pub struct Status {
 }
 
 impl Status {
-    pub fn new(settings: Arc<Config>, target: Target) -> Self {
+    /// The snapshot of `state`; `started` is when the process started.
+    pub fn of(state: &LoopState, settings: &Arc<Config>, started: Instant) -> Self {
+        let detector = state.detector();
+        let record = state.promotion();
         Status {
             version: env!("CARGO_PKG_VERSION"),
-            state: State::Starting,
-            verdict: Verdict::Unknown,
-            verdict_since: None,
-            target,
-            consecutive_failures: 0,
-            consecutive_successes: 0,
-            counters: Counters::default(),
-            last_probe: None,
-            cluster: ClusterStatus::default(),
+            state: state.state(),
+            verdict: state.verdict(),
+            verdict_since: state.verdict_since(),
+            target: state.target().clone(),
+            consecutive_failures: detector.consecutive_failures(),
+            consecutive_successes: detector.consecutive_successes(),
+            counters: state.counters().clone(),
+            last_probe: state.last_probe().map(|(r, at)| LastProbe::new(r, *at)),
+            cluster: state.observation().map(ClusterStatus::from).unwrap_or_default(),
             promotion: PromotionStatus {
                 promoter: settings.promoter.as_str(),
                 mode: settings.mode.as_str(),
-                ..Default::default()
+                split_brain: state.split_brain(),
+                result: record.result.map(Into::into),
+                at: record.at,
+                reason: record.reason.clone(),
+                vetoes: record.vetoes.clone(),
+                last_error: record.last_error.clone(),
+                idle: record.idle.clone(),
             },
-            settings,
-            last_tick: None,
-            started: Instant::now(),
+            settings: settings.clone(),
+            last_tick: state.last_tick(),
+            started,
         }
     }
 }

@@ -10,7 +10,6 @@ use patroni_dr_watchdog::app::Watchdog;
 use patroni_dr_watchdog::observe::probe::{Probe, ProbeReport};
 use patroni_dr_watchdog::observe::target::{self, Endpoint};
 use patroni_dr_watchdog::report::http::{self, AppState};
-use patroni_dr_watchdog::report::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 
 /// As named in the `# TYPE` lines (counters and infos get their suffix on
@@ -248,8 +247,8 @@ async fn livez_fails_only_when_the_loop_is_stuck_and_readyz_waits_for_the_loop()
         host: "127.0.0.1".into(),
         port: 9,
     });
-    let metrics = Arc::new(Metrics::new());
-    let (watchdog, status) = Watchdog::new(config.clone(), Wedged, target, metrics.clone());
+    let watchdog = Watchdog::new(config.clone(), Wedged, target);
+    let (status, metrics) = (watchdog.status(), watchdog.metrics());
     let router = http::router(AppState::new(status, metrics, &config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");

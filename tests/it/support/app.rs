@@ -69,8 +69,8 @@ pub fn stepper(config: Config) -> Stepper {
         host: config.target.host.clone().expect("static host"),
         port: config.target.port.expect("static port"),
     });
-    let metrics = Arc::new(Metrics::new());
-    let (watchdog, status) = Watchdog::new(config.clone(), probe(&config), target_rx, metrics.clone());
+    let watchdog = Watchdog::new(config.clone(), probe(&config), target_rx);
+    let (status, metrics) = (watchdog.status(), watchdog.metrics());
     Stepper {
         watchdog,
         status,

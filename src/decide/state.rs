@@ -1,0 +1,976 @@
+//! The loop's state: one pure value that takes events (a target change, a
+//! probe report, a cluster observation, a finished write) and returns
+//! effects (observe now, promote, count, alert). No I/O and no clock: the
+//! time comes in with each event. `/status` is a snapshot of it and every
+//! gauge is read from that snapshot, so nothing here is ever read back from
+//! what was published.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+
+use crate::config::Mode;
+use crate::decide::detector::{Detector, Thresholds, Transition, Verdict};
+use crate::decide::guards::{self, Decision, Facts, Limits, Veto};
+use crate::observe::cluster::Observation;
+use crate::observe::patroni::Role;
+use crate::observe::probe::{Outcome, ProbeReport};
+use crate::observe::target::Target;
+
+/// Probe errors kept for the promotion's Event and audit trail.
+const RECENT_ERRORS: usize = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, strum::IntoStaticStr, strum::EnumIter)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum State {
+    /// The process is up but the loop has not run yet.
+    Starting,
+    /// Probing Gold.
+    Watching,
+    /// No usable address for Gold: probing is paused.
+    TargetUnknown,
+    /// This process promoted the DR cluster (or found it promoted) and will
+    /// never act again; it keeps probing Gold.
+    Promoted,
+    /// Shutdown requested: draining.
+    Stopping,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+/// Who promoted, when and why; written as annotations with the promotion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audit {
+    pub at: SystemTime,
+    pub by: String,
+    pub reason: String,
+}
+
+/// How a promotion attempt ended, as counted in `promotions_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, strum::IntoStaticStr, strum::EnumIter)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum PromotionResult {
+    Promoted,
+    AlreadyPromoted,
+    DryRun,
+    Failed,
+    CalledOff,
+}
+
+/// What a write (run by the shell) came back with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    Promoted(Audit),
+    AlreadyPromoted,
+    CalledOff(&'static str),
+    Failed(String),
+}
+
+/// What reaches the loop.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The loop starts probing.
+    Started,
+    /// Where Gold is, as discovery says now.
+    Target(Target),
+    Probe(ProbeReport),
+    Observed(Observation),
+    Written(Written),
+    Stopping,
+}
+
+/// Why an alert is raised; its name is the Kubernetes Event reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::EnumIter)]
+pub enum AlertKind {
+    GoldLost,
+    ProbeBlind,
+    NoPromoter,
+    PromotionVetoed,
+    DryRunPromotion,
+    PromotedStandbyCluster,
+    AlreadyPromoted,
+    PromotionCalledOff,
+    PromotionFailed,
+    SplitBrain,
+    SplitBrainOver,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Info,
+    Warning,
+    Error,
+}
+
+impl AlertKind {
+    pub fn severity(self) -> Severity {
+        match self {
+            AlertKind::AlreadyPromoted | AlertKind::PromotionCalledOff => Severity::Info,
+            AlertKind::SplitBrainOver => Severity::Warning,
+            AlertKind::PromotedStandbyCluster | AlertKind::PromotionFailed | AlertKind::SplitBrain => {
+                Severity::Error
+            }
+            _ => Severity::Warning,
+        }
+    }
+
+    /// Whether it goes beyond the log: a Kubernetes Event and the webhook.
+    pub fn notifies(self) -> bool {
+        !matches!(self, AlertKind::PromotionCalledOff | AlertKind::SplitBrainOver)
+    }
+
+    pub fn reason(self) -> &'static str {
+        self.into()
+    }
+}
+
+/// One line in the log, and with [`AlertKind::notifies`] an Event and a
+/// webhook message. The text says what to do; `fields` are its reasons.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alert {
+    pub kind: AlertKind,
+    pub text: String,
+    /// The guards behind a veto, comma-separated (empty otherwise).
+    pub guards: String,
+}
+
+/// What the shell must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Gold was just declared lost: gather a fresh observation now rather
+    /// than at the next interval.
+    ObserveNow,
+    /// Every guard agrees: write the promotion.
+    Promote(Audit),
+    /// The verdict changed (logged with the probe that changed it).
+    Verdict(Transition),
+    /// Guards that held a promotion back in one decision.
+    Vetoed(Vec<&'static str>),
+    Counted(PromotionResult),
+    Alert(Alert),
+}
+
+/// The situations reported once each per loss of Gold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Situation {
+    NoPromoter,
+    Vetoed(BTreeSet<&'static str>),
+    DryRun,
+    Failed,
+}
+
+/// What this loop does once Gold is lost, fixed at start-up.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub thresholds: Thresholds,
+    pub interval: Duration,
+    pub limits: Limits,
+    /// Who acts, in Events and audit annotations: the pod name.
+    pub identity: String,
+    /// What a promotion writes (e.g. `ConfigMap ns/patroni-config`); `None`
+    /// when there is no promoter (`WATCHDOG_PROMOTER=none`).
+    pub promotes: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counters {
+    pub probes: u64,
+    pub up: u64,
+    pub down: u64,
+    pub blind: u64,
+}
+
+/// The last promotion decision and its outcome.
+#[derive(Debug, Clone, Default)]
+pub struct PromotionRecord {
+    pub result: Option<PromotionResult>,
+    pub at: Option<SystemTime>,
+    pub reason: Option<String>,
+    /// The guards holding a promotion back right now.
+    pub vetoes: Vec<Veto>,
+    pub last_error: Option<String>,
+    /// Why nothing is being done while Gold is lost, when that is not a veto
+    /// (e.g. no promoter is configured).
+    pub idle: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoopState {
+    policy: Policy,
+    detector: Detector,
+    lifecycle: State,
+    target: Target,
+    verdict_since: Option<SystemTime>,
+    counters: Counters,
+    last_probe: Option<(ProbeReport, SystemTime)>,
+    recent_errors: VecDeque<String>,
+    observation: Option<Observation>,
+    /// When Gold was last declared lost; a decision needs an observation
+    /// that started after it.
+    lost_at: Option<SystemTime>,
+    /// A promotion write is in flight.
+    writing: bool,
+    /// This process promoted or found the cluster promoted: it never acts
+    /// again.
+    latched: bool,
+    /// This process wrote the promotion: a writable Gold is now split-brain.
+    promoted_here: bool,
+    split_brain: bool,
+    reported: Option<Situation>,
+    promotion: PromotionRecord,
+    /// When the loop last handled a probe tick (monotonic), for `/livez`.
+    last_tick: Option<Instant>,
+}
+
+impl LoopState {
+    pub fn new(policy: Policy, target: Target) -> Self {
+        LoopState {
+            detector: Detector::new(policy.thresholds),
+            policy,
+            lifecycle: State::Starting,
+            target,
+            verdict_since: None,
+            counters: Counters::default(),
+            last_probe: None,
+            recent_errors: VecDeque::new(),
+            observation: None,
+            lost_at: None,
+            writing: false,
+            latched: false,
+            promoted_here: false,
+            split_brain: false,
+            reported: None,
+            promotion: PromotionRecord::default(),
+            last_tick: None,
+        }
+    }
+
+    /// Takes one event at `now` and says what to do about it.
+    pub fn handle(&mut self, event: Event, now: SystemTime, mono: Instant) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        match event {
+            Event::Started => self.lifecycle = State::Watching,
+            Event::Stopping => self.lifecycle = State::Stopping,
+            Event::Target(target) => self.retarget(target, now, &mut effects),
+            Event::Probe(report) => {
+                self.last_tick = Some(mono);
+                self.probe(report, now, &mut effects);
+            }
+            Event::Observed(observation) => {
+                self.observation = Some(observation);
+                self.decide(now, &mut effects);
+            }
+            Event::Written(written) => self.written(written, now, &mut effects),
+        }
+        effects
+    }
+
+    /// A tick that had nothing to probe (target unknown) still shows the loop
+    /// is alive.
+    pub fn idle_tick(&mut self, mono: Instant) {
+        self.last_tick = Some(mono);
+    }
+
+    pub fn state(&self) -> State {
+        match (self.lifecycle, self.latched, &self.target) {
+            (State::Starting | State::Stopping, _, _) => self.lifecycle,
+            (_, true, _) => State::Promoted,
+            (_, false, Target::Unknown { .. }) => State::TargetUnknown,
+            (_, false, Target::Known { .. }) => State::Watching,
+        }
+    }
+
+    pub fn verdict(&self) -> Verdict {
+        self.detector.verdict()
+    }
+
+    pub fn verdict_since(&self) -> Option<SystemTime> {
+        self.verdict_since
+    }
+
+    pub fn detector(&self) -> &Detector {
+        &self.detector
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn last_probe(&self) -> Option<&(ProbeReport, SystemTime)> {
+        self.last_probe.as_ref()
+    }
+
+    pub fn observation(&self) -> Option<&Observation> {
+        self.observation.as_ref()
+    }
+
+    pub fn promotion(&self) -> &PromotionRecord {
+        &self.promotion
+    }
+
+    pub fn split_brain(&self) -> bool {
+        self.split_brain
+    }
+
+    pub fn last_tick(&self) -> Option<Instant> {
+        self.last_tick
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Site-wide alerts (Gold lost, probe blind, vetoes) come from the
+    /// sidecar beside the standby leader only, so three sidecars don't say
+    /// everything thrice. Before the first observation, or when Patroni does
+    /// not answer, we cannot know and speak rather than stay silent.
+    pub fn speaks_for_site(&self) -> bool {
+        !matches!(
+            self.observation.as_ref().map(|o| &o.role),
+            Some(Role::Replica | Role::Primary | Role::Other(_))
+        )
+    }
+
+    fn retarget(&mut self, target: Target, now: SystemTime, effects: &mut Vec<Effect>) {
+        if target == self.target {
+            return;
+        }
+        self.target = target;
+        // Results against one address say nothing about another: start over.
+        if let Some(t) = self.detector.reset() {
+            self.verdict_changed(t, now, effects);
+        }
+    }
+
+    fn verdict_changed(&mut self, t: Transition, now: SystemTime, effects: &mut Vec<Effect>) {
+        self.verdict_since = Some(now);
+        effects.push(Effect::Verdict(t));
+        if t.to == Verdict::Lost {
+            self.lost_at = Some(now);
+        }
+        if t.from == Verdict::Lost {
+            // A later loss is a new situation, reported afresh.
+            self.lost_at = None;
+            self.reported = None;
+            self.promotion.vetoes.clear();
+            self.promotion.idle = None;
+        }
+    }
+
+    fn probe(&mut self, report: ProbeReport, now: SystemTime, effects: &mut Vec<Effect>) {
+        let previous = self.last_probe.as_ref().map(|(r, _)| r.outcome);
+        let transition = self.detector.observe(report.outcome.observation());
+        self.counters.probes += 1;
+        match report.outcome {
+            Outcome::Up => self.counters.up += 1,
+            Outcome::Down(_) => self.counters.down += 1,
+            Outcome::Blind(_) => self.counters.blind += 1,
+        }
+        if let Some(error) = &report.error {
+            if self.recent_errors.len() == RECENT_ERRORS {
+                self.recent_errors.pop_front();
+            }
+            self.recent_errors
+                .push_back(format!("{}: {error}", report.outcome));
+        }
+        if let Some(t) = transition {
+            self.verdict_changed(t, now, effects);
+        }
+        let endpoint = match &self.target {
+            Target::Known { endpoint, .. } => endpoint.to_string(),
+            Target::Unknown { .. } => "?".to_string(),
+        };
+        let error = report.error.as_deref().unwrap_or("");
+        if self.speaks_for_site() {
+            if transition.is_some_and(|t| t.to == Verdict::Lost) {
+                effects.push(Effect::Alert(alert(
+                    AlertKind::GoldLost,
+                    format!(
+                        "Gold {endpoint} is lost: {} consecutive failed probes ({}: {error})",
+                        self.detector.consecutive_failures(),
+                        report.outcome
+                    ),
+                )));
+            }
+            if matches!(report.outcome, Outcome::Blind(_)) && !matches!(previous, Some(Outcome::Blind(_))) {
+                effects.push(Effect::Alert(alert(
+                    AlertKind::ProbeBlind,
+                    format!(
+                        "the probe of Gold {endpoint} is blind ({}: {error}): Gold answered but cannot be judged; fix the probe's settings",
+                        report.outcome
+                    ),
+                )));
+            }
+        }
+        self.check_split_brain(report.outcome, effects);
+        self.last_probe = Some((report, now));
+        if transition.is_some_and(|t| t.to == Verdict::Lost) && !self.latched {
+            match &self.policy.promotes {
+                Some(_) => effects.push(Effect::ObserveNow),
+                None => self.report(
+                    Situation::NoPromoter,
+                    alert(
+                        AlertKind::NoPromoter,
+                        "Gold is lost but this watchdog has no promoter (WATCHDOG_PROMOTER=none, e.g. outside a pod): nothing will be promoted from here".to_string(),
+                    ),
+                    effects,
+                ),
+            }
+            if self.policy.promotes.is_none() {
+                self.promotion.idle =
+                    Some("no promoter configured (WATCHDOG_PROMOTER=none): observing only".to_string());
+            }
+        }
+    }
+
+    /// After this process promoted, Gold must stay dead: a writable Gold now
+    /// means two primaries. Raised, never repaired: failback is a human act.
+    fn check_split_brain(&mut self, outcome: Outcome, effects: &mut Vec<Effect>) {
+        if !self.promoted_here {
+            return;
+        }
+        let writable = outcome == Outcome::Up;
+        if writable == self.split_brain {
+            return;
+        }
+        self.split_brain = writable;
+        effects.push(Effect::Alert(if writable {
+            alert(
+                AlertKind::SplitBrain,
+                "SPLIT BRAIN: Gold answers as a writable primary again while GoldDR was promoted. Stop writes to one site now; see the failback procedure".to_string(),
+            )
+        } else {
+            alert(
+                AlertKind::SplitBrainOver,
+                format!("Gold no longer answers as a writable primary ({outcome})"),
+            )
+        }));
+    }
+
+    /// With Gold lost and a fresh observation, decide.
+    fn decide(&mut self, now: SystemTime, effects: &mut Vec<Effect>) {
+        if self.verdict() != Verdict::Lost || self.latched || self.writing || self.policy.promotes.is_none() {
+            return;
+        }
+        let Some(observation) = &self.observation else {
+            return;
+        };
+        if self.lost_at.is_some_and(|lost| observation.started < lost) {
+            return;
+        }
+        let target_known = matches!(self.target, Target::Known { .. });
+        let facts = Facts::new(target_known, observation);
+        match guards::decide(&facts, &self.policy.limits) {
+            Decision::Veto(vetoes) => {
+                let names: Vec<&'static str> = vetoes.iter().map(Veto::name).collect();
+                effects.push(Effect::Vetoed(names.clone()));
+                let text = format!(
+                    "Gold is lost but promotion is held back by: {}",
+                    vetoes.iter().map(Veto::describe).collect::<Vec<_>>().join(", ")
+                );
+                self.promotion.vetoes = vetoes;
+                let mut a = alert(AlertKind::PromotionVetoed, text);
+                a.guards = names.join(",");
+                self.report(Situation::Vetoed(names.into_iter().collect()), a, effects);
+            }
+            Decision::AlreadyPromoted => {
+                self.latch(PromotionResult::AlreadyPromoted, now, None, effects);
+                effects.push(Effect::Alert(alert(
+                    AlertKind::AlreadyPromoted,
+                    "Gold is lost and the DR cluster is already promoted: nothing written".to_string(),
+                )));
+            }
+            Decision::Promote => {
+                let reason = self.loss_reason();
+                if self.policy.limits.mode == Mode::DryRun {
+                    let would = format!(
+                        "would promote {} ({reason})",
+                        self.policy.promotes.as_deref().unwrap_or_default()
+                    );
+                    self.promotion.vetoes.clear();
+                    if self.reported != Some(Situation::DryRun) {
+                        effects.push(Effect::Counted(PromotionResult::DryRun));
+                        self.promotion.result = Some(PromotionResult::DryRun);
+                        self.promotion.at = Some(now);
+                        self.promotion.reason = Some(would.clone());
+                    }
+                    self.report(
+                        Situation::DryRun,
+                        alert(
+                            AlertKind::DryRunPromotion,
+                            format!("DRY RUN: {would}; nothing written"),
+                        ),
+                        effects,
+                    );
+                } else {
+                    self.writing = true;
+                    effects.push(Effect::Promote(Audit {
+                        at: now,
+                        by: self.policy.identity.clone(),
+                        reason,
+                    }));
+                }
+            }
+        }
+    }
+
+    fn loss_reason(&self) -> String {
+        let errors: Vec<&str> = self.recent_errors.iter().map(String::as_str).collect();
+        format!(
+            "Gold lost: {} consecutive failed probes, {} apart; last errors: {}",
+            self.detector.consecutive_failures(),
+            humantime::format_duration(self.policy.interval),
+            errors.join(" | ")
+        )
+    }
+
+    fn written(&mut self, written: Written, now: SystemTime, effects: &mut Vec<Effect>) {
+        self.writing = false;
+        match written {
+            Written::Promoted(audit) => {
+                self.promoted_here = true;
+                let text = format!("{} promoted the DR standby cluster. {}", audit.by, audit.reason);
+                self.latch(PromotionResult::Promoted, audit.at, Some(audit.reason), effects);
+                effects.push(Effect::Alert(alert(AlertKind::PromotedStandbyCluster, text)));
+            }
+            Written::AlreadyPromoted => {
+                self.latch(PromotionResult::AlreadyPromoted, now, None, effects);
+                effects.push(Effect::Alert(alert(
+                    AlertKind::AlreadyPromoted,
+                    "Gold is lost and the DR cluster is already promoted: nothing written".to_string(),
+                )));
+            }
+            Written::CalledOff(why) => {
+                effects.push(Effect::Counted(PromotionResult::CalledOff));
+                effects.push(Effect::Alert(alert(
+                    AlertKind::PromotionCalledOff,
+                    format!("promotion called off before writing: {why}"),
+                )));
+            }
+            Written::Failed(message) => {
+                effects.push(Effect::Counted(PromotionResult::Failed));
+                self.promotion.last_error = Some(message.clone());
+                self.report(
+                    Situation::Failed,
+                    alert(
+                        AlertKind::PromotionFailed,
+                        format!(
+                            "promotion failed: {message}; nothing was written; will try again while Gold stays lost"
+                        ),
+                    ),
+                    effects,
+                );
+            }
+        }
+    }
+
+    fn latch(
+        &mut self,
+        result: PromotionResult,
+        at: SystemTime,
+        reason: Option<String>,
+        effects: &mut Vec<Effect>,
+    ) {
+        self.latched = true;
+        effects.push(Effect::Counted(result));
+        self.promotion.result = Some(result);
+        self.promotion.at = Some(at);
+        if reason.is_some() {
+            self.promotion.reason = reason;
+        }
+        self.promotion.vetoes.clear();
+        self.promotion.last_error = None;
+    }
+
+    /// Says `alert` only when the situation is new for this loss of Gold.
+    fn report(&mut self, situation: Situation, alert: Alert, effects: &mut Vec<Effect>) {
+        if self.reported.as_ref() == Some(&situation) {
+            return;
+        }
+        self.reported = Some(situation);
+        let site_wide = matches!(alert.kind, AlertKind::PromotionVetoed | AlertKind::NoPromoter);
+        if !site_wide || self.speaks_for_site() {
+            effects.push(Effect::Alert(alert));
+        }
+    }
+}
+
+fn alert(kind: AlertKind, text: String) -> Alert {
+    Alert {
+        kind,
+        text,
+        guards: String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::cluster::{Wal, WalView};
+    use crate::observe::cluster_config::{ClusterConfig, DisarmSwitch};
+    use crate::observe::probe::{BlindReason, DownReason};
+    use crate::observe::target::{Endpoint, Source};
+    use crate::observe::witness::Testimony;
+
+    fn policy(mode: Mode, promotes: bool) -> Policy {
+        Policy {
+            thresholds: Thresholds::new(1, 1, 2).expect("thresholds"),
+            interval: Duration::from_secs(1),
+            limits: Limits {
+                mode,
+                wal_receiver_fresh: Duration::from_secs(60),
+                max_data_age: Duration::from_secs(300),
+                allow_stale_promotion: false,
+                witness_unreachable_blocks: true,
+            },
+            identity: "golddr-0".into(),
+            promotes: promotes.then(|| "ConfigMap ns/patroni-config".to_string()),
+        }
+    }
+
+    fn target() -> Target {
+        Target::Known {
+            endpoint: Endpoint {
+                host: "gold".into(),
+                port: 5432,
+            },
+            source: Source::Static,
+        }
+    }
+
+    /// A loop stepped with its own clock, one second per event.
+    struct Loop {
+        state: LoopState,
+        clock: u64,
+    }
+
+    impl Loop {
+        fn new(mode: Mode, promotes: bool) -> Self {
+            let mut l = Loop {
+                state: LoopState::new(policy(mode, promotes), target()),
+                clock: 0,
+            };
+            l.send(Event::Started);
+            l
+        }
+
+        fn now(&self) -> SystemTime {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + self.clock)
+        }
+
+        fn send(&mut self, event: Event) -> Vec<Effect> {
+            self.clock += 1;
+            let now = self.now();
+            self.state.handle(event, now, Instant::now())
+        }
+
+        fn probe(&mut self, outcome: Outcome) -> Vec<Effect> {
+            self.send(Event::Probe(ProbeReport {
+                outcome,
+                duration: Duration::from_millis(3),
+                error: (outcome != Outcome::Up).then(|| "connection refused".to_string()),
+            }))
+        }
+
+        /// Probes until Gold is lost.
+        fn lose_gold(&mut self) -> Vec<Effect> {
+            let mut all = Vec::new();
+            while self.state.verdict() != Verdict::Lost {
+                all.extend(self.probe(Outcome::Down(DownReason::Refused)));
+            }
+            all
+        }
+
+        fn observe(&mut self, o: Observation) -> Vec<Effect> {
+            self.send(Event::Observed(o))
+        }
+
+        /// An observation that started now (after everything so far).
+        fn fresh(
+            &mut self,
+            role: Role,
+            config: ClusterConfig,
+            witnesses: Vec<(String, Testimony)>,
+        ) -> Observation {
+            self.clock += 1;
+            Observation {
+                started: self.now(),
+                role,
+                config: Ok(config),
+                disarm_switches: &[DisarmSwitch::DynamicConfigKey, DisarmSwitch::ConfigmapAnnotation],
+                wal: Ok(WalView {
+                    receiver: None,
+                    last_msg_age: None,
+                    wal: Wal {
+                        streaming_for: None,
+                        data_age: Some(Duration::from_secs(30)),
+                    },
+                }),
+                witnesses,
+            }
+        }
+
+        fn clear(&mut self) -> Observation {
+            self.fresh(Role::StandbyLeader, standby(), vec![])
+        }
+    }
+
+    fn standby() -> ClusterConfig {
+        ClusterConfig {
+            standby: true,
+            paused: false,
+            disarmed_by: vec![],
+        }
+    }
+
+    fn alerts(effects: &[Effect]) -> Vec<AlertKind> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Alert(a) => Some(a.kind),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn promotes(effects: &[Effect]) -> bool {
+        effects.iter().any(|e| matches!(e, Effect::Promote(_)))
+    }
+
+    fn counted(effects: &[Effect]) -> Vec<PromotionResult> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Counted(r) => Some(*r),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn promote(l: &mut Loop) -> Audit {
+        l.lose_gold();
+        let o = l.clear();
+        let effects = l.observe(o);
+        effects
+            .into_iter()
+            .find_map(|e| match e {
+                Effect::Promote(a) => Some(a),
+                _ => None,
+            })
+            .expect("every guard agrees: promote")
+    }
+
+    #[test]
+    fn a_loss_asks_for_a_fresh_observation_and_decides_only_on_one() {
+        let mut l = Loop::new(Mode::Enforce, true);
+        let stale = l.clear();
+        let effects = l.lose_gold();
+        assert!(effects.contains(&Effect::ObserveNow));
+        assert!(alerts(&effects).contains(&AlertKind::GoldLost));
+        // Gathered before the loss: says nothing about now.
+        assert!(l.observe(stale).is_empty());
+        let fresh = l.clear();
+        let effects = l.observe(fresh);
+        assert!(promotes(&effects), "{effects:?}");
+        // One write at a time: another observation while writing does nothing.
+        let again = l.clear();
+        assert!(!promotes(&l.observe(again)));
+    }
+
+    #[test]
+    fn the_latch_holds_after_a_promotion() {
+        let mut l = Loop::new(Mode::Enforce, true);
+        let audit = promote(&mut l);
+        let effects = l.send(Event::Written(Written::Promoted(audit)));
+        assert_eq!(counted(&effects), [PromotionResult::Promoted]);
+        assert_eq!(alerts(&effects), [AlertKind::PromotedStandbyCluster]);
+        assert_eq!(l.state.state(), State::Promoted);
+        // Gold back, lost again: never acts again.
+        l.probe(Outcome::Up);
+        let effects = l.lose_gold();
+        assert!(!effects.contains(&Effect::ObserveNow));
+        let o = l.clear();
+        assert!(!promotes(&l.observe(o)));
+        assert_eq!(l.state.state(), State::Promoted);
+    }
+
+    #[test]
+    fn split_brain_only_after_this_process_promoted() {
+        // Found promoted: a writable Gold is someone else's failback, not ours to call.
+        let mut found = Loop::new(Mode::Enforce, true);
+        found.lose_gold();
+        let o = found.fresh(
+            Role::Primary,
+            ClusterConfig {
+                standby: false,
+                ..standby()
+            },
+            vec![],
+        );
+        let effects = found.observe(o);
+        assert_eq!(counted(&effects), [PromotionResult::AlreadyPromoted]);
+        assert_eq!(found.state.state(), State::Promoted);
+        assert!(!alerts(&found.probe(Outcome::Up)).contains(&AlertKind::SplitBrain));
+        assert!(!found.state.split_brain());
+
+        let mut l = Loop::new(Mode::Enforce, true);
+        let audit = promote(&mut l);
+        l.send(Event::Written(Written::Promoted(audit)));
+        assert_eq!(alerts(&l.probe(Outcome::Up)), [AlertKind::SplitBrain]);
+        assert!(l.state.split_brain());
+        assert!(alerts(&l.probe(Outcome::Up)).is_empty(), "raised once");
+        assert_eq!(
+            alerts(&l.probe(Outcome::Down(DownReason::Refused))),
+            [AlertKind::SplitBrainOver]
+        );
+        assert!(!l.state.split_brain());
+    }
+
+    #[test]
+    fn dry_run_is_reported_once_per_loss() {
+        let mut l = Loop::new(Mode::DryRun, true);
+        l.lose_gold();
+        let mut reported = 0;
+        for _ in 0..3 {
+            let o = l.clear();
+            let effects = l.observe(o);
+            assert!(!promotes(&effects));
+            reported += alerts(&effects)
+                .iter()
+                .filter(|k| **k == AlertKind::DryRunPromotion)
+                .count();
+            reported += 10 * counted(&effects).len();
+        }
+        assert_eq!(reported, 11, "one alert and one count");
+        assert_eq!(l.state.promotion().result, Some(PromotionResult::DryRun));
+        // Gold answers, then is lost again: a new loss, reported afresh.
+        l.probe(Outcome::Up);
+        l.lose_gold();
+        let o = l.clear();
+        let effects = l.observe(o);
+        assert_eq!(alerts(&effects), [AlertKind::DryRunPromotion]);
+        assert_eq!(counted(&effects), [PromotionResult::DryRun]);
+    }
+
+    #[test]
+    fn a_change_of_veto_set_is_reported_and_the_same_set_is_not() {
+        let mut l = Loop::new(Mode::Enforce, true);
+        l.lose_gold();
+        let paused = ClusterConfig {
+            paused: true,
+            ..standby()
+        };
+        let o = l.fresh(Role::StandbyLeader, paused.clone(), vec![]);
+        let first = l.observe(o);
+        assert_eq!(alerts(&first), [AlertKind::PromotionVetoed]);
+        assert!(first.contains(&Effect::Vetoed(vec!["paused"])));
+        let o = l.fresh(Role::StandbyLeader, paused.clone(), vec![]);
+        let same = l.observe(o);
+        assert!(alerts(&same).is_empty(), "same set, said already");
+        assert!(same.contains(&Effect::Vetoed(vec!["paused"])), "still counted");
+        let disarmed = ClusterConfig {
+            disarmed_by: vec![DisarmSwitch::DynamicConfigKey],
+            ..paused
+        };
+        let o = l.fresh(Role::StandbyLeader, disarmed, vec![]);
+        let changed = l.observe(o);
+        assert_eq!(alerts(&changed), [AlertKind::PromotionVetoed]);
+        assert_eq!(
+            l.state
+                .promotion()
+                .vetoes
+                .iter()
+                .map(Veto::name)
+                .collect::<Vec<_>>(),
+            ["paused", "disarmed"]
+        );
+        // The guards clear: the promotion goes ahead.
+        let o = l.clear();
+        assert!(promotes(&l.observe(o)));
+    }
+
+    #[test]
+    fn only_the_standby_leaders_sidecar_speaks_for_the_site() {
+        let mut replica = Loop::new(Mode::Enforce, true);
+        let o = replica.fresh(Role::Replica, standby(), vec![]);
+        replica.observe(o);
+        assert!(!replica.state.speaks_for_site());
+        let effects = replica.lose_gold();
+        assert!(!alerts(&effects).contains(&AlertKind::GoldLost));
+        let o = replica.fresh(Role::Replica, standby(), vec![]);
+        let effects = replica.observe(o);
+        assert!(effects.contains(&Effect::Vetoed(vec!["not_standby_leader"])));
+        assert!(
+            alerts(&effects).is_empty(),
+            "a replica's veto is its own business"
+        );
+        let blind = replica.probe(Outcome::Blind(BlindReason::AuthFailed));
+        assert!(alerts(&blind).is_empty());
+
+        let mut leader = Loop::new(Mode::Enforce, true);
+        let o = leader.clear();
+        leader.observe(o);
+        assert!(leader.state.speaks_for_site());
+        assert_eq!(alerts(&leader.lose_gold()), [AlertKind::GoldLost]);
+        assert_eq!(
+            alerts(&leader.probe(Outcome::Blind(BlindReason::AuthFailed))),
+            [AlertKind::ProbeBlind]
+        );
+    }
+
+    #[test]
+    fn a_failed_write_is_reported_once_and_tried_again() {
+        let mut l = Loop::new(Mode::Enforce, true);
+        promote(&mut l);
+        let failed = l.send(Event::Written(Written::Failed("HTTP 503".into())));
+        assert_eq!(alerts(&failed), [AlertKind::PromotionFailed]);
+        assert_eq!(counted(&failed), [PromotionResult::Failed]);
+        let o = l.clear();
+        let effects = l.observe(o);
+        assert!(promotes(&effects), "tried again with the next observation");
+        let again = l.send(Event::Written(Written::Failed("HTTP 503".into())));
+        assert!(alerts(&again).is_empty(), "the same failure is said once");
+        assert_eq!(l.state.promotion().last_error.as_deref(), Some("HTTP 503"));
+    }
+
+    #[test]
+    fn without_a_promoter_a_loss_is_said_once_and_shown() {
+        let mut l = Loop::new(Mode::Enforce, false);
+        let effects = l.lose_gold();
+        assert!(alerts(&effects).contains(&AlertKind::NoPromoter));
+        assert!(!effects.contains(&Effect::ObserveNow));
+        assert!(l.state.promotion().idle.is_some());
+        l.probe(Outcome::Down(DownReason::Refused));
+        assert!(l.state.promotion().idle.is_some());
+        l.probe(Outcome::Up);
+        assert!(l.state.promotion().idle.is_none(), "cleared when Gold answers");
+    }
+
+    #[test]
+    fn a_new_target_starts_over() {
+        let mut l = Loop::new(Mode::Enforce, true);
+        l.lose_gold();
+        let effects = l.send(Event::Target(Target::Unknown {
+            reason: "Service gone".into(),
+        }));
+        assert!(matches!(
+            effects.as_slice(),
+            [Effect::Verdict(Transition {
+                from: Verdict::Lost,
+                to: Verdict::Unknown
+            })]
+        ));
+        assert_eq!(l.state.state(), State::TargetUnknown);
+    }
+}
