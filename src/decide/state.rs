@@ -122,8 +122,13 @@ impl AlertKind {
     }
 
     /// Whether it goes beyond the log: a Kubernetes Event and the webhook.
+    /// A watchdog without a promoter (a laptop, a test) says so in its log
+    /// and `/status`, not in the site's channel.
     pub fn notifies(self) -> bool {
-        !matches!(self, AlertKind::PromotionCalledOff | AlertKind::SplitBrainOver)
+        !matches!(
+            self,
+            AlertKind::PromotionCalledOff | AlertKind::SplitBrainOver | AlertKind::NoPromoter
+        )
     }
 
     pub fn reason(self) -> &'static str {
@@ -260,7 +265,7 @@ impl LoopState {
             Event::Stopping => self.lifecycle = State::Stopping,
             Event::Target(target) => self.retarget(target, now, &mut effects),
             Event::Probe(report) => {
-                self.last_tick = Some(mono);
+                self.tick(mono);
                 self.probe(report, now, &mut effects);
             }
             Event::Observed(observation) => {
@@ -275,7 +280,15 @@ impl LoopState {
     /// A tick that had nothing to probe (target unknown) still shows the loop
     /// is alive.
     pub fn idle_tick(&mut self, mono: Instant) {
+        self.tick(mono);
+    }
+
+    fn tick(&mut self, mono: Instant) {
         self.last_tick = Some(mono);
+        // A loop that ticks has started, however it was driven.
+        if self.lifecycle == State::Starting {
+            self.lifecycle = State::Watching;
+        }
     }
 
     pub fn state(&self) -> State {
@@ -418,18 +431,25 @@ impl LoopState {
         if transition.is_some_and(|t| t.to == Verdict::Lost) && !self.latched {
             match &self.policy.promotes {
                 Some(_) => effects.push(Effect::ObserveNow),
-                None => self.report(
-                    Situation::NoPromoter,
-                    alert(
-                        AlertKind::NoPromoter,
-                        "Gold is lost but this watchdog has no promoter (WATCHDOG_PROMOTER=none, e.g. outside a pod): nothing will be promoted from here".to_string(),
-                    ),
-                    effects,
-                ),
-            }
-            if self.policy.promotes.is_none() {
-                self.promotion.idle =
-                    Some("no promoter configured (WATCHDOG_PROMOTER=none): observing only".to_string());
+                None => {
+                    let idle = match self.policy.limits.mode {
+                        Mode::DryRun => {
+                            "no promoter (WATCHDOG_PROMOTER=none, e.g. outside a pod): a dry run has nothing to report on"
+                        }
+                        _ => {
+                            "no promoter (WATCHDOG_PROMOTER=none, e.g. outside a pod): nothing will be promoted from here"
+                        }
+                    };
+                    self.promotion.idle = Some(idle.to_string());
+                    self.report(
+                        Situation::NoPromoter,
+                        alert(
+                            AlertKind::NoPromoter,
+                            format!("Gold is lost but this watchdog has {idle}"),
+                        ),
+                        effects,
+                    );
+                }
             }
         }
     }

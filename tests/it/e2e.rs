@@ -140,6 +140,16 @@ async fn gold_killed_promotes_golddr_with_its_rows_and_a_returning_gold_raises_s
     let writable = killed.elapsed();
     eprintln!("Gold killed → GoldDR writable in {writable:?}");
     assert_eq!(st["state"], "promoted");
+    // The sidecar that acted is the one whose state alerts and dashboards
+    // must still see.
+    assert_eq!(
+        w.metric("patroni_dr_watchdog_state{state=\"promoted\"}").await,
+        1.0
+    );
+    assert_eq!(
+        w.metric("patroni_dr_watchdog_state{state=\"watching\"}").await,
+        0.0
+    );
     assert_eq!(site.dr.query_i64("SELECT count(*) FROM orders").await, ROWS);
     site.dr
         .execute("INSERT INTO orders VALUES (1000, 'written on GoldDR')")
@@ -203,6 +213,58 @@ async fn gold_killed_promotes_golddr_with_its_rows_and_a_returning_gold_raises_s
         patroni_dr_watchdog::cli::Exit::Failed,
         "already a standby cluster"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn disarmed_in_patronis_dynamic_config_holds_back_and_rearming_promotes_without_a_restart() {
+    let site = site().await;
+    // Our own key, as `patronictl edit-config --set patroni_dr_watchdog.disarmed=true` writes it.
+    let disarm = serde_json::json!({"patroni_dr_watchdog": {"disarmed": true}});
+    assert_eq!(site.dr.patch_config(disarm).await, 200);
+    crate::support::wait_for("Patroni keeps our key", Duration::from_secs(10), async || {
+        site.dr.config_in_dcs().await["patroni_dr_watchdog"]["disarmed"] == true
+    })
+    .await;
+    let w = watchdog(&site, site.ts.addr(), &[]).await;
+    let st = w
+        .wait_status("disarm seen", |s| s["cluster"]["disarmed"] == true)
+        .await;
+    assert_eq!(
+        st["cluster"]["disarmed_by"],
+        serde_json::json!(["dynamic_config_key"])
+    );
+    assert_eq!(w.metric("patroni_dr_watchdog_disarmed").await, 1.0);
+
+    site.gold.kill();
+    let st = w
+        .wait_status("held back by the disarm switch", |s| {
+            s["verdict"] == "lost" && has_veto(s, "disarmed")
+        })
+        .await;
+    assert_eq!(
+        st["promotion"]["vetoes"].as_array().map(Vec::len),
+        Some(1),
+        "{st:#}"
+    );
+    assert_not_promoted(&site, &w).await;
+    assert!(
+        w.metric("patroni_dr_watchdog_vetoes_total{guard=\"disarmed\"}")
+            .await
+            >= 1.0
+    );
+
+    // Re-armed with the same tool, no restart: the next decision promotes.
+    let rearm = serde_json::json!({"patroni_dr_watchdog": null});
+    assert_eq!(site.dr.patch_config(rearm).await, 200);
+    w.wait_status("promoted", |s| s["promotion"]["result"] == "promoted")
+        .await;
+    crate::support::wait_for("GoldDR writable", Duration::from_secs(30), async || {
+        !site.dr.is_in_recovery().await
+    })
+    .await;
+    assert_eq!(site.dr.query_i64("SELECT count(*) FROM orders").await, ROWS);
+    assert_eq!(w.metric("patroni_dr_watchdog_disarmed").await, 0.0);
+    w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

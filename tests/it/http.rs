@@ -10,6 +10,7 @@ use patroni_dr_watchdog::app::Watchdog;
 use patroni_dr_watchdog::observe::probe::{Probe, ProbeReport};
 use patroni_dr_watchdog::observe::target::{self, Endpoint};
 use patroni_dr_watchdog::report::http::{self, AppState};
+use patroni_dr_watchdog::report::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 
 /// As named in the `# TYPE` lines (counters and infos get their suffix on
@@ -24,7 +25,7 @@ const FAMILIES: &[&str] = &[
     "patroni_dr_watchdog_consecutive_failures",
     "patroni_dr_watchdog_consecutive_successes",
     "patroni_dr_watchdog_state",
-    "patroni_dr_watchdog_target_info",
+    "patroni_dr_watchdog_target",
     "patroni_dr_watchdog_build",
 ];
 
@@ -341,4 +342,63 @@ async fn every_metric_the_alerts_and_dashboard_use_is_exported() {
         "used by alerts or the dashboard but not exported: {missing:?}\n{body}"
     );
     w.stop().await;
+}
+
+/// Every `state` and `verdict` series, as a scrape returns them: 1 for the
+/// one the watchdog is in, 0 for every other, in each state it can reach
+/// here (`promoted` is shown after a real promotion in the e2e tests).
+#[tokio::test(flavor = "multi_thread")]
+async fn each_state_and_verdict_series_reads_1_exactly_when_the_watchdog_is_in_it() {
+    use patroni_dr_watchdog::decide::detector::Verdict;
+    use patroni_dr_watchdog::decide::state::State;
+    use strum::IntoEnumIterator;
+
+    fn assert_one_hot(metrics: &Metrics, state: State, verdict: Verdict) {
+        let body = metrics.encode().expect("encode");
+        for st in State::iter() {
+            let series = format!("patroni_dr_watchdog_state{{state=\"{}\"}}", st.as_str());
+            assert_eq!(
+                sample(&body, &series),
+                Some(f64::from(u8::from(st == state))),
+                "{series} while {}:\n{body}",
+                state.as_str()
+            );
+        }
+        for v in Verdict::iter() {
+            let series = format!("patroni_dr_watchdog_verdict{{verdict=\"{}\"}}", v.as_str());
+            assert_eq!(
+                sample(&body, &series),
+                Some(f64::from(u8::from(v == verdict))),
+                "{series} while {verdict}:\n{body}"
+            );
+        }
+    }
+
+    let gold = PgServer::start(PgOptions::default());
+    // fall 2, rise 2, promote_after 4
+    let mut s = app::stepper(app::config(gold.addr(), &[]));
+    assert_one_hot(&s.metrics, State::Starting, Verdict::Unknown);
+    for _ in 0..2 {
+        s.watchdog.tick().await.expect("probed");
+    }
+    assert_one_hot(&s.metrics, State::Watching, Verdict::Up);
+    gold.stop();
+    for _ in 0..2 {
+        s.watchdog.tick().await.expect("probed");
+    }
+    assert_one_hot(&s.metrics, State::Watching, Verdict::Down);
+    for _ in 0..2 {
+        s.watchdog.tick().await.expect("probed");
+    }
+    assert_one_hot(&s.metrics, State::Watching, Verdict::Lost);
+    s.target
+        .send_replace(patroni_dr_watchdog::observe::target::Target::Unknown {
+            reason: "Service deleted".into(),
+        });
+    assert!(s.watchdog.tick().await.is_none());
+    assert_one_hot(&s.metrics, State::TargetUnknown, Verdict::Unknown);
+    let shutdown = CancellationToken::new();
+    shutdown.cancel();
+    s.watchdog.run(shutdown).await;
+    assert_one_hot(&s.metrics, State::Stopping, Verdict::Unknown);
 }
