@@ -19,8 +19,11 @@ use crate::observe::patroni::PatroniClient;
 /// observing only (Kubernetes DCS).
 pub const DISARMED_ANNOTATION: &str = "patroni-dr-watchdog/disarmed";
 pub const CONFIG_ANNOTATION: &str = "config";
-/// The disarm switch of a plain streaming standby, which has no Patroni:
-/// `ALTER SYSTEM SET patroni_dr_watchdog.disarmed = on; SELECT pg_reload_conf();`
+/// The disarm switch of a plain streaming standby, which has no Patroni: a
+/// placeholder setting that needs no extension. PostgreSQL 15 lets `ALTER
+/// SYSTEM` set a placeholder only once the session knows it, hence the
+/// `SET` first: `SET patroni_dr_watchdog.disarmed = on`, `ALTER SYSTEM SET
+/// patroni_dr_watchdog.disarmed = on`, `SELECT pg_reload_conf()`.
 pub const DISARMED_SETTING: &str = "patroni_dr_watchdog.disarmed";
 
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +84,7 @@ impl DisarmSwitch {
                 "kubectl annotate configmap <scope>-config patroni-dr-watchdog/disarmed=true"
             }
             DisarmSwitch::PostgresSetting => {
-                "ALTER SYSTEM SET patroni_dr_watchdog.disarmed = on; SELECT pg_reload_conf();"
+                "SET patroni_dr_watchdog.disarmed = on; then ALTER SYSTEM SET patroni_dr_watchdog.disarmed = on; then SELECT pg_reload_conf();"
             }
         }
     }

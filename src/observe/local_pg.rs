@@ -8,6 +8,7 @@ use serde::Serialize;
 use tokio_postgres::NoTls;
 
 use crate::config::LocalPgConn;
+use crate::observe::cluster_config::DISARMED_SETTING;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WalReceiver {
@@ -89,18 +90,14 @@ impl LocalPg {
     }
 
     /// Whether it is still a standby, and whether an operator disarmed the
-    /// watchdog with our own setting (a placeholder GUC that needs no
-    /// extension: `ALTER SYSTEM SET patroni_dr_watchdog.disarmed = on`).
+    /// watchdog with our own setting (see `cluster_config::DISARMED_SETTING`).
     pub async fn recovery_and_disarm(&self) -> Result<(bool, bool), String> {
+        let sql = format!(
+            "SELECT pg_is_in_recovery(), \
+               coalesce(current_setting('{DISARMED_SETTING}', true), '') IN ('on', 'true', 'yes', '1')"
+        );
         self.with_client(|client| async move {
-            let row = client
-                .query_one(
-                    "SELECT pg_is_in_recovery(), \
-                       coalesce(current_setting('patroni_dr_watchdog.disarmed', true), '') \
-                         IN ('on', 'true', 'yes', '1')",
-                    &[],
-                )
-                .await;
+            let row = client.query_one(&sql, &[]).await;
             drop(client);
             let row = row?;
             Ok((row.try_get(0)?, row.try_get(1)?))

@@ -381,7 +381,7 @@ async fn dry_run_reports_the_promotion_it_would_make_and_makes_none() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn pg_promote_promotes_a_plain_streaming_standby() {
+async fn pg_promote_promotes_a_plain_streaming_standby_and_its_own_setting_disarms_it() {
     let gold = PgServer::start(PgOptions::default());
     prepare_gold(&gold).await;
     let ts = FaultProxy::start(gold.addr()).await;
@@ -411,7 +411,29 @@ async fn pg_promote_promotes_a_plain_streaming_standby() {
         s["verdict"] == "up" && s["cluster"]["wal_receiver"] == "streaming"
     })
     .await;
+    // Without Patroni, the disarm switch is a setting of the standby itself,
+    // flipped without a restart.
+    for sql in [
+        "SET patroni_dr_watchdog.disarmed = on",
+        "ALTER SYSTEM SET patroni_dr_watchdog.disarmed = on",
+        "SELECT pg_reload_conf()",
+    ] {
+        local.batch_execute(sql).await.expect("ALTER SYSTEM on a standby");
+    }
+    w.wait_status("disarm seen", |s| {
+        s["cluster"]["disarmed_by"] == serde_json::json!(["postgres_setting"])
+    })
+    .await;
     gold.kill();
+    w.wait_status("held back by the disarm switch", |s| has_veto(s, "disarmed"))
+        .await;
+    assert!(in_recovery().await);
+    for sql in [
+        "ALTER SYSTEM RESET patroni_dr_watchdog.disarmed",
+        "SELECT pg_reload_conf()",
+    ] {
+        local.batch_execute(sql).await.expect("re-arm");
+    }
     w.wait_status("promoted", |s| s["promotion"]["result"] == "promoted")
         .await;
     crate::support::wait_for("standby writable", Duration::from_secs(30), async || {
