@@ -562,7 +562,7 @@ async fn api_errors_during_promotion_are_retried_until_the_api_is_back() {
     let scene = Scene::new(&env, dead_port(), "standby_leader").await;
     env.create_patroni_config(&scene.configmap, STANDBY_CONFIG, &[])
         .await;
-    d.fail_next_matching("PATCH", &scene.configmap, 3, 503);
+    d.fail_next("PATCH", &scene.configmap, 3, 503);
     let w = scene.spawn(&env, &[]).await;
     w.wait_status("promoted", |s| s["promotion"]["result"] == "promoted")
         .await;
