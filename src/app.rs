@@ -320,8 +320,7 @@ impl<P: Probe> Watchdog<P> {
             webhook.send(&text);
         }
         if let Some(events) = self.actor.as_ref().and_then(|a| a.events.clone()) {
-            let metrics = self.metrics.clone();
-            tokio::spawn(async move { events.publish(&metrics, warning, reason, "Promote", text).await });
+            tokio::spawn(async move { events.publish(warning, reason, "Promote", text).await });
         }
     }
 
@@ -545,22 +544,29 @@ pub async fn run(
             let (tx, rx) = watch::channel(Target::Unknown {
                 reason: format!("looking up Service {namespace}/{svc}"),
             });
-            tokio::spawn(target::discover(
-                Api::<Service>::namespaced(client.clone(), &namespace),
-                svc.clone(),
-                config.target.port_name.clone(),
+            let discovery = target::Discovery {
+                api: Api::<Service>::namespaced(client.clone(), &namespace),
+                service: svc.clone(),
+                port_name: config.target.port_name.clone(),
                 host,
-                tx.clone(),
-                metrics.clone(),
-                shutdown.clone(),
-            ));
+                server: None,
+                errors: metrics.discovery_errors(),
+            };
+            tokio::spawn(target::discover(discovery, tx.clone(), shutdown.clone()));
             (tx, rx)
         }
         (None, _, _) => return Err(Error::NoKubernetes),
     };
 
     let (mut watchdog, status) = Watchdog::new(config.clone(), probe, target_rx, metrics.clone());
-    if let Some(actor) = actor::build(&config, kube.as_ref(), &namespace).map_err(Error::PatroniClient)? {
+    if let Some(actor) = actor::build(
+        &config,
+        kube.as_ref(),
+        &namespace,
+        metrics.kube_api_errors("event"),
+    )
+    .map_err(Error::PatroniClient)?
+    {
         let actor = Arc::new(actor);
         tokio::spawn(actor::observe_cluster(
             actor.clone(),

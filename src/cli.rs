@@ -86,7 +86,7 @@ pub async fn check(config: &Config, kube: Option<&kube::Client>) -> Exit {
             }
         }
     }
-    match actor::build(config, kube, &ns) {
+    match actor::build(config, kube, &ns, Default::default()) {
         Err(e) => ok &= line(false, "http client", crate::error_chain(&e)),
         Ok(None) => {
             line(true, "promoter", "none: observing only");
@@ -228,7 +228,7 @@ pub async fn status(url: &str, json: bool) -> Exit {
 
 /// The configured promoter with its guards, or `None` after saying why not.
 fn promoter_actor(config: &Config, kube: Option<&kube::Client>) -> Option<actor::Actor> {
-    match actor::build(config, kube, &namespace(config, kube)) {
+    match actor::build(config, kube, &namespace(config, kube), Default::default()) {
         Ok(Some(a)) => Some(a),
         Ok(None) => {
             eprintln!("WATCHDOG_PROMOTER is none: set the promoter this site uses");
@@ -271,9 +271,8 @@ pub async fn promote(config: &Config, kube: Option<&kube::Client>, reason: &str,
         ActReport::DryRun { would } => (true, would.clone()),
     };
     if let (Some(events), ActReport::Promoted { .. }) = (&actor.events, &report) {
-        let metrics = crate::report::metrics::Metrics::new();
         events
-            .publish(&metrics, true, "PromotedStandbyCluster", "Promote", reason)
+            .publish(true, "PromotedStandbyCluster", "Promote", reason)
             .await;
     }
     line(ok, "promote", message);

@@ -224,6 +224,7 @@ pub fn build(
     config: &Config,
     kube: Option<&kube::Client>,
     namespace: &str,
+    event_errors: prometheus_client::metrics::counter::Counter,
 ) -> Result<Option<Actor>, reqwest::Error> {
     let timeout = config.probe_timeout;
     let local_pg = LocalPg::new(&config.local_pg, timeout);
@@ -232,7 +233,13 @@ pub fn build(
         (PromoterKind::None, _) => return Ok(None),
         (PromoterKind::Configmap, Some(client)) => {
             let p = ConfigMapPromoter::new(client.clone(), namespace, &config.patroni_configmap);
-            let events = Events::new(client.clone(), &config.identity, p.reference());
+            let events = Events::new(
+                client.clone(),
+                &config.identity,
+                p.reference(),
+                None,
+                event_errors,
+            );
             (AnyPromoter::ConfigMap(p), Some(events))
         }
         // Settings that need Kubernetes always come with a client.

@@ -324,6 +324,19 @@ impl Metrics {
         self.discovery_errors.inc();
     }
 
+    /// The counter itself, for a leaf module to count into.
+    pub fn discovery_errors(&self) -> Counter {
+        self.discovery_errors.clone()
+    }
+
+    /// The counter of one operation's failed Kubernetes API calls, for a
+    /// leaf module to count into.
+    pub fn kube_api_errors(&self, operation: &'static str) -> Counter {
+        self.kube_api_errors
+            .get_or_create(&OperationLabels { operation })
+            .clone()
+    }
+
     pub fn kube_api_error(&self, operation: &'static str) {
         self.kube_api_errors
             .get_or_create(&OperationLabels { operation })
