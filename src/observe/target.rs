@@ -287,9 +287,7 @@ impl Forever {
             builder,
         }
     }
-}
 
-impl Forever {
     fn reset(&mut self) {
         self.current = self.builder.build();
     }
