@@ -50,6 +50,20 @@ pub enum Error {
     HttpClient(#[source] reqwest::Error),
 }
 
+/// A Kubernetes client, and the API server it talks to for log lines (a
+/// `kube::Client` cannot say which one).
+#[derive(Clone)]
+pub struct Kube {
+    pub client: kube::Client,
+    pub server: Option<String>,
+}
+
+impl From<kube::Client> for Kube {
+    fn from(client: kube::Client) -> Self {
+        Kube { client, server: None }
+    }
+}
+
 /// What this site can do about a lost Gold: observe the cluster beside us
 /// and write the promotion.
 pub struct Cluster {
@@ -194,15 +208,16 @@ impl<P: Probe> Watchdog<P> {
 
     /// Lets this watchdog observe the cluster beside it and promote it when
     /// Gold is lost.
-    pub fn with_cluster(mut self, cluster: Cluster, kube: Option<&kube::Client>) -> Self {
+    pub fn with_cluster(mut self, cluster: Cluster, kube: Option<&Kube>) -> Self {
         let mut policy = self.state.policy().clone();
         policy.promotes = Some(cluster.promoter.object());
         self.state = LoopState::new(policy, self.state.target().clone());
-        if let (Some(client), Some(reference)) = (kube, cluster.event_object) {
+        if let (Some(kube), Some(reference)) = (kube, cluster.event_object) {
             self.events = Some(Events::new(
-                client.clone(),
+                kube.client.clone(),
                 &self.settings.identity,
                 reference,
+                kube.server.clone(),
                 self.metrics.kube_api_errors("create_event"),
             ));
         }
@@ -447,7 +462,7 @@ impl<P: Probe> Watchdog<P> {
 pub async fn run(
     config: Config,
     listener: TcpListener,
-    kube: Option<kube::Client>,
+    kube: Option<Kube>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let config = Arc::new(config);
@@ -459,7 +474,7 @@ pub async fn run(
     let namespace = config
         .namespace
         .clone()
-        .or_else(|| kube.as_ref().map(|k| k.default_namespace().to_string()))
+        .or_else(|| kube.as_ref().map(|k| k.client.default_namespace().to_string()))
         .unwrap_or_else(|| "default".to_string());
 
     let host = match (&config.target.host, &config.target.service) {
@@ -472,11 +487,11 @@ pub async fn run(
             let (tx, rx) = target::fixed(Endpoint { host, port });
             (tx, rx, None)
         }
-        (None, Some(svc), Some(client)) => {
+        (None, Some(svc), Some(kube)) => {
             let (tx, rx) = watch::channel(Target::Unknown {
                 reason: format!("looking up Service {namespace}/{svc}"),
             });
-            let task = (client.clone(), svc.clone(), host);
+            let task = (kube.clone(), svc.clone(), host);
             (tx, rx, Some(task))
         }
         (None, _, _) => return Err(Error::NoKubernetes),
@@ -485,18 +500,18 @@ pub async fn run(
 
     let mut watchdog = Watchdog::new(config.clone(), probe, target_rx);
     let metrics = watchdog.metrics();
-    if let Some((client, svc, host)) = discover {
-        tokio::spawn(target::discover(
-            Api::<Service>::namespaced(client, &namespace),
-            svc,
-            config.target.port_name.clone(),
+    if let Some((kube, service, host)) = discover {
+        let discovery = target::Discovery {
+            api: Api::<Service>::namespaced(kube.client, &namespace),
+            service,
+            port_name: config.target.port_name.clone(),
             host,
-            target_tx.clone(),
-            metrics.discovery_errors(),
-            shutdown.clone(),
-        ));
+            server: kube.server,
+            errors: metrics.discovery_errors(),
+        };
+        tokio::spawn(target::discover(discovery, target_tx.clone(), shutdown.clone()));
     }
-    if let Some(cluster) = build_cluster(&config, kube.as_ref(), &namespace)? {
+    if let Some(cluster) = build_cluster(&config, kube.as_ref().map(|k| &k.client), &namespace)? {
         watchdog = watchdog.with_cluster(cluster, kube.as_ref());
     }
     if let Some(url) = &config.webhook_url {

@@ -332,6 +332,7 @@ pub async fn promote(config: &Config, kube: Option<&kube::Client>, reason: &str,
             client.clone(),
             &config.identity,
             reference,
+            None,
             prometheus_client::metrics::counter::Counter::default(),
         );
         events

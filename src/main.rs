@@ -130,7 +130,7 @@ where
     block_on(async move {
         let kube = if config.uses_kubernetes() {
             match kube_client().await {
-                Ok(client) => Some(client),
+                Ok(kube) => Some(kube.client),
                 Err(e) => {
                     eprintln!("cannot set up the Kubernetes client: {e}");
                     return ExitCode::FAILURE;
@@ -181,10 +181,14 @@ fn run(config: Config) -> ExitCode {
 
 /// In-cluster config, or KUBECONFIG. kube's own retry of 429/503/504 is off:
 /// every caller here retries explicitly, with limits it chose.
-async fn kube_client() -> Result<kube::Client, kube::Error> {
+async fn kube_client() -> Result<patroni_dr_watchdog::app::Kube, kube::Error> {
     let mut config = kube::Config::infer().await.map_err(kube::Error::InferConfig)?;
     config.default_retry = false;
-    kube::Client::try_from(config)
+    let server = Some(config.cluster_url.to_string());
+    Ok(patroni_dr_watchdog::app::Kube {
+        client: kube::Client::try_from(config)?,
+        server,
+    })
 }
 
 async fn wait_for_signal(shutdown: CancellationToken) {

@@ -162,7 +162,7 @@ impl ConfigMapReader {
             operation,
             object: self.object(),
             code,
-            message: crate::error_chain(&e),
+            message: crate::observe::api_trouble::describe(&e),
         }
     }
 

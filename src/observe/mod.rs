@@ -2,6 +2,7 @@
 //! beside us looks like. Everything here does I/O and reports facts; nothing
 //! here decides.
 
+pub mod api_trouble;
 pub mod cluster;
 pub mod cluster_config;
 pub mod dynamic_config;

@@ -4,7 +4,7 @@
 //!
 //! Each contract test runs against the in-process API double and, when
 //! `WATCHDOG_TEST_KUBECONFIG` is set, against a real cluster:
-//! `WATCHDOG_TEST_KUBECONFIG=~/.kube/config cargo nextest run --test kube --run-ignored all`.
+//! `WATCHDOG_TEST_KUBECONFIG=~/.kube/config cargo nextest run --test it -E 'test(/^kube::/)' --run-ignored all`.
 //! Tests that need injected faults run against the double only.
 
 use std::time::Duration;
@@ -134,10 +134,7 @@ fn local_standby() -> PgServer {
 
 /// A loopback port nobody listens on: Gold is dead.
 fn dead_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
+    crate::support::closed_port().port()
 }
 
 /// Gold lost and a guard holding the promotion back: the ConfigMap must not
@@ -223,7 +220,11 @@ async fn a_deleted_or_portless_service_pauses_probing_and_never_promotes(env: &K
     assert!(
         st["target"]["reason"]
             .as_str()
-            .is_some_and(|r| r.contains("deleted")),
+            .is_some_and(|r| r.contains(&format!(
+                "Service {}/{} not found",
+                env.namespace(),
+                scene.service
+            ))),
         "{st:#}"
     );
     assert_eq!(st["verdict"], "unknown");
@@ -562,7 +563,7 @@ async fn api_errors_during_promotion_are_retried_until_the_api_is_back() {
     let scene = Scene::new(&env, dead_port(), "standby_leader").await;
     env.create_patroni_config(&scene.configmap, STANDBY_CONFIG, &[])
         .await;
-    d.fail_next_matching("PATCH", &scene.configmap, 3, 503);
+    d.fail_next("PATCH", &scene.configmap, 3, 503);
     let w = scene.spawn(&env, &[]).await;
     w.wait_status("promoted", |s| s["promotion"]["result"] == "promoted")
         .await;
@@ -746,4 +747,141 @@ async fn a_promotion_is_reported_the_moment_it_is_made_not_a_tick_later() {
     assert_eq!(st["state"], "promoted");
     assert_eq!(st["counters"]["probes"], 1);
     w.stop().await;
+}
+
+/// Log lines written while a test's own subscriber is the default (on this
+/// thread: run the code under test on a current-thread runtime, not spawned
+/// elsewhere).
+#[derive(Clone, Default)]
+struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Lines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Lines {
+    type Writer = Lines;
+    fn make_writer(&'a self) -> Lines {
+        self.clone()
+    }
+}
+
+impl Lines {
+    fn capture() -> (Lines, tracing::subscriber::DefaultGuard) {
+        let lines = Lines::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(lines.clone())
+            .with_ansi(false)
+            .with_env_filter("warn,patroni_dr_watchdog=info")
+            .finish();
+        (lines, tracing::subscriber::set_default(subscriber))
+    }
+
+    fn matching(&self, what: &str) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().expect("log buffer"))
+            .lines()
+            .filter(|l| l.contains(what))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn discovery_logs_an_api_outage_once_and_its_end_once() {
+    use patroni_dr_watchdog::observe::target::{self, Discovery, Target};
+    let (lines, _guard) = Lines::capture();
+    let env = KubeEnv::double().await;
+    let d = env.api_double().expect("double");
+    env.create_service("patroni-master-gold", &[(Some("postgres"), 31234)])
+        .await;
+    // Three rounds of 503 on the LIST, then the API answers.
+    d.fail_next("GET", "/services", 3, 503);
+    let errors = prometheus_client::metrics::counter::Counter::default();
+    let (tx, mut rx) = tokio::sync::watch::channel(Target::Unknown {
+        reason: "looking".into(),
+    });
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let discovery = Discovery {
+        api: env.services(),
+        service: "patroni-master-gold".into(),
+        port_name: Some("postgres".into()),
+        host: "127.0.0.1".into(),
+        server: Some(d.url()),
+        errors: errors.clone(),
+    };
+    let found = async {
+        let known = rx.wait_for(|t| matches!(t, Target::Known { .. }));
+        tokio::time::timeout(Duration::from_secs(30), known)
+            .await
+            .expect("the port is found once the API answers")
+            .expect("discovery runs");
+        shutdown.cancel();
+    };
+    tokio::join!(target::discover(discovery, tx, shutdown.clone()), found);
+
+    assert_eq!(errors.get(), 3, "every failed round is counted");
+    let failing = lines.matching("cannot watch the Transport Service");
+    assert_eq!(failing.len(), 1, "{failing:#?}");
+    assert!(failing[0].contains("WARN"), "{}", failing[0]);
+    assert!(
+        failing[0].contains("HTTP 503 ServiceUnavailable") && failing[0].contains(&d.url()),
+        "{}",
+        failing[0]
+    );
+    let back = lines.matching("the Kubernetes API answers again");
+    assert_eq!(back.len(), 1, "{back:#?}");
+    assert!(back[0].contains("failures=3"), "{}", back[0]);
+}
+
+#[tokio::test]
+async fn events_log_a_failing_api_once_and_its_recovery_once() {
+    use patroni_dr_watchdog::report::events::Events;
+    let (lines, _guard) = Lines::capture();
+    let env = KubeEnv::double().await;
+    let d = env.api_double().expect("double");
+    let cm = env
+        .create_patroni_config("patroni-config", STANDBY_CONFIG, &[])
+        .await;
+    let reference = kube::Resource::object_ref(&cm, &());
+    let failures = prometheus_client::metrics::counter::Counter::default();
+    let events = Events::new(
+        env.client(),
+        "patroni-0",
+        reference,
+        Some(d.url()),
+        failures.clone(),
+    );
+    d.fail_next("POST", "/events", 3, 500);
+    for reason in [
+        "GoldDown",
+        "GoldLost",
+        "PromotionVetoed",
+        "PromotedStandbyCluster",
+    ] {
+        events
+            .publish(true, reason, "Promote", format!("{reason} happened"))
+            .await;
+    }
+    assert_eq!(failures.get(), 3);
+    assert_eq!(
+        env.event_reasons("patroni-config").await,
+        ["PromotedStandbyCluster"]
+    );
+    let failing = lines.matching("cannot record Kubernetes Events");
+    assert_eq!(failing.len(), 1, "{failing:#?}");
+    assert!(
+        failing[0].contains("publish Event on ConfigMap default/patroni-config")
+            && failing[0].contains("HTTP 500 InternalError")
+            && failing[0].contains(&d.url()),
+        "{}",
+        failing[0]
+    );
+    let back = lines.matching("Kubernetes Events are recorded again");
+    assert_eq!(back.len(), 1, "{back:#?}");
 }

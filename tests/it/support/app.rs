@@ -104,7 +104,7 @@ pub async fn spawn_with(config: Config, kube: Option<kube::Client>) -> Running {
         .expect("bind loopback");
     let addr = listener.local_addr().expect("local addr");
     let shutdown = CancellationToken::new();
-    let handle = tokio::spawn(app::run(config, listener, kube, shutdown.clone()));
+    let handle = tokio::spawn(app::run(config, listener, kube.map(Into::into), shutdown.clone()));
     Running {
         addr,
         shutdown,

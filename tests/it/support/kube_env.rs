@@ -44,7 +44,7 @@ impl KubeEnv {
     /// A client as the watchdog builds it: no automatic retries.
     pub fn client(&self) -> kube::Client {
         match self {
-            KubeEnv::Double(d) => d.client_without_retry(),
+            KubeEnv::Double(d) => d.client(),
             KubeEnv::Real { client, .. } => client.clone(),
         }
     }

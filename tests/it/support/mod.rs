@@ -42,6 +42,15 @@ pub async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut(
     }
 }
 
+/// A loopback address nobody listens on: connecting is refused at once.
+/// (Another test may bind the port later; a refused or failed connection is
+/// all callers rely on.)
+pub fn closed_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a loopback port")
+}
+
 /// Serves `app` on 127.0.0.1:<random> until the returned token is
 /// cancelled; for the stand-ins of HTTP peers.
 pub async fn serve(app: axum::Router) -> (std::net::SocketAddr, tokio_util::sync::CancellationToken) {
