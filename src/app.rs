@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::act::actor::{self, ActReport, Actor};
-use crate::config::Config;
+use crate::config::{Config, GoldAddress, ServicePort};
 use crate::decide::detector::{Detector, Transition, Verdict};
 use crate::decide::guards::Veto;
 use crate::observe::probe::{Outcome, PgProbe, Probe, ProbeReport, TlsSetupError};
@@ -534,21 +534,32 @@ pub async fn run(
         .or_else(|| kube.as_ref().map(|k| k.default_namespace().to_string()))
         .unwrap_or_else(|| "default".to_string());
 
-    let host = match (&config.target.host, &config.target.service) {
-        (Some(host), _) => host.clone(),
-        (None, Some(svc)) => format!("{svc}.{namespace}.svc"),
-        (None, None) => unreachable!("config validation requires a host or a service"),
-    };
-    let (target_tx, target_rx) = match (config.target.port, &config.target.service, &kube) {
-        (Some(port), _, _) => target::fixed(Endpoint { host, port }),
-        (None, Some(svc), Some(client)) => {
+    let address = &config.gold.address;
+    let host = address.host(&namespace);
+    let (target_tx, target_rx) = match (address, &kube) {
+        (
+            GoldAddress::Static { port, .. }
+            | GoldAddress::Service {
+                port: ServicePort::Static(port),
+                ..
+            },
+            _,
+        ) => target::fixed(Endpoint { host, port: *port }),
+        (
+            GoldAddress::Service {
+                name: svc,
+                port: ServicePort::Discovered { port_name },
+                ..
+            },
+            Some(client),
+        ) => {
             let (tx, rx) = watch::channel(Target::Unknown {
                 reason: format!("looking up Service {namespace}/{svc}"),
             });
             tokio::spawn(target::discover(
                 Api::<Service>::namespaced(client.clone(), &namespace),
                 svc.clone(),
-                config.target.port_name.clone(),
+                port_name.clone(),
                 host,
                 tx.clone(),
                 metrics.clone(),
@@ -556,7 +567,7 @@ pub async fn run(
             ));
             (tx, rx)
         }
-        (None, _, _) => return Err(Error::NoKubernetes),
+        (GoldAddress::Service { .. }, None) => return Err(Error::NoKubernetes),
     };
 
     let (mut watchdog, status) = Watchdog::new(config.clone(), probe, target_rx, metrics.clone());
@@ -577,6 +588,7 @@ pub async fn run(
         watchdog = watchdog.with_webhook(webhook);
     }
 
+    let listen_addr = listener.local_addr().unwrap_or(config.listen_addr);
     let app = http::router(http::AppState::new(status, metrics, &config));
     let server = tokio::spawn(
         axum::serve(listener, app)
@@ -584,9 +596,13 @@ pub async fn run(
             .into_future(),
     );
     info!(
-        target = ?*target_tx.borrow(),
+        target = %match &*target_tx.borrow() {
+            Target::Known { endpoint, .. } => endpoint.to_string(),
+            Target::Unknown { reason } => format!("unknown: {reason}"),
+        },
         namespace = %namespace,
-        promoter = ?config.promoter,
+        listen_addr = %listen_addr,
+        promoter = config.promoter.as_str(),
         interval = %humantime::format_duration(config.probe_interval),
         timeout = %humantime::format_duration(config.probe_timeout),
         fall = config.thresholds.fall(),

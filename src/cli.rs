@@ -9,12 +9,13 @@ use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, ListParams};
 use serde_json::Value;
 
-use crate::Config;
 use crate::act::actor::{self, ActReport};
 use crate::act::promoter::Promoter;
+use crate::config::{Config, GoldAddress, GoldConcern, ServicePort};
+use crate::decide::guards::Role;
 use crate::observe::probe::{Outcome, PgProbe, Probe};
 use crate::observe::target::{Endpoint, port_of};
-use crate::observe::witness;
+use crate::observe::witness::{self, Testimony};
 
 /// How a subcommand ended, for the exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,7 +29,7 @@ fn line(ok: bool, what: &str, detail: impl AsRef<str>) -> bool {
     ok
 }
 
-fn namespace(config: &Config, kube: Option<&kube::Client>) -> String {
+fn namespace<G: GoldConcern>(config: &Config<G>, kube: Option<&kube::Client>) -> String {
     config
         .namespace
         .clone()
@@ -38,16 +39,24 @@ fn namespace(config: &Config, kube: Option<&kube::Client>) -> String {
 
 /// Where Gold is right now, as `run` would find it.
 async fn gold(config: &Config, kube: Option<&kube::Client>, ns: &str) -> Result<Endpoint, String> {
-    let host = match (&config.target.host, &config.target.service) {
-        (Some(h), _) => h.clone(),
-        (None, Some(svc)) => format!("{svc}.{ns}.svc"),
-        (None, None) => return Err("no WATCHDOG_GOLD_HOST".into()),
+    let address = &config.gold.address;
+    let host = address.host(ns);
+    let (svc, port_name) = match address {
+        GoldAddress::Static { port, .. }
+        | GoldAddress::Service {
+            port: ServicePort::Static(port),
+            ..
+        } => return Ok(Endpoint { host, port: *port }),
+        GoldAddress::Service {
+            name,
+            port: ServicePort::Discovered { port_name },
+            ..
+        } => (name, port_name),
     };
-    if let Some(port) = config.target.port {
-        return Ok(Endpoint { host, port });
-    }
-    let (Some(svc), Some(client)) = (&config.target.service, kube) else {
-        return Err("no port and no Transport Service to discover it".into());
+    let Some(client) = kube else {
+        return Err(format!(
+            "the port of Service {ns}/{svc} is read from the Kubernetes API: run in a pod or set KUBECONFIG"
+        ));
     };
     let api: Api<Service> = Api::namespaced(client.clone(), ns);
     let list = api
@@ -58,8 +67,24 @@ async fn gold(config: &Config, kube: Option<&kube::Client>, ns: &str) -> Result<
         .items
         .first()
         .ok_or_else(|| format!("Service {ns}/{svc} not found"))?;
-    let port = port_of(service, config.target.port_name.as_deref())?;
+    let port = port_of(service, port_name.as_deref())?;
     Ok(Endpoint { host, port })
+}
+
+fn yes_no(b: Option<bool>) -> &'static str {
+    match b {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "unknown",
+    }
+}
+
+fn testimony(t: &Testimony) -> String {
+    match t {
+        Testimony::GoldAlive(d) => format!("sees Gold alive ({d})"),
+        Testimony::GoldGone(d) => format!("sees Gold gone ({d})"),
+        Testimony::CantTell(d) => format!("cannot tell ({d})"),
+    }
 }
 
 /// `check`: the settings are valid (or we would not be here), and every
@@ -87,17 +112,32 @@ pub async fn check(config: &Config, kube: Option<&kube::Client>) -> Exit {
         }
     }
     match actor::build(config, kube, &ns) {
-        Err(e) => ok &= line(false, "http client", crate::error_chain(&e)),
+        Err(e) => {
+            ok &= line(
+                false,
+                "promoter",
+                format!("cannot build its HTTP client: {}", crate::error_chain(&e)),
+            )
+        }
         Ok(None) => {
-            line(true, "promoter", "none: observing only");
+            line(
+                true,
+                "promoter",
+                "none: this watchdog only watches and cannot promote (WATCHDOG_PROMOTER)",
+            );
         }
         Ok(Some(actor)) => {
             let view = actor.observe().await;
             ok &= match (&view.role, config.uses_patroni()) {
-                (Some(role), true) => line(
-                    !matches!(role, crate::decide::guards::Role::Unreachable(_)),
+                (Some(Role::Unreachable(why)), true) => line(
+                    false,
                     "local patroni",
-                    format!("{} at {}", role.as_str(), config.patroni_url),
+                    format!("unreachable at {}: {why}", config.patroni.url),
+                ),
+                (Some(role), true) => line(
+                    true,
+                    "local patroni",
+                    format!("{} at {}", role.as_str(), config.patroni.url),
                 ),
                 _ => true,
             };
@@ -107,11 +147,12 @@ pub async fn check(config: &Config, kube: Option<&kube::Client>) -> Exit {
                     true,
                     "promoter",
                     format!(
-                        "{}: standby={} paused={} disarmed={}",
+                        "{} through {}: standby cluster {}, paused {}, disarmed {}",
+                        config.promoter.as_str(),
                         actor.promoter.object(),
-                        view.standby.unwrap_or_default(),
-                        view.paused.unwrap_or_default(),
-                        view.disarmed.unwrap_or_default()
+                        yes_no(view.standby),
+                        yes_no(view.paused),
+                        yes_no(view.disarmed)
                     ),
                 ),
             };
@@ -131,7 +172,7 @@ pub async fn check(config: &Config, kube: Option<&kube::Client>) -> Exit {
                 ok &= line(
                     !matches!(t, witness::Testimony::CantTell(_)),
                     "witness",
-                    format!("{w}: {t:?}"),
+                    format!("{w} {}", testimony(&t)),
                 );
             }
         }
@@ -140,8 +181,14 @@ pub async fn check(config: &Config, kube: Option<&kube::Client>) -> Exit {
 }
 
 /// `status`: a running watchdog's `/status`, for a human (or raw JSON).
+/// `url` may leave out `http://`.
 pub async fn status(url: &str, json: bool) -> Exit {
-    let url = format!("{}/status", url.trim_end_matches('/'));
+    let base = url.trim_end_matches('/');
+    let url = if base.contains("://") {
+        format!("{base}/status")
+    } else {
+        format!("http://{base}/status")
+    };
     let client = match reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(5))
@@ -162,72 +209,155 @@ pub async fn status(url: &str, json: bool) -> Exit {
             }
         },
         Err(e) => {
-            eprintln!("{url}: {}", crate::error_chain(&e));
+            eprintln!("{url}: {}", crate::error_chain(&e.without_url()));
             return Exit::Failed;
         }
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&body).unwrap_or_default());
-        return Exit::Ok;
+    } else {
+        print!("{}", describe_status(&body));
     }
-    let s = |v: &Value| match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    };
-    let target = match &body["target"]["endpoint"] {
-        Value::Null => format!("unknown ({})", s(&body["target"]["reason"])),
-        e => format!(
-            "{}:{} ({})",
-            s(&e["host"]),
-            s(&e["port"]),
-            s(&body["target"]["source"])
-        ),
-    };
-    let last = &body["last_probe"];
-    println!("state        {}", s(&body["state"]));
-    println!("gold         {target}");
-    println!(
-        "verdict      {} since {} ({} consecutive failures)",
-        s(&body["verdict"]),
-        s(&body["verdict_since"]),
-        s(&body["consecutive_failures"])
-    );
-    println!(
-        "last probe   {}/{} at {} {}",
-        s(&last["outcome"]),
-        s(&last["reason"]),
-        s(&last["at"]),
-        s(&last["error"])
-    );
-    let cluster = &body["cluster"];
-    println!(
-        "local        role {}, standby {}, paused {}, disarmed {}, WAL receiver {}",
-        s(&cluster["role"]["role"]),
-        s(&cluster["standby"]),
-        s(&cluster["paused"]),
-        s(&cluster["disarmed"]),
-        s(&cluster["wal_receiver"])
-    );
-    let p = &body["promotion"];
-    let vetoes: Vec<String> = p["vetoes"]
-        .as_array()
-        .map(|v| v.iter().map(|v| s(&v["guard"])).collect())
-        .unwrap_or_default();
-    println!(
-        "promotion    {} via {}, mode {}, result {}, vetoes [{}], split brain {}",
-        if p["result"].is_null() { "armed" } else { "done" },
-        s(&p["promoter"]),
-        s(&p["mode"]),
-        s(&p["result"]),
-        vetoes.join(", "),
-        s(&p["split_brain"])
-    );
     Exit::Ok
 }
 
+/// `/status` in words, one line per part.
+fn describe_status(body: &Value) -> String {
+    let s = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        Value::Bool(true) => "yes".into(),
+        Value::Bool(false) => "no".into(),
+        other => other.to_string(),
+    };
+    // " (detail)" when there is one.
+    let detail = |v: &Value| match v {
+        Value::Null => String::new(),
+        v => format!(" ({})", s(v)),
+    };
+    let mut out = String::new();
+    let mut put = |label: &str, text: String| out.push_str(&format!("{label:<12} {text}\n"));
+
+    put("state", s(&body["state"]));
+    put(
+        "gold",
+        match &body["target"]["endpoint"] {
+            Value::Null => format!("unknown ({})", s(&body["target"]["reason"])),
+            e => format!(
+                "{}:{} ({})",
+                s(&e["host"]),
+                s(&e["port"]),
+                s(&body["target"]["source"])
+            ),
+        },
+    );
+    let since = match &body["verdict_since"] {
+        Value::Null => String::new(),
+        t => format!(" since {}", s(t)),
+    };
+    put(
+        "verdict",
+        format!(
+            "{}{since} ({} consecutive failures)",
+            s(&body["verdict"]),
+            s(&body["consecutive_failures"])
+        ),
+    );
+    let last = &body["last_probe"];
+    put(
+        "last probe",
+        if last.is_null() {
+            "none yet".into()
+        } else {
+            let error = match &last["error"] {
+                Value::Null => String::new(),
+                e => format!(": {}", s(e)),
+            };
+            format!(
+                "{}/{} at {}{error}",
+                s(&last["outcome"]),
+                s(&last["reason"]),
+                s(&last["at"])
+            )
+        },
+    );
+
+    let p = &body["promotion"];
+    let promoter = s(&p["promoter"]);
+    let cluster = &body["cluster"];
+    if promoter != "none" {
+        let role = &cluster["role"];
+        let mut local = if role.is_null() {
+            "not observed yet".to_string()
+        } else {
+            format!(
+                "role {}{}, standby cluster {}, paused {}, disarmed {}, WAL receiver {}",
+                s(&role["role"]),
+                detail(&role["detail"]),
+                s(&cluster["standby"]),
+                s(&cluster["paused"]),
+                s(&cluster["disarmed"]),
+                match &cluster["wal_receiver"] {
+                    Value::Null => "not running".into(),
+                    w => s(w),
+                }
+            )
+        };
+        for key in ["config_error", "local_pg_error"] {
+            if let Value::String(e) = &cluster[key] {
+                local.push_str(&format!("; {e}"));
+            }
+        }
+        put("local", local);
+    }
+    put(
+        "promotion",
+        match (&p["result"], promoter.as_str(), s(&p["mode"]).as_str()) {
+            (Value::Null, "none", _) => {
+                "this watchdog cannot promote from here: WATCHDOG_PROMOTER is none, it only watches".into()
+            }
+            (Value::Null, _, "observe") => {
+                format!("observing only (WATCHDOG_MODE=observe): never promotes through {promoter}")
+            }
+            (Value::Null, _, "dry-run") => {
+                format!("dry run: says what it would promote through {promoter}, writes nothing")
+            }
+            (Value::Null, _, _) => {
+                format!("armed: promotes through {promoter} once Gold is lost and every guard agrees")
+            }
+            (result, _, _) => format!(
+                "{} through {promoter} at {}{}",
+                s(result),
+                s(&p["at"]),
+                detail(&p["reason"])
+            ),
+        },
+    );
+    let vetoes: Vec<String> = p["vetoes"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .map(|v| format!("{}{}", s(&v["guard"]), detail(&v["detail"])))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !vetoes.is_empty() {
+        put("held back by", vetoes.join(", "));
+    }
+    if let Value::String(e) = &p["last_error"] {
+        put("last error", e.clone());
+    }
+    if p["split_brain"] == Value::Bool(true) {
+        put(
+            "SPLIT BRAIN",
+            "Gold answers as a writable primary after this site was promoted".into(),
+        );
+    }
+    out
+}
+
 /// The configured promoter with its guards, or `None` after saying why not.
-fn promoter_actor(config: &Config, kube: Option<&kube::Client>) -> Option<actor::Actor> {
+fn promoter_actor<G: GoldConcern>(config: &Config<G>, kube: Option<&kube::Client>) -> Option<actor::Actor> {
     match actor::build(config, kube, &namespace(config, kube)) {
         Ok(Some(a)) => Some(a),
         Ok(None) => {
@@ -243,7 +373,12 @@ fn promoter_actor(config: &Config, kube: Option<&kube::Client>) -> Option<actor:
 
 /// `promote --reason`: an operator's promotion, through the same guards
 /// unless `force`.
-pub async fn promote(config: &Config, kube: Option<&kube::Client>, reason: &str, force: bool) -> Exit {
+pub async fn promote<G: GoldConcern>(
+    config: &Config<G>,
+    kube: Option<&kube::Client>,
+    reason: &str,
+    force: bool,
+) -> Exit {
     let Some(actor) = promoter_actor(config, kube) else {
         return Exit::Failed;
     };
@@ -282,8 +417,8 @@ pub async fn promote(config: &Config, kube: Option<&kube::Client>, reason: &str,
 
 /// `failback`: make this (promoted) site a standby of `host:port` again.
 /// Asks for a typed confirmation unless `yes`.
-pub async fn failback(
-    config: &Config,
+pub async fn failback<G: GoldConcern>(
+    config: &Config<G>,
     kube: Option<&kube::Client>,
     host: &str,
     port: u16,

@@ -13,11 +13,11 @@ use crate::act::promoter::{
     self, AnyPromoter, Audit, ConfigMapPromoter, PatroniApiPromoter, PgPromoter, PromoteError, Promoter,
     Promotion,
 };
-use crate::config::{Config, Mode, PromoterKind};
+use crate::config::{Config, GoldConcern, Mode, PromoterKind};
 use crate::decide::detector::Verdict;
 use crate::decide::guards::{self, Decision, Facts, Limits, Role, Veto, Wal};
 use crate::observe::local_pg::LocalPg;
-use crate::observe::patroni::LocalPatroni;
+use crate::observe::patroni::{LocalPatroni, PatroniClient};
 use crate::observe::witness::{self, Testimony, Witness};
 use crate::report::events::Events;
 use crate::report::metrics::Metrics;
@@ -220,14 +220,15 @@ impl Actor {
 }
 
 /// The actor the settings ask for; `None` when the promoter is `none`.
-pub fn build(
-    config: &Config,
+pub fn build<G: GoldConcern>(
+    config: &Config<G>,
     kube: Option<&kube::Client>,
     namespace: &str,
 ) -> Result<Option<Actor>, reqwest::Error> {
     let timeout = config.probe_timeout;
     let local_pg = LocalPg::new(&config.local_pg, timeout);
     let pg_object = format!("PostgreSQL {}:{}", config.local_pg.host, config.local_pg.port);
+    let patroni = PatroniClient::new(&config.patroni, timeout)?;
     let (promoter, events) = match (config.promoter, kube) {
         (PromoterKind::None, _) => return Ok(None),
         (PromoterKind::Configmap, Some(client)) => {
@@ -238,7 +239,7 @@ pub fn build(
         // Settings that need Kubernetes always come with a client.
         (PromoterKind::Configmap, None) => return Ok(None),
         (PromoterKind::PatroniApi, _) => (
-            AnyPromoter::PatroniApi(PatroniApiPromoter::new(&config.patroni_url, timeout)?),
+            AnyPromoter::PatroniApi(PatroniApiPromoter::new(patroni.clone())),
             None,
         ),
         (PromoterKind::PgPromote, _) => (
@@ -246,11 +247,7 @@ pub fn build(
             None,
         ),
     };
-    let patroni = if config.uses_patroni() {
-        Some(LocalPatroni::new(&config.patroni_url, timeout)?)
-    } else {
-        None
-    };
+    let patroni = config.uses_patroni().then(|| LocalPatroni::new(patroni));
     let limits = Limits {
         mode: config.mode,
         wal_receiver_fresh: config.wal_receiver_fresh,

@@ -26,6 +26,7 @@ use crate::act::dynamic_config::{self, DynamicConfigError};
 use crate::decide::detector::Verdict;
 use crate::decide::guards::ClusterConfig;
 use crate::observe::local_pg::LocalPg;
+use crate::observe::patroni::PatroniClient;
 
 /// Set to "true" by an operator to keep the watchdog observing only.
 pub const DISARMED_ANNOTATION: &str = "patroni-dr-watchdog/disarmed";
@@ -321,16 +322,14 @@ pub async fn promote<P: Promoter>(
 
 /// `PATCH /config` on the local Patroni: works whatever its DCS.
 pub struct PatroniApiPromoter {
-    http: reqwest::Client,
-    url: String,
+    http: PatroniClient,
 }
 
 impl PatroniApiPromoter {
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, reqwest::Error> {
-        Ok(PatroniApiPromoter {
-            http: reqwest::Client::builder().timeout(timeout).no_proxy().build()?,
-            url: url.trim_end_matches('/').to_string(),
-        })
+    /// `http`: the same client that reads the local role, with its CA and
+    /// credentials.
+    pub fn new(http: PatroniClient) -> Self {
+        PatroniApiPromoter { http }
     }
 
     fn error(&self, operation: &'static str, code: Option<u16>, message: String) -> PromoteError {
@@ -345,7 +344,7 @@ impl PatroniApiPromoter {
     async fn patch_config(&self, body: serde_json::Value) -> Result<(), PromoteError> {
         let resp = self
             .http
-            .patch(format!("{}/config", self.url))
+            .patch("/config")
             .json(&body)
             .send()
             .await
@@ -358,7 +357,7 @@ impl PatroniApiPromoter {
         Err(self.error(
             "PATCH /config",
             Some(status.as_u16()),
-            format!("HTTP {status}: {text}"),
+            self.http.describe_refusal(status, &text),
         ))
     }
 }
@@ -368,7 +367,7 @@ impl Promoter for PatroniApiPromoter {
         let op = "GET /config";
         let resp = self
             .http
-            .get(format!("{}/config", self.url))
+            .get("/config")
             .send()
             .await
             .map_err(|e| self.error(op, None, crate::error_chain(&e)))?;
@@ -378,7 +377,11 @@ impl Promoter for PatroniApiPromoter {
             .await
             .map_err(|e| self.error(op, Some(status.as_u16()), crate::error_chain(&e)))?;
         if !status.is_success() {
-            return Err(self.error(op, Some(status.as_u16()), format!("HTTP {status}: {text}")));
+            return Err(self.error(
+                op,
+                Some(status.as_u16()),
+                self.http.describe_refusal(status, &text),
+            ));
         }
         let facts = dynamic_config::facts(&text).map_err(|source| PromoteError::Malformed {
             object: self.object(),
@@ -415,7 +418,7 @@ impl Promoter for PatroniApiPromoter {
     }
 
     fn object(&self) -> String {
-        format!("Patroni {}", self.url)
+        format!("Patroni {}", self.http.url())
     }
 }
 
