@@ -18,7 +18,7 @@ use tracing::{debug, error, info, warn};
 use crate::act::promoter::{
     self, AnyPromoter, ConfigMapPromoter, PatroniApiPromoter, PgPromoter, PromoteError, Promoter, Promotion,
 };
-use crate::config::{Config, PromoterKind};
+use crate::config::{Config, GoldAddress, GoldConcern, PromoterKind, ServicePort};
 use crate::decide::detector::{Transition, Verdict};
 use crate::decide::guards::Limits;
 use crate::decide::state::{Alert, Audit, Effect, Event, LoopState, Policy, Severity, Written};
@@ -75,14 +75,14 @@ pub struct Cluster {
 
 /// The observer and promoter the settings ask for; `None` when the promoter
 /// is `none`.
-pub fn build_cluster(
-    config: &Config,
+pub fn build_cluster<G: GoldConcern>(
+    config: &Config<G>,
     kube: Option<&kube::Client>,
     namespace: &str,
 ) -> Result<Option<Cluster>, Error> {
     let timeout = config.probe_timeout;
     let local_pg = LocalPg::new(&config.local_pg, timeout);
-    let patroni = || PatroniClient::new(&config.patroni_url, timeout).map_err(Error::HttpClient);
+    let patroni = || PatroniClient::new(&config.patroni, timeout).map_err(Error::HttpClient);
     let (reader, promoter, event_object) = match (config.promoter, kube) {
         (PromoterKind::None, _) => return Ok(None),
         (PromoterKind::Configmap, Some(client)) => {
@@ -130,7 +130,7 @@ pub fn build_cluster(
 }
 
 /// The guards' limits from the settings.
-pub fn limits(config: &Config) -> Limits {
+pub fn limits<G>(config: &Config<G>) -> Limits {
     Limits {
         mode: config.mode,
         wal_receiver_fresh: config.wal_receiver_fresh,
@@ -477,34 +477,44 @@ pub async fn run(
         .or_else(|| kube.as_ref().map(|k| k.client.default_namespace().to_string()))
         .unwrap_or_else(|| "default".to_string());
 
-    let host = match (&config.target.host, &config.target.service) {
-        (Some(host), _) => host.clone(),
-        (None, Some(svc)) => format!("{svc}.{namespace}.svc"),
-        (None, None) => unreachable!("config validation requires a host or a service"),
-    };
-    let discovery = match (config.target.port, &config.target.service, &kube) {
-        (Some(port), _, _) => {
-            let (tx, rx) = target::fixed(Endpoint { host, port });
+    let address = &config.gold.address;
+    let host = address.host(&namespace);
+    let (target_tx, target_rx, discover) = match (address, &kube) {
+        (
+            GoldAddress::Static { port, .. }
+            | GoldAddress::Service {
+                port: ServicePort::Static(port),
+                ..
+            },
+            _,
+        ) => {
+            let (tx, rx) = target::fixed(Endpoint { host, port: *port });
             (tx, rx, None)
         }
-        (None, Some(svc), Some(kube)) => {
+        (
+            GoldAddress::Service {
+                name,
+                port: ServicePort::Discovered { port_name },
+                ..
+            },
+            Some(kube),
+        ) => {
             let (tx, rx) = watch::channel(Target::Unknown {
-                reason: format!("looking up Service {namespace}/{svc}"),
+                reason: format!("looking up Service {namespace}/{name}"),
             });
-            let task = (kube.clone(), svc.clone(), host);
+            let task = (kube.clone(), name.clone(), port_name.clone(), host);
             (tx, rx, Some(task))
         }
-        (None, _, _) => return Err(Error::NoKubernetes),
+        (GoldAddress::Service { .. }, None) => return Err(Error::NoKubernetes),
     };
-    let (target_tx, target_rx, discover) = discovery;
 
     let mut watchdog = Watchdog::new(config.clone(), probe, target_rx);
     let metrics = watchdog.metrics();
-    if let Some((kube, service, host)) = discover {
+    if let Some((kube, service, port_name, host)) = discover {
         let discovery = target::Discovery {
             api: Api::<Service>::namespaced(kube.client, &namespace),
             service,
-            port_name: config.target.port_name.clone(),
+            port_name,
             host,
             server: kube.server,
             errors: metrics.discovery_errors(),
@@ -520,6 +530,7 @@ pub async fn run(
         watchdog = watchdog.with_webhook(webhook);
     }
 
+    let listen_addr = listener.local_addr().unwrap_or(config.listen_addr);
     let app = http::router(http::AppState::new(watchdog.status(), metrics, &config));
     let server = tokio::spawn(
         axum::serve(listener, app)
@@ -528,11 +539,12 @@ pub async fn run(
     );
     let gold = match &*target_tx.borrow() {
         Target::Known { endpoint, .. } => endpoint.to_string(),
-        Target::Unknown { reason } => format!("unknown ({reason})"),
+        Target::Unknown { reason } => format!("unknown: {reason}"),
     };
     info!(
-        gold = %gold,
+        target = %gold,
         namespace = %namespace,
+        listen_addr = %listen_addr,
         promoter = config.promoter.as_str(),
         mode = config.mode.as_str(),
         interval = %humantime::format_duration(config.probe_interval),

@@ -9,16 +9,16 @@ use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, ListParams};
 use serde_json::Value;
 
-use crate::Config;
 use crate::act::promoter::Promoter;
 use crate::app::{self, Cluster};
+use crate::config::{Config, GoldAddress, GoldConcern, ServicePort};
 use crate::decide::detector::Verdict;
 use crate::decide::guards::{self, Decision, Facts, Veto};
 use crate::decide::state::{Audit, Written};
 use crate::observe::patroni::Role;
 use crate::observe::probe::{Outcome, PgProbe, Probe};
 use crate::observe::target::{Endpoint, port_of};
-use crate::observe::witness;
+use crate::observe::witness::Testimony;
 
 /// How a subcommand ended, for the exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +32,7 @@ fn line(ok: bool, what: &str, detail: impl AsRef<str>) -> bool {
     ok
 }
 
-fn namespace(config: &Config, kube: Option<&kube::Client>) -> String {
+fn namespace<G: GoldConcern>(config: &Config<G>, kube: Option<&kube::Client>) -> String {
     config
         .namespace
         .clone()
@@ -42,16 +42,24 @@ fn namespace(config: &Config, kube: Option<&kube::Client>) -> String {
 
 /// Where Gold is right now, as `run` would find it.
 async fn gold(config: &Config, kube: Option<&kube::Client>, ns: &str) -> Result<Endpoint, String> {
-    let host = match (&config.target.host, &config.target.service) {
-        (Some(h), _) => h.clone(),
-        (None, Some(svc)) => format!("{svc}.{ns}.svc"),
-        (None, None) => return Err("no WATCHDOG_GOLD_HOST".into()),
+    let address = &config.gold.address;
+    let host = address.host(ns);
+    let (svc, port_name) = match address {
+        GoldAddress::Static { port, .. }
+        | GoldAddress::Service {
+            port: ServicePort::Static(port),
+            ..
+        } => return Ok(Endpoint { host, port: *port }),
+        GoldAddress::Service {
+            name,
+            port: ServicePort::Discovered { port_name },
+            ..
+        } => (name, port_name),
     };
-    if let Some(port) = config.target.port {
-        return Ok(Endpoint { host, port });
-    }
-    let (Some(svc), Some(client)) = (&config.target.service, kube) else {
-        return Err("no port and no Transport Service to discover it".into());
+    let Some(client) = kube else {
+        return Err(format!(
+            "the port of Service {ns}/{svc} is read from the Kubernetes API: run in a pod or set KUBECONFIG"
+        ));
     };
     let api: Api<Service> = Api::namespaced(client.clone(), ns);
     let list = api
@@ -62,8 +70,24 @@ async fn gold(config: &Config, kube: Option<&kube::Client>, ns: &str) -> Result<
         .items
         .first()
         .ok_or_else(|| format!("Service {ns}/{svc} not found"))?;
-    let port = port_of(service, config.target.port_name.as_deref())?;
+    let port = port_of(service, port_name.as_deref())?;
     Ok(Endpoint { host, port })
+}
+
+fn yes_no(b: Option<bool>) -> &'static str {
+    match b {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "unknown",
+    }
+}
+
+fn testimony(t: &Testimony) -> String {
+    match t {
+        Testimony::GoldAlive(d) => format!("sees Gold alive ({d})"),
+        Testimony::GoldGone(d) => format!("sees Gold gone ({d})"),
+        Testimony::CantTell(d) => format!("cannot tell ({d})"),
+    }
 }
 
 /// `check`: the settings are valid (or we would not be here), and every
@@ -110,8 +134,8 @@ pub async fn check(config: &Config, kube: Option<&kube::Client>) -> Exit {
                     !matches!(o.role, Role::Unreachable(_)),
                     "local patroni",
                     match &o.role {
-                        Role::Unreachable(e) => format!("unreachable at {}: {e}", config.patroni_url),
-                        role => format!("{} at {}", role.as_str(), config.patroni_url),
+                        Role::Unreachable(e) => format!("unreachable at {}: {e}", config.patroni.url),
+                        role => format!("{} at {}", role.as_str(), config.patroni.url),
                     },
                 );
             }
@@ -124,11 +148,12 @@ pub async fn check(config: &Config, kube: Option<&kube::Client>) -> Exit {
                         true,
                         "promoter",
                         format!(
-                            "{}: standby={} paused={} disarmed={}{}",
+                            "{} through {}: standby cluster {}, paused {}, disarmed {}{}",
+                            config.promoter.as_str(),
                             promoter.object(),
-                            c.standby,
-                            c.paused,
-                            c.disarmed(),
+                            yes_no(Some(c.standby)),
+                            yes_no(Some(c.paused)),
+                            yes_no(Some(c.disarmed())),
                             if disarmed.is_empty() {
                                 String::new()
                             } else {
@@ -160,12 +185,11 @@ pub async fn check(config: &Config, kube: Option<&kube::Client>) -> Exit {
                 ),
             };
             for (w, t) in &o.witnesses {
-                let (reached, says) = match t {
-                    witness::Testimony::GoldAlive(d) => (true, format!("Gold alive ({d})")),
-                    witness::Testimony::GoldGone(d) => (true, format!("Gold gone ({d})")),
-                    witness::Testimony::CantTell(d) => (false, format!("cannot tell ({d})")),
-                };
-                ok &= line(reached, "witness", format!("{w}: {says}"));
+                ok &= line(
+                    !matches!(t, Testimony::CantTell(_)),
+                    "witness",
+                    format!("{w} {}", testimony(t)),
+                );
             }
         }
     }
@@ -173,8 +197,14 @@ pub async fn check(config: &Config, kube: Option<&kube::Client>) -> Exit {
 }
 
 /// `status`: a running watchdog's `/status`, for a human (or raw JSON).
+/// `url` may leave out `http://`.
 pub async fn status(url: &str, json: bool) -> Exit {
-    let url = format!("{}/status", url.trim_end_matches('/'));
+    let base = url.trim_end_matches('/');
+    let url = if base.contains("://") {
+        format!("{base}/status")
+    } else {
+        format!("http://{base}/status")
+    };
     let client = match reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(5))
@@ -195,76 +225,155 @@ pub async fn status(url: &str, json: bool) -> Exit {
             }
         },
         Err(e) => {
-            eprintln!("{url}: {}", crate::error_chain(&e));
+            eprintln!("{url}: {}", crate::error_chain(&e.without_url()));
             return Exit::Failed;
         }
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&body).unwrap_or_default());
-        return Exit::Ok;
+    } else {
+        print!("{}", describe_status(&body));
     }
-    let s = |v: &Value| match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    };
-    let target = match &body["target"]["endpoint"] {
-        Value::Null => format!("unknown ({})", s(&body["target"]["reason"])),
-        e => format!(
-            "{}:{} ({})",
-            s(&e["host"]),
-            s(&e["port"]),
-            s(&body["target"]["source"])
-        ),
-    };
-    let last = &body["last_probe"];
-    println!("state        {}", s(&body["state"]));
-    println!("gold         {target}");
-    println!(
-        "verdict      {} since {} ({} consecutive failures)",
-        s(&body["verdict"]),
-        s(&body["verdict_since"]),
-        s(&body["consecutive_failures"])
-    );
-    println!(
-        "last probe   {}/{} at {} {}",
-        s(&last["outcome"]),
-        s(&last["reason"]),
-        s(&last["at"]),
-        s(&last["error"])
-    );
-    let cluster = &body["cluster"];
-    println!(
-        "local        role {}, standby {}, paused {}, disarmed {}, WAL receiver {}",
-        s(&cluster["role"]["role"]),
-        s(&cluster["standby"]),
-        s(&cluster["paused"]),
-        s(&cluster["disarmed"]),
-        s(&cluster["wal_receiver"])
-    );
-    let p = &body["promotion"];
-    let vetoes: Vec<String> = p["vetoes"]
-        .as_array()
-        .map(|v| v.iter().map(|v| s(&v["guard"])).collect())
-        .unwrap_or_default();
-    println!(
-        "promotion    {} via {}, mode {}, result {}, vetoes [{}], split brain {}",
-        match (p["result"].is_null(), p["promoter"].as_str()) {
-            (_, Some("none")) => "cannot promote from here (no promoter):",
-            (true, _) => "armed",
-            (false, _) => "done",
-        },
-        s(&p["promoter"]),
-        s(&p["mode"]),
-        s(&p["result"]),
-        vetoes.join(", "),
-        s(&p["split_brain"])
-    );
     Exit::Ok
 }
 
+/// `/status` in words, one line per part.
+fn describe_status(body: &Value) -> String {
+    let s = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        Value::Bool(true) => "yes".into(),
+        Value::Bool(false) => "no".into(),
+        other => other.to_string(),
+    };
+    // " (detail)" when there is one.
+    let detail = |v: &Value| match v {
+        Value::Null => String::new(),
+        v => format!(" ({})", s(v)),
+    };
+    let mut out = String::new();
+    let mut put = |label: &str, text: String| out.push_str(&format!("{label:<12} {text}\n"));
+
+    put("state", s(&body["state"]));
+    put(
+        "gold",
+        match &body["target"]["endpoint"] {
+            Value::Null => format!("unknown ({})", s(&body["target"]["reason"])),
+            e => format!(
+                "{}:{} ({})",
+                s(&e["host"]),
+                s(&e["port"]),
+                s(&body["target"]["source"])
+            ),
+        },
+    );
+    let since = match &body["verdict_since"] {
+        Value::Null => String::new(),
+        t => format!(" since {}", s(t)),
+    };
+    put(
+        "verdict",
+        format!(
+            "{}{since} ({} consecutive failures)",
+            s(&body["verdict"]),
+            s(&body["consecutive_failures"])
+        ),
+    );
+    let last = &body["last_probe"];
+    put(
+        "last probe",
+        if last.is_null() {
+            "none yet".into()
+        } else {
+            let error = match &last["error"] {
+                Value::Null => String::new(),
+                e => format!(": {}", s(e)),
+            };
+            format!(
+                "{}/{} at {}{error}",
+                s(&last["outcome"]),
+                s(&last["reason"]),
+                s(&last["at"])
+            )
+        },
+    );
+
+    let p = &body["promotion"];
+    let promoter = s(&p["promoter"]);
+    let cluster = &body["cluster"];
+    if promoter != "none" {
+        let role = &cluster["role"];
+        let mut local = if role.is_null() {
+            "not observed yet".to_string()
+        } else {
+            format!(
+                "role {}{}, standby cluster {}, paused {}, disarmed {}, WAL receiver {}",
+                s(&role["role"]),
+                detail(&role["detail"]),
+                s(&cluster["standby"]),
+                s(&cluster["paused"]),
+                s(&cluster["disarmed"]),
+                match &cluster["wal_receiver"] {
+                    Value::Null => "not running".into(),
+                    w => s(w),
+                }
+            )
+        };
+        for key in ["config_error", "local_pg_error"] {
+            if let Value::String(e) = &cluster[key] {
+                local.push_str(&format!("; {e}"));
+            }
+        }
+        put("local", local);
+    }
+    put(
+        "promotion",
+        match (&p["result"], promoter.as_str(), s(&p["mode"]).as_str()) {
+            (Value::Null, "none", _) => {
+                "this watchdog cannot promote from here: WATCHDOG_PROMOTER is none, it only watches".into()
+            }
+            (Value::Null, _, "observe") => {
+                format!("observing only (WATCHDOG_MODE=observe): never promotes through {promoter}")
+            }
+            (Value::Null, _, "dry-run") => {
+                format!("dry run: says what it would promote through {promoter}, writes nothing")
+            }
+            (Value::Null, _, _) => {
+                format!("armed: promotes through {promoter} once Gold is lost and every guard agrees")
+            }
+            (result, _, _) => format!(
+                "{} through {promoter} at {}{}",
+                s(result),
+                s(&p["at"]),
+                detail(&p["reason"])
+            ),
+        },
+    );
+    let vetoes: Vec<String> = p["vetoes"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .map(|v| format!("{}{}", s(&v["guard"]), detail(&v["detail"])))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !vetoes.is_empty() {
+        put("held back by", vetoes.join(", "));
+    }
+    if let Value::String(e) = &p["last_error"] {
+        put("last error", e.clone());
+    }
+    if p["split_brain"] == Value::Bool(true) {
+        put(
+            "SPLIT BRAIN",
+            "Gold answers as a writable primary after this site was promoted".into(),
+        );
+    }
+    out
+}
+
 /// The configured observer and promoter, or `None` after saying why not.
-fn cluster(config: &Config, kube: Option<&kube::Client>) -> Option<Cluster> {
+fn cluster<G: GoldConcern>(config: &Config<G>, kube: Option<&kube::Client>) -> Option<Cluster> {
     match app::build_cluster(config, kube, &namespace(config, kube)) {
         Ok(Some(c)) => Some(c),
         Ok(None) => {
@@ -280,7 +389,12 @@ fn cluster(config: &Config, kube: Option<&kube::Client>) -> Option<Cluster> {
 
 /// `promote --reason`: an operator's promotion, through the same guards
 /// (Gold's verdict is the operator's call) unless `force`.
-pub async fn promote(config: &Config, kube: Option<&kube::Client>, reason: &str, force: bool) -> Exit {
+pub async fn promote<G: GoldConcern>(
+    config: &Config<G>,
+    kube: Option<&kube::Client>,
+    reason: &str,
+    force: bool,
+) -> Exit {
     let Some(Cluster {
         mut observer,
         promoter,
@@ -345,8 +459,8 @@ pub async fn promote(config: &Config, kube: Option<&kube::Client>, reason: &str,
 
 /// `failback`: make this (promoted) site a standby of `host:port` again.
 /// Asks for a typed confirmation unless `yes`.
-pub async fn failback(
-    config: &Config,
+pub async fn failback<G: GoldConcern>(
+    config: &Config<G>,
     kube: Option<&kube::Client>,
     host: &str,
     port: u16,

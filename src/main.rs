@@ -1,14 +1,15 @@
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use patroni_dr_watchdog::cli::{self, Exit};
-use patroni_dr_watchdog::{Config, logging};
+use patroni_dr_watchdog::config::{self, Config, GoldConcern, NoGold};
+use patroni_dr_watchdog::logging;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 /// Watches the primary PostgreSQL site (Gold) from the DR site and promotes
 /// the DR Patroni standby cluster when Gold is really gone. Every setting is
-/// a WATCHDOG_* environment variable (see the README).
+/// a WATCHDOG_* environment variable (listed below; README.md "Settings").
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
@@ -27,8 +28,9 @@ enum Command {
     Check,
     /// Print a running watchdog's /status.
     Status {
-        /// Base URL of the watchdog (default: from WATCHDOG_LISTEN_ADDR, or
-        /// http://127.0.0.1:9808).
+        /// Base URL of the watchdog, e.g. 127.0.0.1:9808 (http:// is
+        /// assumed); default: from WATCHDOG_LISTEN_ADDR, or
+        /// http://127.0.0.1:9808.
         #[arg(long)]
         url: Option<String>,
         /// Print the raw JSON.
@@ -36,7 +38,8 @@ enum Command {
         json: bool,
     },
     /// Promote the DR site now, through the same guards as the watchdog
-    /// (except Gold's verdict, which is yours to judge).
+    /// (except Gold's verdict, which is yours to judge). With --force, Gold's
+    /// settings are not needed.
     Promote {
         /// Why; recorded in the audit annotations, the Event and the log.
         #[arg(long)]
@@ -46,7 +49,8 @@ enum Command {
         force: bool,
     },
     /// Make this promoted site a standby of the rebuilt primary site again
-    /// (re-adds standby_cluster). Asks for a typed confirmation.
+    /// (re-adds standby_cluster). Asks for a typed confirmation. Gold's
+    /// settings are not needed.
     Failback {
         /// The primary site's address as seen from here (the Transport
         /// Service name).
@@ -62,29 +66,72 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let command = cli.command.unwrap_or(Command::Run);
-    if let Command::Status { url, json } = command {
-        let url = url.unwrap_or_else(default_status_url);
-        return block_on(async move { exit(cli::status(&url, json).await) });
+    let matches = Cli::command().after_help(settings_help()).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // Each command loads the concerns it needs: only those that probe Gold
+    // ask for Gold's settings.
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Status { url, json } => {
+            let url = url.unwrap_or_else(default_status_url);
+            block_on(async move { exit(cli::status(&url, json).await) })
+        }
+        Command::Run => with_config(run),
+        Command::Check => with_config(|config: Config| {
+            with_kube(config, |c, k| async move { cli::check(&c, k.as_ref()).await })
+        }),
+        Command::Promote { reason, force: false } => with_config(|config: Config| {
+            with_kube(config, |c, k| async move {
+                cli::promote(&c, k.as_ref(), &reason, false).await
+            })
+        }),
+        Command::Promote { reason, force: true } => with_config(|config: Config<NoGold>| {
+            with_kube(config, |c, k| async move {
+                cli::promote(&c, k.as_ref(), &reason, true).await
+            })
+        }),
+        Command::Failback { host, port, yes } => with_config(|config: Config<NoGold>| {
+            with_kube(config, |c, k| async move {
+                cli::failback(&c, k.as_ref(), &host, port, yes).await
+            })
+        }),
     }
-    let config = match Config::from_env() {
-        Ok(config) => config,
+}
+
+/// The settings, listed from the one list the configuration reads.
+fn settings_help() -> String {
+    let mut help = String::from(
+        "Settings: every setting is a WATCHDOG_* environment variable, documented in README.md, \
+         section \"Settings\". Unknown WATCHDOG_* variables are refused.\n",
+    );
+    for (concern, vars) in config::vars::by_concern() {
+        let mut line = format!("  {concern:<17}");
+        for (i, var) in vars.iter().enumerate() {
+            let sep = if i + 1 < vars.len() { ", " } else { "" };
+            if line.len() + var.len() + sep.len() > 100 {
+                help.push_str(line.trim_end());
+                help.push('\n');
+                line = " ".repeat(19);
+            }
+            line.push_str(var);
+            line.push_str(sep);
+        }
+        help.push_str(&line);
+        help.push('\n');
+    }
+    help
+}
+
+/// Loads the settings a command needs, or exits 2 naming the bad variable.
+fn with_config<G: GoldConcern>(f: impl FnOnce(Config<G>) -> ExitCode) -> ExitCode {
+    match Config::<G>::load_env() {
+        Ok(config) => f(config),
         Err(e) => {
             eprintln!("patroni-dr-watchdog: configuration error: {e}");
-            return ExitCode::from(2);
+            ExitCode::from(2)
         }
-    };
-    match command {
-        Command::Run => run(config),
-        Command::Check => with_kube(config, |c, k| async move { cli::check(&c, k.as_ref()).await }),
-        Command::Promote { reason, force } => with_kube(config, |c, k| async move {
-            cli::promote(&c, k.as_ref(), &reason, force).await
-        }),
-        Command::Failback { host, port, yes } => with_kube(config, |c, k| async move {
-            cli::failback(&c, k.as_ref(), &host, port, yes).await
-        }),
-        Command::Status { .. } => unreachable!("handled above"),
     }
 }
 
@@ -122,9 +169,10 @@ fn block_on<F: Future<Output = ExitCode>>(f: F) -> ExitCode {
 
 /// Runs a one-shot subcommand with a Kubernetes client when the settings use
 /// Kubernetes.
-fn with_kube<F, Fut>(config: Config, f: F) -> ExitCode
+fn with_kube<G, F, Fut>(config: Config<G>, f: F) -> ExitCode
 where
-    F: FnOnce(Config, Option<kube::Client>) -> Fut,
+    G: GoldConcern,
+    F: FnOnce(Config<G>, Option<kube::Client>) -> Fut,
     Fut: Future<Output = Exit>,
 {
     block_on(async move {

@@ -247,10 +247,8 @@ impl PatroniApiPromoter {
             return Ok(());
         }
         let text = resp.text().await.unwrap_or_default();
-        Err(self
-            .reader
-            .error(op, Some(status.as_u16()), format!("HTTP {status}: {text}"))
-            .into())
+        let refusal = self.reader.patroni.describe_refusal(status, &text);
+        Err(self.reader.error(op, Some(status.as_u16()), refusal).into())
     }
 }
 

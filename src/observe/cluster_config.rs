@@ -252,7 +252,8 @@ impl PatroniConfigReader {
             .await
             .map_err(|e| self.error(op, Some(status.as_u16()), crate::error_chain(&e.without_url())))?;
         if !status.is_success() {
-            return Err(self.error(op, Some(status.as_u16()), format!("HTTP {status}: {text}")));
+            let refusal = self.patroni.describe_refusal(status, &text);
+            return Err(self.error(op, Some(status.as_u16()), refusal));
         }
         let facts = dynamic_config::facts(&text).map_err(|source| ReadError::Malformed {
             object: self.object(),

@@ -1,10 +1,14 @@
-//! The local Patroni member's REST API: `GET /patroni` says whether this pod
-//! is the standby leader (every Patroni since 1.6); `GET /config` and `PATCH
-//! /config` read and edit the dynamic config. One client for all of them.
+//! The local Patroni member's REST API: one client (CA, basic auth) for
+//! `GET /patroni` here, which says whether this pod is the standby leader
+//! (works with every Patroni since 1.6), and `GET`/`PATCH /config` in the
+//! `patroni-api` promoter.
 
 use std::time::Duration;
 
+use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::{Deserialize, Serialize};
+
+use crate::config::{BasicAuth, PatroniApi};
 
 /// The local Patroni member's role, from `GET /patroni`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -42,11 +46,78 @@ impl Role {
     }
 }
 
-/// The local Patroni's REST API.
+/// The local Patroni's REST API, as configured by `WATCHDOG_PATRONI_*`.
 #[derive(Clone)]
 pub struct PatroniClient {
     http: reqwest::Client,
     url: String,
+    auth: Option<BasicAuth>,
+}
+
+impl PatroniClient {
+    pub fn new(settings: &PatroniApi, timeout: Duration) -> Result<Self, reqwest::Error> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            // The local Patroni is on loopback; a cluster-wide HTTP proxy
+            // setting must not reroute it.
+            .no_proxy();
+        if !settings.ca_certificates.is_empty() {
+            // Patroni's restapi.certfile is signed by a private CA: trust that
+            // CA alone, not every public one.
+            builder = builder.tls_built_in_root_certs(false);
+            for cert in &settings.ca_certificates {
+                builder = builder.add_root_certificate(reqwest::Certificate::from_der(cert)?);
+            }
+        }
+        Ok(PatroniClient {
+            http: builder.build()?,
+            url: settings.url.trim_end_matches('/').to_string(),
+            auth: settings.auth.clone(),
+        })
+    }
+
+    /// The base URL, for messages (it never carries credentials).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A request to `path` (e.g. `/config`). Patroni asks for
+    /// `restapi.authentication` on its unsafe methods only; sending it
+    /// always keeps one way of talking to it.
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let req = self.http.request(method, format!("{}{path}", self.url));
+        match &self.auth {
+            Some(auth) => req.basic_auth(&auth.username, Some(auth.password.expose())),
+            None => req,
+        }
+    }
+
+    pub fn get(&self, path: &str) -> RequestBuilder {
+        self.request(Method::GET, path)
+    }
+
+    pub fn patch(&self, path: &str) -> RequestBuilder {
+        self.request(Method::PATCH, path)
+    }
+
+    /// An error answer, with what to do about it when it is ours to fix.
+    pub fn describe_refusal(&self, status: StatusCode, body: &str) -> String {
+        let body = body.trim();
+        let hint = match (status, &self.auth) {
+            (StatusCode::UNAUTHORIZED, None) => {
+                "; Patroni's REST API requires authentication (restapi.authentication): set \
+                 WATCHDOG_PATRONI_USERNAME and WATCHDOG_PATRONI_PASSWORD (or WATCHDOG_PATRONI_PASSWORD_FILE)"
+            }
+            (StatusCode::UNAUTHORIZED, Some(_)) => {
+                "; Patroni refused the credentials: check WATCHDOG_PATRONI_USERNAME and \
+                 WATCHDOG_PATRONI_PASSWORD (or WATCHDOG_PATRONI_PASSWORD_FILE) against its restapi.authentication"
+            }
+            (StatusCode::FORBIDDEN, _) => "; Patroni's restapi.allowlist may not include this address",
+            _ => "",
+        };
+        format!("HTTP {status}: {body}{hint}")
+    }
 }
 
 #[derive(Deserialize)]
@@ -55,32 +126,6 @@ struct PatroniStatus {
 }
 
 impl PatroniClient {
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            // The local Patroni is on loopback; a cluster-wide HTTP proxy
-            // setting must not reroute it.
-            .no_proxy()
-            .build()?;
-        Ok(PatroniClient {
-            http,
-            url: url.trim_end_matches('/').to_string(),
-        })
-    }
-
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
-    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
-        self.http.get(format!("{}{path}", self.url))
-    }
-
-    pub fn patch(&self, path: &str) -> reqwest::RequestBuilder {
-        self.http.patch(format!("{}{path}", self.url))
-    }
-
     /// `GET /patroni` answers 200 whatever the role (503 on some versions
     /// for replicas), so the body decides, never the status code.
     pub async fn role(&self) -> Role {

@@ -57,6 +57,16 @@ fn each_bad_setting_exits_non_zero_naming_the_variable_before_any_network_io() {
             "WATCHDOG_GOLD_PASSWORD_FILE",
         ),
         ("WATCHDOG_TYPO_SETTING", "1", "WATCHDOG_TYPO_SETTING"),
+        (
+            "WATCHDOG_PATRONI_USERNAME",
+            "watchdog",
+            "WATCHDOG_PATRONI_PASSWORD",
+        ),
+        (
+            "WATCHDOG_PATRONI_CAFILE",
+            "/nonexistent/ca.pem",
+            "WATCHDOG_PATRONI_CAFILE",
+        ),
     ];
     for (var, value, named) in cases {
         // The password file case must not also trip over the password
@@ -262,6 +272,13 @@ fn output(cmd: &mut Command) -> (Option<i32>, String, String) {
     )
 }
 
+/// What an operator reads: words, never Rust's `Debug` of a value.
+fn assert_no_debug_text(out: &str) {
+    for debug in ["{", "}", "Some(", "Known", "Endpoint", "PatroniApi", "(\""] {
+        assert!(!out.contains(debug), "{debug:?} in {out}");
+    }
+}
+
 fn gold_vars(port: &str) -> Vec<(&'static str, &str)> {
     vec![
         ("WATCHDOG_GOLD_HOST", "127.0.0.1"),
@@ -288,6 +305,88 @@ fn every_subcommand_has_help() {
 }
 
 #[test]
+fn help_lists_every_setting_and_where_it_is_documented() {
+    let (code, stdout, _) = output(watchdog(&[]).arg("--help"));
+    assert_eq!(code, Some(0));
+    assert!(
+        stdout.contains("WATCHDOG_*") && stdout.contains("README.md") && stdout.contains("Settings"),
+        "{stdout}"
+    );
+    let all: Vec<String> = patroni_dr_watchdog::config::vars::all().collect();
+    assert!(all.len() > 30, "{all:?}");
+    for var in &all {
+        assert!(
+            stdout.contains(var.as_str()),
+            "--help does not list {var}: {stdout}"
+        );
+    }
+}
+
+#[test]
+fn credentials_in_the_patroni_url_stop_the_start_up_without_showing_the_password() {
+    let gold = TcpListener::bind("127.0.0.1:0").expect("bind");
+    gold.set_nonblocking(true).expect("nonblocking");
+    let port = gold.local_addr().expect("addr").port().to_string();
+    let mut vars = gold_vars(&port);
+    vars.extend([
+        ("WATCHDOG_PROMOTER", "patroni-api"),
+        (
+            "WATCHDOG_PATRONI_URL",
+            "http://patroni:hunter2-do-not-print@127.0.0.1:8008",
+        ),
+    ]);
+    for args in [&[][..], &["check"], &["promote", "--reason", "drill", "--force"]] {
+        let (code, stdout, stderr) = output(watchdog(&vars).args(args));
+        assert_eq!(code, Some(2), "{args:?}: {stdout}{stderr}");
+        for named in [
+            "WATCHDOG_PATRONI_URL",
+            "WATCHDOG_PATRONI_USERNAME",
+            "WATCHDOG_PATRONI_PASSWORD",
+        ] {
+            assert!(
+                stderr.contains(named),
+                "{args:?}: does not name {named}: {stderr}"
+            );
+        }
+        assert!(
+            !stderr.contains("hunter2") && !stdout.contains("hunter2"),
+            "{args:?}: password shown: {stdout}{stderr}"
+        );
+    }
+    assert!(gold.accept().is_err(), "a refused config still probed Gold");
+}
+
+#[test]
+fn commands_that_do_not_probe_gold_do_not_ask_for_its_settings() {
+    // Nothing listens here: the commands must get past their settings to
+    // their own work, and fail there.
+    let local = free_port().to_string();
+    let vars = [
+        ("WATCHDOG_PROMOTER", "pg-promote"),
+        ("WATCHDOG_LOCAL_PG_PORT", local.as_str()),
+    ];
+    let (code, _, stderr) =
+        output(watchdog(&vars).args(["failback", "--host", "127.0.0.1", "--port", "5432"]));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("refusing without --yes"), "{stderr}");
+    assert!(!stderr.contains("WATCHDOG_GOLD_HOST"), "{stderr}");
+
+    // (promote_goes_through_the_guards_unless_forced promotes for real
+    // without them.)
+    let (code, stdout, stderr) =
+        output(watchdog(&[("WATCHDOG_PROMOTER", "none")]).args(["promote", "--reason", "drill", "--force"]));
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("WATCHDOG_PROMOTER is none"), "{stderr}");
+
+    // The guarded promote asks for Gold's settings, like run and check.
+    for args in [&["promote", "--reason", "drill"][..], &["check"], &["run"]] {
+        let (code, _, stderr) = output(watchdog(&vars).args(args));
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("WATCHDOG_GOLD_HOST"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
 fn check_says_per_line_whether_gold_answers_and_exits_accordingly() {
     let gold = PgServer::start(PgOptions::default());
     let port = gold.port().to_string();
@@ -296,6 +395,7 @@ fn check_says_per_line_whether_gold_answers_and_exits_accordingly() {
     assert!(stdout.contains("ok   settings: valid"), "{stdout}");
     assert!(stdout.contains("ok   gold probe: up/writable"), "{stdout}");
     assert!(stdout.contains("promoter: none"), "{stdout}");
+    assert_no_debug_text(&stdout);
 
     gold.stop();
     let (code, stdout, _) = output(watchdog(&gold_vars(&port)).arg("check"));
@@ -330,6 +430,15 @@ async fn status_prints_a_running_watchdogs_state() {
     let url = format!("http://{listen}");
     let (code, stdout, _) = output(watchdog(&[]).args(["status", "--url", &url]));
     assert_eq!(code, Some(0));
+    assert_no_debug_text(&stdout);
+    assert!(
+        stdout.contains("cannot promote from here") && !stdout.contains("via none"),
+        "{stdout}"
+    );
+    // The scheme may be left out.
+    let (code, without_scheme, stderr) = output(watchdog(&[]).args(["status", "--url", &listen]));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(without_scheme.contains("verdict      up"), "{without_scheme}");
     assert!(stdout.contains("state        watching"), "{stdout}");
     assert!(
         stdout.contains(&format!("gold         127.0.0.1:{port} (static)")),
@@ -387,7 +496,12 @@ async fn promote_goes_through_the_guards_unless_forced() {
     assert!(stdout.contains("vetoed by wal_receiver_streaming"), "{stdout}");
     assert!(in_recovery().await, "a vetoed promote wrote nothing");
 
-    let (code, stdout, _) = output(watchdog(&vars).args(["promote", "--reason", "drill", "--force"]));
+    // Forced, it needs none of Gold's settings.
+    let local_only = [
+        ("WATCHDOG_PROMOTER", "pg-promote"),
+        ("WATCHDOG_LOCAL_PG_PORT", local.as_str()),
+    ];
+    let (code, stdout, _) = output(watchdog(&local_only).args(["promote", "--reason", "drill", "--force"]));
     assert_eq!(code, Some(0), "{stdout}");
     assert!(stdout.contains("ok   promote: promoted PostgreSQL"), "{stdout}");
     assert!(!in_recovery().await);
@@ -406,7 +520,7 @@ async fn promote_goes_through_the_guards_unless_forced() {
         "{stderr}"
     );
     let (code, stdout, _) =
-        output(watchdog(&vars).args(["failback", "--host", "127.0.0.1", "--port", &port, "--yes"]));
+        output(watchdog(&local_only).args(["failback", "--host", "127.0.0.1", "--port", &port, "--yes"]));
     assert_eq!(code, Some(1));
     assert!(stdout.contains("pg_basebackup"), "{stdout}");
 }

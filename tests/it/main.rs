@@ -8,6 +8,7 @@ mod support;
 mod cli;
 mod detection;
 mod e2e;
+mod e2e_auth;
 mod e2e_harness;
 mod harness;
 mod http;

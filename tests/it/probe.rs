@@ -12,8 +12,8 @@ use patroni_dr_watchdog::observe::target::Endpoint;
 async fn probe_once(gold: std::net::SocketAddr, extra: &[(&str, &str)]) -> ProbeReport {
     let config = app::config(gold, extra);
     let endpoint = Endpoint {
-        host: config.target.host.clone().expect("static host"),
-        port: config.target.port.expect("static port"),
+        host: config.gold.address.host(""),
+        port: config.gold.address.fixed_port().expect("static port"),
     };
     app::probe(&config).probe(&endpoint).await
 }

@@ -66,8 +66,8 @@ pub struct Stepper {
 pub fn stepper(config: Config) -> Stepper {
     let config = Arc::new(config);
     let (target, target_rx) = target::fixed(Endpoint {
-        host: config.target.host.clone().expect("static host"),
-        port: config.target.port.expect("static port"),
+        host: config.gold.address.host(""),
+        port: config.gold.address.fixed_port().expect("static port"),
     });
     let watchdog = Watchdog::new(config.clone(), probe(&config), target_rx);
     let (status, metrics) = (watchdog.status(), watchdog.metrics());

@@ -290,6 +290,9 @@ pub struct GoldDrOptions {
     /// Patroni `ttl` in seconds (at least `loop_wait + 2`); `retry_timeout`
     /// is derived as `min(10, (ttl - loop_wait) / 2)`.
     pub ttl: u32,
+    /// `restapi.authentication` `(username, password)`: Patroni then wants
+    /// basic auth on its unsafe methods (e.g. `PATCH /config`).
+    pub restapi_auth: Option<(String, String)>,
 }
 
 impl Default for GoldDrOptions {
@@ -303,6 +306,7 @@ impl Default for GoldDrOptions {
             slot: "golddr".to_string(),
             loop_wait: 2,
             ttl: 20,
+            restapi_auth: None,
         }
     }
 }
@@ -455,10 +459,14 @@ impl GoldDr {
         let retry_timeout = ((opts.ttl - opts.loop_wait) / 2).clamp(1, 10);
         let restapi = format!("127.0.0.1:{}", self.restapi_port);
         let pg = format!("127.0.0.1:{}", self.pg_port);
+        let mut restapi = json!({ "listen": restapi, "connect_address": restapi });
+        if let Some((username, password)) = &opts.restapi_auth {
+            restapi["authentication"] = json!({ "username": username, "password": password });
+        }
         json!({
             "scope": opts.scope,
             "name": self.name,
-            "restapi": { "listen": restapi, "connect_address": restapi },
+            "restapi": restapi,
             "etcd3": { "hosts": [etcd.host_port()], "protocol": "http" },
             "bootstrap": {
                 "dcs": {

@@ -1,0 +1,227 @@
+//! Every setting comes from `WATCHDOG_*` environment variables and is validated
+//! here, before the process touches the network. Each error names the variable.
+//!
+//! One submodule per concern; [`vars`] holds the one list of variables. A
+//! command loads only what it needs: `Config` (with Gold) for the commands
+//! that probe Gold, `Config<NoGold>` for those that do not.
+
+mod gold;
+mod guards;
+mod local_pg;
+mod parse;
+mod probe;
+mod promoter;
+mod reporting;
+pub mod vars;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use gold::{GoldAddress, GoldConcern, GoldConn, NoGold, ServicePort, SslMode};
+pub use guards::Mode;
+pub use local_pg::LocalPgConn;
+pub use parse::Password;
+pub use promoter::{BasicAuth, PatroniApi, PromoterKind};
+pub use reporting::{LogFormat, WebhookUrl};
+
+use crate::decide::detector::Thresholds;
+use crate::observe::witness::Witness;
+
+pub const ENV_PREFIX: &str = "WATCHDOG_";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{var} is required: {hint}")]
+    Missing { var: String, hint: &'static str },
+    #[error("{var}={value:?} is invalid: {reason}")]
+    Invalid {
+        var: String,
+        value: String,
+        reason: String,
+    },
+    #[error("{var} and {other} conflict: {reason}")]
+    Conflict {
+        var: String,
+        other: String,
+        reason: &'static str,
+    },
+    #[error("{var}: cannot read {path}: {reason}")]
+    File {
+        var: String,
+        path: String,
+        reason: String,
+    },
+    #[error("unknown setting {var}: {hint}")]
+    Unknown { var: String, hint: String },
+}
+
+/// The settings. `G` is what the command needs of Gold: [`GoldConn`] to
+/// probe it, [`NoGold`] for `promote --force` and `failback`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config<G = GoldConn> {
+    pub gold: G,
+    #[serde(with = "humantime_serde_compat")]
+    pub probe_interval: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub probe_timeout: Duration,
+    pub thresholds: Thresholds,
+    pub listen_addr: SocketAddr,
+    pub log_format: LogFormat,
+    /// `None`: the pod's own namespace (service account), or the kubeconfig's.
+    pub namespace: Option<String>,
+    pub promoter: PromoterKind,
+    pub patroni_configmap: String,
+    pub patroni: PatroniApi,
+    /// Who acts, in Events and audit annotations: the pod name.
+    pub identity: String,
+    pub mode: Mode,
+    pub local_pg: LocalPgConn,
+    /// A streaming WAL receiver that heard from Gold this recently proves
+    /// Gold alive.
+    #[serde(with = "humantime_serde_compat")]
+    pub wal_receiver_fresh: Duration,
+    /// Refuse to promote data older than this (time since WAL last arrived).
+    #[serde(with = "humantime_serde_compat")]
+    pub max_data_age: Duration,
+    pub allow_stale_promotion: bool,
+    pub witnesses: Vec<Witness>,
+    /// Whether a witness that cannot be reached holds a promotion back.
+    pub witness_unreachable_blocks: bool,
+    pub webhook_url: Option<WebhookUrl>,
+}
+
+impl<G: GoldConcern> Config<G> {
+    /// Whether the process needs a Kubernetes client.
+    pub fn uses_kubernetes(&self) -> bool {
+        self.gold.uses_kubernetes() || self.promoter == PromoterKind::Configmap
+    }
+
+    /// Whether the local Patroni is consulted (its role decides who acts).
+    pub fn uses_patroni(&self) -> bool {
+        matches!(self.promoter, PromoterKind::Configmap | PromoterKind::PatroniApi)
+    }
+
+    /// Reads the process environment.
+    pub fn load_env() -> Result<Self, ConfigError> {
+        Self::load(std::env::vars())
+    }
+
+    /// Reads any set of variables; those with the `WATCHDOG_` prefix are
+    /// settings, `KUBERNETES_SERVICE_HOST` says whether we run in a pod and
+    /// `HOSTNAME` names this pod.
+    pub fn load<I>(vars: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let mut in_cluster = false;
+        let mut identity = None;
+        let mut vars: HashMap<String, String> = vars
+            .into_iter()
+            .filter(|(k, v)| {
+                match k.as_str() {
+                    "KUBERNETES_SERVICE_HOST" => in_cluster = !v.is_empty(),
+                    "HOSTNAME" if !v.is_empty() => identity = Some(v.clone()),
+                    _ => {}
+                }
+                k.starts_with(ENV_PREFIX)
+            })
+            .collect();
+        let mut raw = vars::Raw::take_from(&mut vars);
+        // A typo such as WATCHDOG_PROMOTE_AFTR must not silently leave the
+        // default in force on a production promoter.
+        if let Some(unknown) = vars.into_keys().min() {
+            return Err(ConfigError::Unknown {
+                var: unknown,
+                hint: format!(
+                    "known settings are {}",
+                    vars::all().collect::<Vec<_>>().join(", ")
+                ),
+            });
+        }
+        let gold = G::load(&mut raw)?;
+        let namespace = parse::non_empty("NAMESPACE", raw.namespace.take())?;
+        if let Some(ns) = &namespace {
+            parse::k8s_name("NAMESPACE", ns)?;
+        }
+        let promotion = promoter::load(&mut raw, in_cluster)?;
+        let local_pg = local_pg::load(&mut raw)?;
+        let timing = probe::load(&mut raw)?;
+        let guards = guards::load(&mut raw, &timing)?;
+        let reporting = reporting::load(&mut raw)?;
+        Ok(Config {
+            gold,
+            probe_interval: timing.interval,
+            probe_timeout: timing.timeout,
+            thresholds: timing.thresholds,
+            listen_addr: reporting.listen_addr,
+            log_format: reporting.log_format,
+            namespace,
+            promoter: promotion.promoter,
+            patroni_configmap: promotion.patroni_configmap,
+            patroni: promotion.patroni,
+            identity: identity.unwrap_or_else(|| "patroni-dr-watchdog".to_string()),
+            mode: guards.mode,
+            local_pg,
+            wal_receiver_fresh: guards.wal_receiver_fresh,
+            max_data_age: guards.max_data_age,
+            allow_stale_promotion: guards.allow_stale_promotion,
+            witnesses: guards.witnesses,
+            witness_unreachable_blocks: guards.witness_unreachable_blocks,
+            webhook_url: reporting.webhook_url,
+        })
+    }
+}
+
+impl Config {
+    /// The settings of a command that probes Gold, from the process
+    /// environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Self::load_env()
+    }
+
+    /// The settings of a command that probes Gold, from `vars`.
+    pub fn from_vars<I>(vars: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        Self::load(vars)
+    }
+}
+
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const GOLD_PORT: u16 = 5432;
+    pub const GOLD_USER: &str = "postgres";
+    pub const GOLD_DATABASE: &str = "postgres";
+    pub const PROBE_INTERVAL: Duration = Duration::from_secs(10);
+    pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+    /// 3 × 10 s: longer than one F5 tunnel monitor cycle (10 s + 10 s timeout).
+    pub const FALL: u32 = 3;
+    pub const RISE: u32 = 2;
+    /// 18 × 10 s = 3 min: twice the worst Gold-internal Patroni failover
+    /// (ttl 30 s + loop_wait 10 s + restart) plus a tunnel re-route, so
+    /// neither is ever taken for a site loss.
+    pub const PROMOTE_AFTER: u32 = 18;
+    pub const LISTEN_ADDR: &str = "0.0.0.0:9808";
+    pub const PATRONI_CONFIGMAP: &str = "patroni-config";
+    pub const PATRONI_URL: &str = "http://127.0.0.1:8008";
+    /// Longer than the 30 s a walsender may stay silent on an idle link
+    /// (wal_sender_timeout / 2), shorter than the time to declare Gold lost.
+    pub const WAL_RECEIVER_FRESH: Duration = Duration::from_secs(60);
+    pub const MAX_DATA_AGE: Duration = Duration::from_secs(300);
+}
+
+#[cfg(test)]
+mod tests;

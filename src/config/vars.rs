@@ -1,0 +1,68 @@
+//! The one list of settings. Each becomes a field of [`Raw`] (what the
+//! concerns read) and an entry of [`VARIABLES`] (what `--help` lists and an
+//! unknown variable is held against), so the two cannot drift apart.
+
+use std::collections::HashMap;
+
+use super::parse::var;
+
+macro_rules! variables {
+    ($($concern:literal: [$($field:ident),* $(,)?]),* $(,)?) => {
+        /// The raw environment, every value a string so that each parse
+        /// error can name its variable. A concern `take()`s what it reads.
+        #[derive(Debug, Default)]
+        pub struct Raw {
+            $($(pub(super) $field: Option<String>,)*)*
+        }
+
+        impl Raw {
+            /// Moves every known setting out of `vars`: what is left is
+            /// unknown.
+            pub(super) fn take_from(vars: &mut HashMap<String, String>) -> Raw {
+                Raw {
+                    $($($field: vars.remove(&var(&stringify!($field).to_ascii_uppercase())),)*)*
+                }
+            }
+        }
+
+        /// Every setting's name without `WATCHDOG_`, lower-case, by concern.
+        const VARIABLES: &[(&str, &[&str])] = &[$(($concern, &[$(stringify!($field)),*])),*];
+    };
+}
+
+variables! {
+    "Gold": [
+        gold_host, gold_port, ts_service, ts_port_name, gold_user, gold_password,
+        gold_password_file, gold_database, gold_sslmode, gold_sslrootcert,
+    ],
+    "Probe": [probe_interval, probe_timeout, fall, rise, promote_after],
+    "Kubernetes": [namespace],
+    "Promoter": [
+        promoter, patroni_configmap, patroni_url, patroni_username, patroni_password,
+        patroni_password_file, patroni_cafile,
+    ],
+    "Guards": [
+        mode, wal_receiver_fresh, max_data_age, allow_stale_promotion, witnesses,
+        witness_unreachable,
+    ],
+    "Local PostgreSQL": [
+        local_pg_host, local_pg_port, local_pg_user, local_pg_password, local_pg_password_file,
+        local_pg_database,
+    ],
+    "Reporting": [listen_addr, log_format, webhook_url],
+}
+
+/// Every setting as its environment variable, by concern.
+pub fn by_concern() -> impl Iterator<Item = (&'static str, Vec<String>)> {
+    VARIABLES.iter().map(|(concern, fields)| {
+        (
+            *concern,
+            fields.iter().map(|f| var(&f.to_ascii_uppercase())).collect(),
+        )
+    })
+}
+
+/// Every setting as its environment variable.
+pub fn all() -> impl Iterator<Item = String> {
+    by_concern().flat_map(|(_, vars)| vars)
+}
