@@ -933,8 +933,7 @@ mod tests {
 
         let e = "host=x sslmode=sometimes"
             .parse::<tokio_postgres::Config>()
-            .err()
-            .expect("sslmode=sometimes is invalid");
+            .expect_err("sslmode=sometimes is invalid");
         assert_eq!(PgKind::of(&e), PgKind::ConfigParse);
         assert_eq!(classify(&e), Outcome::Blind(BlindReason::ProbeConfig));
     }
