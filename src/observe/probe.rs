@@ -22,7 +22,9 @@ use crate::config::{GoldConn, SslMode};
 use crate::decide::detector::Observation;
 use crate::observe::target::Endpoint;
 
-/// Why Gold is considered unreachable or unusable as a primary.
+/// Why Gold is considered unreachable or unusable as a primary. Only
+/// evidence about Gold's side belongs here: every variant counts toward a
+/// promotion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DownReason {
@@ -38,15 +40,39 @@ pub enum DownReason {
     Io,
 }
 
-/// Why the probe could not judge Gold although something answered.
+/// Why the probe could not judge Gold: something answered, or the probe
+/// itself is misconfigured. Never counts toward a promotion, so every error
+/// that is not clear evidence against Gold lands here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BlindReason {
+    /// Gold refused the credentials (wrong password, no pg_hba.conf entry,
+    /// no CONNECT privilege, SCRAM exchange failed).
     AuthFailed,
+    /// Gold asked for a password and none is configured.
+    PasswordMissing,
+    /// Gold asked for an authentication method the probe does not speak
+    /// (GSSAPI, SSPI, Kerberos, an unknown SASL mechanism).
+    AuthUnsupported,
     UnknownDatabase,
     TooManyConnections,
+    /// Gold's certificate is not trusted (unknown CA, expired, bad
+    /// signature, ...) or Gold rejected the probe's certificate.
     CertificateRejected,
+    /// Gold's certificate is valid but issued to another name.
+    CertificateNameMismatch,
+    /// `sslmode=require`/`verify-full` and Gold does not offer TLS.
     TlsUnsupported,
+    /// No TLS version, cipher suite or key exchange in common.
+    TlsIncompatible,
+    /// The probe's own settings are unusable (e.g. a host name that is not
+    /// a valid TLS server name).
+    ProbeConfig,
+    /// Something answered, but not as PostgreSQL does: a wrong port, a
+    /// middlebox, garbled TLS records.
+    ProtocolError,
+    /// The probe failed on this side (encoding, randomness, clock).
+    ProbeError,
     /// The name did not resolve. That is this site's DNS, not evidence about
     /// Gold, so it must never count toward a promotion.
     Dns,
@@ -92,12 +118,19 @@ impl DownReason {
 }
 
 impl BlindReason {
-    pub const ALL: [BlindReason; 7] = [
+    pub const ALL: [BlindReason; 14] = [
         BlindReason::AuthFailed,
+        BlindReason::PasswordMissing,
+        BlindReason::AuthUnsupported,
         BlindReason::UnknownDatabase,
         BlindReason::TooManyConnections,
         BlindReason::CertificateRejected,
+        BlindReason::CertificateNameMismatch,
         BlindReason::TlsUnsupported,
+        BlindReason::TlsIncompatible,
+        BlindReason::ProbeConfig,
+        BlindReason::ProtocolError,
+        BlindReason::ProbeError,
         BlindReason::Dns,
         BlindReason::ServerError,
     ];
@@ -105,10 +138,17 @@ impl BlindReason {
     pub fn as_str(self) -> &'static str {
         match self {
             BlindReason::AuthFailed => "auth_failed",
+            BlindReason::PasswordMissing => "password_missing",
+            BlindReason::AuthUnsupported => "auth_unsupported",
             BlindReason::UnknownDatabase => "unknown_database",
             BlindReason::TooManyConnections => "too_many_connections",
             BlindReason::CertificateRejected => "certificate_rejected",
+            BlindReason::CertificateNameMismatch => "certificate_name_mismatch",
             BlindReason::TlsUnsupported => "tls_unsupported",
+            BlindReason::TlsIncompatible => "tls_incompatible",
+            BlindReason::ProbeConfig => "probe_config",
+            BlindReason::ProtocolError => "protocol_error",
+            BlindReason::ProbeError => "probe_error",
             BlindReason::Dns => "dns",
             BlindReason::ServerError => "server_error",
         }
@@ -300,35 +340,172 @@ fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
-/// What a failed connection or query says about Gold.
+// What a failed connection or query says about Gold. The rule: `down` only
+// for evidence that Gold's side is gone or unwell; anything that says the
+// probe is misconfigured or cannot judge is `blind`, because a `down` counts
+// toward a promotion and a misconfiguration must never promote.
+//
+// tokio-postgres 0.7 error kind (its Display text)  | outcome
+// --------------------------------------------------+--------------------------------------
+// Db ("db error"): SQLSTATE 57P01, 57P02            | down/shutting_down
+//   57P03 "... shutting down"                       | down/shutting_down
+//   57P03 otherwise (starting up, not accepting)    | down/starting_up
+//   28P01, 28000, 42501                             | blind/auth_failed
+//   3D000                                           | blind/unknown_database
+//   53300                                           | blind/too_many_connections
+//   anything else (a running server answered)       | blind/server_error
+// Config ("invalid configuration"): password missing| blind/password_missing
+//   any other (host/hostaddr/port counts)           | blind/probe_config
+// ConfigParse ("invalid connection string")         | blind/probe_config
+// Authentication ("authentication error"):          |
+//   unsupported authentication method (GSS, SSPI,   | blind/auth_unsupported
+//   Kerberos, SCM), unsupported SASL mechanism,     |
+//   server did not use channel binding              |
+//   SCRAM exchange failed (nonce, server signature) | blind/auth_failed
+// Tls ("error performing TLS handshake"):           |
+//   server does not support TLS (sslmode=require)   | blind/tls_unsupported
+//   no hostname / sslnegotiation conflicts          | blind/probe_config
+//   host is not a valid TLS server name             | blind/probe_config
+//   a rustls error                                  | see the rustls table below
+//   the connection was cut (EOF, reset)             | down/tls_cut
+// Io ("error communicating with the server"),       |
+// Connect ("error connecting to server"):           |
+//   a rustls error inside                           | see the rustls table below
+//   refused / reset, aborted, broken pipe / EOF /   | down/refused, down/reset, down/eof,
+//   timed out / host, network unreachable           | down/timeout, down/unreachable
+//   invalid data (not the PostgreSQL protocol)      | blind/protocol_error
+//   permission denied (a local firewall)            | blind/probe_error
+//   any other I/O error                             | down/io
+// Closed ("connection closed": EOF mid-conversation)| down/eof
+// Timeout ("timeout waiting for server")            | down/timeout
+// UnexpectedMessage, Parse, FromSql, Column,        | blind/protocol_error
+//   ColumnCount, RowCount (not PostgreSQL's answer) |
+// Encode, ToSql, Parameters (our own request)       | blind/probe_error
+// a kind this table does not know                   | blind/probe_error
+//
+// rustls 0.23 error (through tokio-postgres-rustls) | outcome
+// --------------------------------------------------+--------------------------------------
+// InvalidCertificate(NotValidForName[Context])      | blind/certificate_name_mismatch
+// InvalidCertificate(UnknownIssuer, Expired,        | blind/certificate_rejected
+//   NotValidYet, BadSignature, Revoked, ...)        |
+// NoCertificatesPresented                           | blind/certificate_rejected
+// AlertReceived(BadCertificate, UnknownCA,          | blind/certificate_rejected
+//   CertificateRequired, AccessDenied, ...)         |   (Gold refused our certificate)
+// AlertReceived(HandshakeFailure, ProtocolVersion,  | blind/tls_incompatible
+//   InsufficientSecurity, IllegalParameter, ...)    |
+// AlertReceived(DecodeError, BadRecordMac, ...)     | blind/protocol_error
+// AlertReceived(InternalError)                      | blind/server_error
+// AlertReceived(CloseNotify, UserCanceled)          | down/tls_cut
+// PeerIncompatible(..), NoApplicationProtocol       | blind/tls_incompatible
+// PeerMisbehaved, InvalidMessage, Inappropriate*,   | blind/protocol_error
+//   DecryptError, PeerSentOversizedRecord, ECH      |
+// HandshakeNotComplete                              | down/tls_cut
+// UnsupportedNameType, InvalidCertRevocationList    | blind/probe_config
+// EncryptError, FailedToGetCurrentTime,             | blind/probe_error
+//   FailedToGetRandomBytes, General, Other, ...     |
+
+/// What a failed connection or query says about Gold (see the table above).
 pub fn classify(e: &tokio_postgres::Error) -> Outcome {
     if let Some(db) = e.as_db_error() {
         return classify_sqlstate(db.code(), db.message());
     }
-    let during_tls = e.to_string().starts_with("error performing TLS handshake");
-    let io = io_source(e);
-    if let Some(tls) = io
-        .and_then(|io| io.get_ref())
-        .and_then(|i| i.downcast_ref::<rustls::Error>())
-    {
+    if let Some(tls) = rustls_source(e) {
         return classify_rustls(tls);
     }
-    if during_tls && io.is_none() {
-        // tokio-postgres's own TLS negotiation errors: the server said it
-        // does not do TLS while we require it.
-        return Outcome::Blind(BlindReason::TlsUnsupported);
-    }
-    match io.map(io::Error::kind) {
-        Some(kind) => {
-            let reason = classify_io(kind);
-            if during_tls && matches!(reason, DownReason::Eof | DownReason::Reset | DownReason::Io) {
-                Outcome::Down(DownReason::TlsCut)
-            } else {
-                Outcome::Down(reason)
-            }
+    let cause = e.source().map(|c| c.to_string()).unwrap_or_default();
+    match PgKind::of(e) {
+        PgKind::Db => Outcome::Blind(BlindReason::ServerError),
+        PgKind::Config if cause == "password missing" => Outcome::Blind(BlindReason::PasswordMissing),
+        PgKind::Config | PgKind::ConfigParse => Outcome::Blind(BlindReason::ProbeConfig),
+        PgKind::Authentication => classify_authentication(&cause),
+        PgKind::Tls => match io_source(e) {
+            Some(io) if invalid_server_name(io) => Outcome::Blind(BlindReason::ProbeConfig),
+            Some(io) => match classify_io(io.kind()) {
+                Outcome::Down(DownReason::Eof | DownReason::Reset | DownReason::Io) => {
+                    Outcome::Down(DownReason::TlsCut)
+                }
+                other => other,
+            },
+            None if cause == "server does not support TLS" => Outcome::Blind(BlindReason::TlsUnsupported),
+            None => Outcome::Blind(BlindReason::ProbeConfig),
+        },
+        PgKind::Io | PgKind::Connect => match io_source(e) {
+            Some(io) => classify_io(io.kind()),
+            None => Outcome::Down(DownReason::Io),
+        },
+        PgKind::Closed => Outcome::Down(DownReason::Eof),
+        PgKind::Timeout => Outcome::Down(DownReason::Timeout),
+        PgKind::UnexpectedMessage | PgKind::Parse | PgKind::FromSql | PgKind::Column | PgKind::RowCount => {
+            Outcome::Blind(BlindReason::ProtocolError)
         }
-        None if e.is_closed() => Outcome::Down(DownReason::Eof),
-        None => Outcome::Down(DownReason::Io),
+        PgKind::Encode | PgKind::ToSql | PgKind::Parameters | PgKind::Unknown => {
+            Outcome::Blind(BlindReason::ProbeError)
+        }
+    }
+}
+
+/// tokio-postgres keeps its error kind private; its Display text is the one
+/// public, stable handle on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PgKind {
+    Io,
+    UnexpectedMessage,
+    Tls,
+    ToSql,
+    FromSql,
+    Column,
+    Parameters,
+    Closed,
+    Db,
+    Parse,
+    Encode,
+    Authentication,
+    ConfigParse,
+    Config,
+    RowCount,
+    Connect,
+    Timeout,
+    Unknown,
+}
+
+impl PgKind {
+    fn of(e: &tokio_postgres::Error) -> PgKind {
+        Self::from_display(&e.to_string())
+    }
+
+    fn from_display(text: &str) -> PgKind {
+        match text {
+            "error communicating with the server" => PgKind::Io,
+            "unexpected message from server" => PgKind::UnexpectedMessage,
+            "error performing TLS handshake" => PgKind::Tls,
+            "connection closed" => PgKind::Closed,
+            "db error" => PgKind::Db,
+            "error parsing response from server" => PgKind::Parse,
+            "error encoding message to server" => PgKind::Encode,
+            "authentication error" => PgKind::Authentication,
+            "invalid connection string" => PgKind::ConfigParse,
+            "invalid configuration" => PgKind::Config,
+            "query returned an unexpected number of rows" => PgKind::RowCount,
+            "query returned an unexpected number of columns" => PgKind::Column,
+            "error connecting to server" => PgKind::Connect,
+            "timeout waiting for server" => PgKind::Timeout,
+            t if t.starts_with("error serializing parameter ") => PgKind::ToSql,
+            t if t.starts_with("error deserializing column ") => PgKind::FromSql,
+            t if t.starts_with("invalid column `") => PgKind::Column,
+            t if t.starts_with("expected ") && t.contains(" parameters but got ") => PgKind::Parameters,
+            _ => PgKind::Unknown,
+        }
+    }
+}
+
+fn classify_authentication(cause: &str) -> Outcome {
+    match cause {
+        "unsupported authentication method"
+        | "unsupported SASL mechanism"
+        | "server did not use channel binding" => Outcome::Blind(BlindReason::AuthUnsupported),
+        // The SCRAM exchange itself failed (bad nonce, server signature that
+        // does not match our password): Gold answered and disagrees with us.
+        _ => Outcome::Blind(BlindReason::AuthFailed),
     }
 }
 
@@ -343,6 +520,30 @@ fn io_source(e: &tokio_postgres::Error) -> Option<&io::Error> {
     None
 }
 
+/// tokio-rustls hands rustls' errors over wrapped in an `io::Error`.
+fn rustls_source(e: &tokio_postgres::Error) -> Option<&rustls::Error> {
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(tls) = s.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(tls) = s
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::get_ref)
+            .and_then(|i| i.downcast_ref::<rustls::Error>())
+        {
+            return Some(tls);
+        }
+        source = s.source();
+    }
+    None
+}
+
+fn invalid_server_name(io: &io::Error) -> bool {
+    io.get_ref()
+        .is_some_and(|i| i.is::<rustls::pki_types::InvalidDnsNameError>())
+}
+
 pub fn classify_sqlstate(code: &SqlState, message: &str) -> Outcome {
     match *code {
         SqlState::ADMIN_SHUTDOWN | SqlState::CRASH_SHUTDOWN => Outcome::Down(DownReason::ShuttingDown),
@@ -352,9 +553,11 @@ pub fn classify_sqlstate(code: &SqlState, message: &str) -> Outcome {
             Outcome::Down(DownReason::ShuttingDown)
         }
         SqlState::CANNOT_CONNECT_NOW => Outcome::Down(DownReason::StartingUp),
-        SqlState::INVALID_PASSWORD | SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
-            Outcome::Blind(BlindReason::AuthFailed)
-        }
+        // 42501: the role lacks CONNECT on the database (or EXECUTE on
+        // pg_is_in_recovery): the probe's grants, not Gold.
+        SqlState::INVALID_PASSWORD
+        | SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+        | SqlState::INSUFFICIENT_PRIVILEGE => Outcome::Blind(BlindReason::AuthFailed),
         SqlState::INVALID_CATALOG_NAME => Outcome::Blind(BlindReason::UnknownDatabase),
         SqlState::TOO_MANY_CONNECTIONS => Outcome::Blind(BlindReason::TooManyConnections),
         // Anything else came from a running server: Gold is alive.
@@ -362,27 +565,80 @@ pub fn classify_sqlstate(code: &SqlState, message: &str) -> Outcome {
     }
 }
 
-pub fn classify_io(kind: io::ErrorKind) -> DownReason {
+pub fn classify_io(kind: io::ErrorKind) -> Outcome {
     use io::ErrorKind::*;
     match kind {
-        ConnectionRefused => DownReason::Refused,
-        ConnectionReset | ConnectionAborted | BrokenPipe => DownReason::Reset,
-        UnexpectedEof => DownReason::Eof,
-        TimedOut => DownReason::Timeout,
-        HostUnreachable | NetworkUnreachable | AddrNotAvailable | NetworkDown => DownReason::Unreachable,
-        _ => DownReason::Io,
+        ConnectionRefused => Outcome::Down(DownReason::Refused),
+        ConnectionReset | ConnectionAborted | BrokenPipe => Outcome::Down(DownReason::Reset),
+        UnexpectedEof => Outcome::Down(DownReason::Eof),
+        TimedOut => Outcome::Down(DownReason::Timeout),
+        HostUnreachable | NetworkUnreachable | AddrNotAvailable | NetworkDown => {
+            Outcome::Down(DownReason::Unreachable)
+        }
+        // Bytes arrived that are not PostgreSQL's protocol: a wrong port or
+        // a middlebox answered, which says nothing about Gold.
+        InvalidData | InvalidInput => Outcome::Blind(BlindReason::ProtocolError),
+        // A local firewall or sandbox forbids the connection.
+        PermissionDenied => Outcome::Blind(BlindReason::ProbeError),
+        _ => Outcome::Down(DownReason::Io),
     }
 }
 
 pub fn classify_rustls(e: &rustls::Error) -> Outcome {
+    use rustls::Error as E;
     match e {
-        // The server presented a certificate we do not trust, or it did not
-        // accept ours: a TLS server answered, so Gold is there.
-        rustls::Error::InvalidCertificate(_)
-        | rustls::Error::AlertReceived(_)
-        | rustls::Error::NoCertificatesPresented
-        | rustls::Error::UnsupportedNameType => Outcome::Blind(BlindReason::CertificateRejected),
-        _ => Outcome::Down(DownReason::TlsCut),
+        E::InvalidCertificate(
+            rustls::CertificateError::NotValidForName
+            | rustls::CertificateError::NotValidForNameContext { .. },
+        ) => Outcome::Blind(BlindReason::CertificateNameMismatch),
+        E::InvalidCertificate(_) | E::NoCertificatesPresented => {
+            Outcome::Blind(BlindReason::CertificateRejected)
+        }
+        E::AlertReceived(alert) => classify_alert(*alert),
+        E::PeerIncompatible(_) | E::NoApplicationProtocol => Outcome::Blind(BlindReason::TlsIncompatible),
+        E::PeerMisbehaved(_)
+        | E::InvalidMessage(_)
+        | E::InappropriateMessage { .. }
+        | E::InappropriateHandshakeMessage { .. }
+        | E::DecryptError
+        | E::PeerSentOversizedRecord
+        | E::InvalidEncryptedClientHello(_) => Outcome::Blind(BlindReason::ProtocolError),
+        E::HandshakeNotComplete => Outcome::Down(DownReason::TlsCut),
+        E::UnsupportedNameType | E::InvalidCertRevocationList(_) => Outcome::Blind(BlindReason::ProbeConfig),
+        // EncryptError, FailedToGetCurrentTime, FailedToGetRandomBytes,
+        // General, Other, BadMaxFragmentSize, InconsistentKeys and whatever
+        // a later rustls adds: this side's trouble, never evidence.
+        _ => Outcome::Blind(BlindReason::ProbeError),
+    }
+}
+
+fn classify_alert(alert: rustls::AlertDescription) -> Outcome {
+    use rustls::AlertDescription as A;
+    match alert {
+        A::BadCertificate
+        | A::UnsupportedCertificate
+        | A::CertificateRevoked
+        | A::CertificateExpired
+        | A::CertificateUnknown
+        | A::UnknownCA
+        | A::AccessDenied
+        | A::NoCertificate
+        | A::CertificateRequired
+        | A::CertificateUnobtainable
+        | A::BadCertificateStatusResponse
+        | A::BadCertificateHashValue => Outcome::Blind(BlindReason::CertificateRejected),
+        A::UnexpectedMessage
+        | A::BadRecordMac
+        | A::DecryptionFailed
+        | A::RecordOverflow
+        | A::DecompressionFailure
+        | A::DecodeError
+        | A::DecryptError => Outcome::Blind(BlindReason::ProtocolError),
+        A::InternalError => Outcome::Blind(BlindReason::ServerError),
+        A::CloseNotify | A::UserCanceled => Outcome::Down(DownReason::TlsCut),
+        // HandshakeFailure, ProtocolVersion, InsufficientSecurity,
+        // IllegalParameter, UnrecognisedName, MissingExtension, ...
+        _ => Outcome::Blind(BlindReason::TlsIncompatible),
     }
 }
 
@@ -503,6 +759,11 @@ mod tests {
                 "",
                 Outcome::Blind(BlindReason::TooManyConnections),
             ),
+            (
+                SqlState::INSUFFICIENT_PRIVILEGE,
+                "permission denied for database",
+                Outcome::Blind(BlindReason::AuthFailed),
+            ),
             (SqlState::DISK_FULL, "", Outcome::Blind(BlindReason::ServerError)),
         ];
         for (code, msg, want) in cases {
@@ -511,33 +772,186 @@ mod tests {
     }
 
     #[test]
-    fn io_errors_are_down_with_their_reason() {
+    fn lost_connections_are_down_foreign_bytes_and_local_refusals_blind() {
         use io::ErrorKind::*;
-        assert_eq!(classify_io(ConnectionRefused), DownReason::Refused);
-        assert_eq!(classify_io(ConnectionReset), DownReason::Reset);
-        assert_eq!(classify_io(BrokenPipe), DownReason::Reset);
-        assert_eq!(classify_io(UnexpectedEof), DownReason::Eof);
-        assert_eq!(classify_io(TimedOut), DownReason::Timeout);
-        assert_eq!(classify_io(HostUnreachable), DownReason::Unreachable);
-        assert_eq!(classify_io(Other), DownReason::Io);
+        let down = |r| Outcome::Down(r);
+        assert_eq!(classify_io(ConnectionRefused), down(DownReason::Refused));
+        assert_eq!(classify_io(ConnectionReset), down(DownReason::Reset));
+        assert_eq!(classify_io(BrokenPipe), down(DownReason::Reset));
+        assert_eq!(classify_io(UnexpectedEof), down(DownReason::Eof));
+        assert_eq!(classify_io(TimedOut), down(DownReason::Timeout));
+        assert_eq!(classify_io(HostUnreachable), down(DownReason::Unreachable));
+        assert_eq!(classify_io(Other), down(DownReason::Io));
+        assert_eq!(
+            classify_io(InvalidData),
+            Outcome::Blind(BlindReason::ProtocolError)
+        );
+        assert_eq!(
+            classify_io(PermissionDenied),
+            Outcome::Blind(BlindReason::ProbeError)
+        );
     }
 
     #[test]
-    fn a_rejected_certificate_is_blind_a_cut_handshake_is_down() {
-        let bad_cert = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+    fn rustls_errors_blame_gold_only_for_a_cut_handshake() {
+        use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+        let blind = |r| Outcome::Blind(r);
+        let cases = [
+            (
+                E::InvalidCertificate(C::UnknownIssuer),
+                blind(BlindReason::CertificateRejected),
+            ),
+            (
+                E::InvalidCertificate(C::Expired),
+                blind(BlindReason::CertificateRejected),
+            ),
+            (
+                E::InvalidCertificate(C::BadSignature),
+                blind(BlindReason::CertificateRejected),
+            ),
+            (
+                E::InvalidCertificate(C::NotValidForName),
+                blind(BlindReason::CertificateNameMismatch),
+            ),
+            (
+                E::NoCertificatesPresented,
+                blind(BlindReason::CertificateRejected),
+            ),
+            (
+                E::AlertReceived(A::BadCertificate),
+                blind(BlindReason::CertificateRejected),
+            ),
+            (
+                E::AlertReceived(A::CertificateRequired),
+                blind(BlindReason::CertificateRejected),
+            ),
+            (
+                E::AlertReceived(A::HandshakeFailure),
+                blind(BlindReason::TlsIncompatible),
+            ),
+            (
+                E::AlertReceived(A::ProtocolVersion),
+                blind(BlindReason::TlsIncompatible),
+            ),
+            (
+                E::AlertReceived(A::DecodeError),
+                blind(BlindReason::ProtocolError),
+            ),
+            (
+                E::AlertReceived(A::InternalError),
+                blind(BlindReason::ServerError),
+            ),
+            (
+                E::AlertReceived(A::CloseNotify),
+                Outcome::Down(DownReason::TlsCut),
+            ),
+            (
+                E::PeerIncompatible(rustls::PeerIncompatible::ServerDoesNotSupportTls12Or13),
+                blind(BlindReason::TlsIncompatible),
+            ),
+            (
+                E::PeerIncompatible(rustls::PeerIncompatible::NoCipherSuitesInCommon),
+                blind(BlindReason::TlsIncompatible),
+            ),
+            (
+                E::PeerMisbehaved(rustls::PeerMisbehaved::IncorrectBinder),
+                blind(BlindReason::ProtocolError),
+            ),
+            (
+                E::InvalidMessage(rustls::InvalidMessage::InvalidContentType),
+                blind(BlindReason::ProtocolError),
+            ),
+            (E::DecryptError, blind(BlindReason::ProtocolError)),
+            (E::UnsupportedNameType, blind(BlindReason::ProbeConfig)),
+            (E::FailedToGetRandomBytes, blind(BlindReason::ProbeError)),
+            (E::General("x".into()), blind(BlindReason::ProbeError)),
+            (E::HandshakeNotComplete, Outcome::Down(DownReason::TlsCut)),
+        ];
+        for (error, want) in cases {
+            assert_eq!(classify_rustls(&error), want, "{error}");
+        }
+    }
+
+    #[test]
+    fn authentication_errors_split_into_unsupported_and_failed() {
+        for cause in [
+            "unsupported authentication method",
+            "unsupported SASL mechanism",
+            "server did not use channel binding",
+        ] {
+            assert_eq!(
+                classify_authentication(cause),
+                Outcome::Blind(BlindReason::AuthUnsupported),
+                "{cause}"
+            );
+        }
         assert_eq!(
-            classify_rustls(&bad_cert),
-            Outcome::Blind(BlindReason::CertificateRejected)
+            classify_authentication("invalid server signature"),
+            Outcome::Blind(BlindReason::AuthFailed)
         );
-        let name = rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName);
-        assert_eq!(
-            classify_rustls(&name),
-            Outcome::Blind(BlindReason::CertificateRejected)
-        );
-        assert_eq!(
-            classify_rustls(&rustls::Error::HandshakeNotComplete),
-            Outcome::Down(DownReason::TlsCut)
-        );
+    }
+
+    #[test]
+    fn every_display_text_of_tokio_postgres_names_its_kind() {
+        let cases = [
+            ("error communicating with the server", PgKind::Io),
+            ("unexpected message from server", PgKind::UnexpectedMessage),
+            ("error performing TLS handshake", PgKind::Tls),
+            ("error serializing parameter 0", PgKind::ToSql),
+            ("error deserializing column 0", PgKind::FromSql),
+            ("invalid column `x`", PgKind::Column),
+            ("query returned an unexpected number of columns", PgKind::Column),
+            ("expected 1 parameters but got 0", PgKind::Parameters),
+            ("connection closed", PgKind::Closed),
+            ("db error", PgKind::Db),
+            ("error parsing response from server", PgKind::Parse),
+            ("error encoding message to server", PgKind::Encode),
+            ("authentication error", PgKind::Authentication),
+            ("invalid connection string", PgKind::ConfigParse),
+            ("invalid configuration", PgKind::Config),
+            ("query returned an unexpected number of rows", PgKind::RowCount),
+            ("error connecting to server", PgKind::Connect),
+            ("timeout waiting for server", PgKind::Timeout),
+            ("something new", PgKind::Unknown),
+        ];
+        for (text, kind) in cases {
+            assert_eq!(PgKind::from_display(text), kind, "{text}");
+        }
+    }
+
+    // The Display texts above are tokio-postgres' private API in practice:
+    // these pin them to the version in Cargo.lock with errors it really makes.
+    #[tokio::test]
+    async fn real_config_errors_are_blind_probe_config() {
+        let e = tokio_postgres::Config::new()
+            .connect(tokio_postgres::NoTls)
+            .await
+            .err()
+            .expect("a config without a host cannot connect");
+        assert_eq!(PgKind::of(&e), PgKind::Config);
+        assert_eq!(classify(&e), Outcome::Blind(BlindReason::ProbeConfig));
+
+        let e = "host=x sslmode=sometimes"
+            .parse::<tokio_postgres::Config>()
+            .expect_err("sslmode=sometimes is invalid");
+        assert_eq!(PgKind::of(&e), PgKind::ConfigParse);
+        assert_eq!(classify(&e), Outcome::Blind(BlindReason::ProbeConfig));
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_down_refused() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        drop(listener);
+        let e = tokio_postgres::Config::new()
+            .host("127.0.0.1")
+            .port(port)
+            .user("x")
+            .connect(tokio_postgres::NoTls)
+            .await
+            .err()
+            .expect("nothing listens");
+        assert_eq!(classify(&e), Outcome::Down(DownReason::Refused), "{e}");
     }
 
     #[test]

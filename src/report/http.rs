@@ -9,17 +9,18 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State as AxumState;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::decide::state::State;
+use crate::report::exposition::Format;
 use crate::report::metrics::Metrics;
 use crate::report::status::Status;
 
-pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub use crate::report::exposition::{CLASSIC_TEXT, OPENMETRICS};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -77,9 +78,20 @@ async fn readyz(AxumState(app): AxumState<AppState>) -> Response {
     }
 }
 
-async fn metrics(AxumState(app): AxumState<AppState>) -> Response {
+/// OpenMetrics for scrapers that ask for it, classic text for the rest
+/// (see [`Format::negotiate`]).
+async fn metrics(AxumState(app): AxumState<AppState>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Format::negotiate(accept);
     match app.metrics.encode() {
-        Ok(body) => ([(header::CONTENT_TYPE, OPENMETRICS)], body).into_response(),
+        Ok(body) => (
+            [
+                (header::CONTENT_TYPE, format.content_type()),
+                (header::VARY, "Accept"),
+            ],
+            format.render(body),
+        )
+            .into_response(),
         Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n").into_response(),
     }
 }

@@ -3,6 +3,7 @@
 //! decides.
 
 pub mod events;
+pub mod exposition;
 pub mod http;
 pub mod metrics;
 pub mod status;

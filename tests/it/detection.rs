@@ -213,3 +213,54 @@ async fn the_scheduled_loop_never_loses_gold_behind_a_fast_flapping_tunnel() {
     assert!(st["counters"]["up"].as_u64() > Some(0));
     w.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_password_never_makes_gold_down_or_lost() {
+    let gold = PgServer::start(PgOptions {
+        password: Some("right".into()),
+        ..Default::default()
+    });
+    // No WATCHDOG_GOLD_PASSWORD, while Gold asks for one. fall (2) +
+    // promote_after (4) probes would have declared a down Gold lost.
+    let mut s = app::stepper(app::config(gold.addr(), &[]));
+    let verdicts = tick_verdicts(&mut s, 8).await;
+    assert!(verdicts.iter().all(|v| v == "unknown"), "{verdicts:?}");
+    {
+        let st = s.status.borrow();
+        assert_eq!(st.counters.blind, 8);
+        assert_eq!(st.counters.down, 0);
+        assert_eq!(st.consecutive_failures, 0);
+        assert_eq!(
+            st.last_probe.as_ref().map(|p| (p.outcome, p.reason)),
+            Some(("blind", BlindReason::PasswordMissing.as_str()))
+        );
+    }
+
+    // A Gold that was up and then starts asking for a password (pg_hba.conf
+    // changed under us) stays up as far as promotion is concerned.
+    let trusted = PgServer::start(PgOptions::default());
+    let mut s = app::stepper(app::config(trusted.addr(), &[]));
+    assert_eq!(tick_verdicts(&mut s, 2).await, ["unknown", "up"]);
+    trusted
+        .execute("ALTER ROLE watchdog PASSWORD 'now-required'")
+        .await;
+    std::fs::write(
+        trusted.data_dir().join("pg_hba.conf"),
+        "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n",
+    )
+    .expect("write pg_hba.conf");
+    trusted.execute("SELECT pg_reload_conf()").await;
+    // The reload lands a moment later; then fall + promote_after probes.
+    crate::support::wait_for(
+        "the password to be asked for",
+        Duration::from_secs(15),
+        async || {
+            s.watchdog.tick().await.expect("target is known").outcome
+                == Outcome::Blind(BlindReason::PasswordMissing)
+        },
+    )
+    .await;
+    let verdicts = tick_verdicts(&mut s, 8).await;
+    assert!(verdicts.iter().all(|v| v == "up"), "{verdicts:?}");
+    assert_eq!(s.status.borrow().counters.down, 0);
+}

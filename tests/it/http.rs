@@ -39,6 +39,30 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// What Prometheus 3 sends.
+const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,\
+     application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,\
+     text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+
+/// GET /metrics with this `Accept` header (none if `None`): status, content
+/// type, body.
+async fn scrape(addr: std::net::SocketAddr, accept: Option<&str>) -> (u16, String, String) {
+    let client = reqwest::Client::builder().no_proxy().build().expect("client");
+    let mut req = client.get(format!("http://{addr}/metrics"));
+    if let Some(accept) = accept {
+        req = req.header(reqwest::header::ACCEPT, accept);
+    }
+    let resp = req.send().await.expect("GET /metrics");
+    let code = resp.status().as_u16();
+    let content_type = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (code, content_type, resp.text().await.expect("body"))
+}
+
 fn fast(gold: std::net::SocketAddr, extra: &[(&str, &str)]) -> patroni_dr_watchdog::Config {
     let mut vars = vec![
         ("WATCHDOG_PROBE_INTERVAL", "300ms"),
@@ -54,7 +78,7 @@ async fn every_metric_family_is_exported_and_follows_the_state() {
     let gold = PgServer::start(PgOptions::default());
     let w = app::spawn(fast(gold.addr(), &[])).await;
 
-    let (code, body) = w.get("/metrics").await;
+    let (code, _, body) = scrape(w.addr, Some(PROMETHEUS_ACCEPT)).await;
     assert_eq!(code, 200);
     for family in FAMILIES {
         assert!(
@@ -401,4 +425,155 @@ async fn each_state_and_verdict_series_reads_1_exactly_when_the_watchdog_is_in_i
     shutdown.cancel();
     s.watchdog.run(shutdown).await;
     assert_one_hot(&s.metrics, State::Stopping, Verdict::Unknown);
+}
+
+/// `promtool check metrics` (Debian's `prometheus` package) on `body`: its
+/// exit status and what it said.
+fn promtool_check(body: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "promtool: {e}; install it with `apt-get install --no-install-recommends prometheus` \
+                 (scripts/check-manifests.sh does)"
+            )
+        });
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(body.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Series name with labels -> value, from either format's sample lines.
+fn series(body: &str) -> std::collections::BTreeMap<String, String> {
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_string(), value.to_string()))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_follow_the_accept_header() {
+    let gold = PgServer::start(PgOptions::default());
+    let w = app::spawn(fast(gold.addr(), &[])).await;
+    crate::support::wait_for("up", Duration::from_secs(20), || async {
+        w.verdict().await == "up"
+    })
+    .await;
+
+    // curl, older scrapers and agents: the classic text format.
+    for accept in [
+        Some("text/plain"),
+        Some("*/*"),
+        None,
+        Some("text/plain;version=0.0.4"),
+    ] {
+        let (code, content_type, body) = scrape(w.addr, accept).await;
+        assert_eq!(code, 200);
+        assert_eq!(
+            content_type, "text/plain; version=0.0.4; charset=utf-8",
+            "Accept {accept:?}"
+        );
+        assert!(!body.contains("# EOF"), "Accept {accept:?}:\n{body}");
+        assert!(!body.contains("# UNIT"), "Accept {accept:?}:\n{body}");
+        assert!(
+            body.contains("# TYPE patroni_dr_watchdog_probes_total counter\n"),
+            "{body}"
+        );
+        assert!(
+            body.contains("# TYPE patroni_dr_watchdog_build_info gauge\n"),
+            "{body}"
+        );
+        let (ok, said) = promtool_check(&body);
+        assert!(
+            ok,
+            "promtool check metrics failed for Accept {accept:?}: {said}\n{body}"
+        );
+    }
+
+    // Prometheus 2 and 3 ask for OpenMetrics and get it.
+    let prometheus2 = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,\
+                       text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    for accept in [PROMETHEUS_ACCEPT, prometheus2] {
+        let (code, content_type, body) = scrape(w.addr, Some(accept)).await;
+        assert_eq!(code, 200);
+        assert_eq!(
+            content_type, "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            "{accept}"
+        );
+        assert!(body.ends_with("# EOF\n"), "{body}");
+        assert!(body.contains("# TYPE patroni_dr_watchdog_build info\n"), "{body}");
+        // The classic parser must not be able to read it: the test above
+        // would pass on OpenMetrics otherwise.
+        assert!(
+            !promtool_check(&body).0,
+            "promtool read OpenMetrics as classic text"
+        );
+        // OpenMetrics' own rules: each sample follows its family's TYPE.
+        let mut family = "";
+        for line in body.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+                assert!(
+                    [
+                        "counter",
+                        "gauge",
+                        "histogram",
+                        "info",
+                        "unknown",
+                        "stateset",
+                        "gaugehistogram",
+                        "summary"
+                    ]
+                    .contains(&kind),
+                    "{line}"
+                );
+                family = name;
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap_or_default();
+                assert!(
+                    name.strip_prefix(family)
+                        .is_some_and(|s| s.is_empty() || s.starts_with('_')),
+                    "{name} outside its family {family}"
+                );
+            }
+        }
+    }
+
+    // Both formats say the same thing. (Series that change between two
+    // scrapes are skipped.)
+    let (_, _, om) = scrape(w.addr, Some(PROMETHEUS_ACCEPT)).await;
+    let (_, _, text) = scrape(w.addr, Some("text/plain")).await;
+    let (om, text) = (series(&om), series(&text));
+    assert_eq!(
+        om.keys().filter(|k| !k.contains("_created")).collect::<Vec<_>>(),
+        text.keys().collect::<Vec<_>>()
+    );
+    for stable in [
+        "patroni_dr_watchdog_verdict{verdict=\"up\"}",
+        "patroni_dr_watchdog_probe_success",
+    ] {
+        assert_eq!(om.get(stable), text.get(stable), "{stable}");
+        assert_eq!(text.get(stable).map(String::as_str), Some("1"), "{stable}");
+    }
+    w.stop().await;
 }

@@ -14,5 +14,6 @@ mod harness;
 mod http;
 mod kube;
 mod kube_api_double;
+mod logs;
 mod probe;
 mod webhook;
