@@ -14,9 +14,10 @@
 //!
 //! Protocol: every answer is zero or more payload lines starting with `| `,
 //! then one line `ok` or `error: <why>`. The first answer (once everything
-//! is up) carries `KEY=value` lines: PG_BIN, GOLD_PORT, TS_PORT,
+//! is up) carries `KEY=value` lines: PG_BIN, GOLD_PORT, GOLD_DATA, TS_PORT,
 //! REPLICATION_USER, SLOT, ETCD_PORT and, with GoldDR, GOLDDR_URL,
-//! GOLDDR_PG_PORT, GOLDDR_SCOPE, GOLDDR_STARTUP_S. Commands, one a line:
+//! GOLDDR_PG_PORT, GOLDDR_SCOPE, GOLDDR_STARTUP_S, GOLDDR_DATA. Commands,
+//! one a line:
 //!
 //!   kill-gold               immediate shutdown of Gold (a crash: the port closes)
 //!   stop-gold               fast shutdown of Gold
@@ -141,6 +142,7 @@ fn main() {
     let mut ready = vec![
         format!("PG_BIN={}", pg::find_bin_dir().display()),
         format!("GOLD_PORT={}", sites.gold.port()),
+        format!("GOLD_DATA={}", sites.gold.pg.data_dir().display()),
         format!("TS_PORT={}", sites.proxy.port()),
         format!("REPLICATION_USER={}", patroni_cluster::REPLICATION_USER),
         format!("SLOT={SLOT}"),
@@ -250,6 +252,7 @@ impl Sites {
             format!("GOLDDR_PG_PORT={}", golddr.pg_port),
             format!("GOLDDR_SCOPE={}", golddr.scope),
             format!("GOLDDR_STARTUP_S={:.3}", golddr.startup.as_secs_f64()),
+            format!("GOLDDR_DATA={}", golddr.data_dir().display()),
         ];
         self.golddr = Some(golddr);
         Ok(lines)
