@@ -174,7 +174,7 @@ fn main() {
                     return;
                 }
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sites.command(line)))
-                    .unwrap_or_else(|panic| Err(panic_text(&panic)));
+                    .unwrap_or_else(|panic| Err(panic_text(&*panic)));
                 answer(result);
             }
             Ok(Input::Signal(name)) => {
@@ -210,7 +210,10 @@ impl Sites {
             }
             "log" => {
                 let (site, n) = rest.split_once(' ').unwrap_or((rest, "30"));
-                let n: usize = n.trim().parse().map_err(|_| format!("log: not a line count: {n}"))?;
+                let n: usize = n
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("log: not a line count: {n}"))?;
                 let log = match site {
                     "gold" => self.gold.pg.log_contents(),
                     "golddr" => self.golddr.as_ref().map(GoldDr::log).unwrap_or_default(),
@@ -220,7 +223,11 @@ impl Sites {
                 let lines: Vec<String> = log.lines().map(str::to_string).collect();
                 return Ok(lines[lines.len().saturating_sub(n)..].to_vec());
             }
-            _ => return Err(format!("unknown command {cmd}; see the head of examples/two-sites.rs")),
+            _ => {
+                return Err(format!(
+                    "unknown command {cmd}; see the head of examples/two-sites.rs"
+                ));
+            }
         }
         Ok(Vec::new())
     }
@@ -268,7 +275,10 @@ impl Sites {
             _ => return Err(format!("sql: no site {site} (gold or golddr)")),
         };
         self.rt.block_on(async {
-            let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(|e| pg_error(&e))?;
+            let (client, connection) = config
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(|e| pg_error(&e))?;
             tokio::spawn(connection);
             let messages = tokio::time::timeout(Duration::from_secs(30), client.simple_query(sql))
                 .await
@@ -325,7 +335,7 @@ fn answer(result: Answer) {
     let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
-fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<String>()
         .cloned()
@@ -336,7 +346,8 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
 fn watch_signals(rt: &tokio::runtime::Runtime, tx: mpsc::Sender<Input>) {
     use tokio::signal::unix::{SignalKind, signal};
     rt.spawn(async move {
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+        else {
             return;
         };
         let name = tokio::select! {
