@@ -8,9 +8,11 @@
 #   BENCH_SKIP_DEFAULT=1 bench/failover-bench.sh     # fast profile only (about 40 s)
 #   BENCH_RUNS=5 BENCH_DEFAULT_RUNS=2 bench/failover-bench.sh
 #
-# Same set-up as scripts/demo.sh: etcd, Gold (a plain PostgreSQL primary) and
-# GoldDR (a one-member Patroni standby cluster replicating from Gold through a
-# permanent slot), the watchdog beside GoldDR with the patroni-api promoter.
+# Same set-up as scripts/demo.sh, through the same two-sites harness (the
+# end-to-end tests' own, examples/two-sites.rs): etcd, Gold (a plain
+# PostgreSQL primary) and GoldDR (a one-member Patroni standby cluster
+# replicating from Gold through a permanent slot), the watchdog beside GoldDR
+# with the patroni-api promoter.
 # Each run builds a fresh GoldDR, waits for verdict up and a streaming WAL
 # receiver, waits a random part of one probe interval, kills Gold
 # (pg_ctl stop -m immediate) at T0, and records
@@ -38,7 +40,6 @@ SKIP_DEFAULT=${BENCH_SKIP_DEFAULT:-0}
 num BENCH_RUNS "$FAST_RUNS" 1
 num BENCH_DEFAULT_RUNS "$DEFAULT_RUNS" 1
 
-SLOT=golddr
 RESULTS="$REPO_ROOT/bench/failover-results.md"
 REPORT=""
 COMPLETE=0
@@ -67,16 +68,14 @@ trap 'exit 143' TERM
 
 # =============================================================== setup ====
 say "Setup"
-ensure_packages postgresql patroni python3-etcd etcd-server curl
-ensure_postgres
-require_tools curl python3 etcd patroni setpriv awk
+ensure_packages tests demo
+require_tools curl python3 etcd patroni awk
 ensure_build
+ensure_harness
 make_workdir patroni-dr-failover-bench
 REPORT="$WORK/report.md"
 : >"$REPORT"
-etcd_start
-gold_init "wal_sender_timeout = '2s'"
-gold_start
+sites_start --no-golddr
 gold_sql "CREATE TABLE bench (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())"
 info "etcd on 127.0.0.1:$ETCD_PORT, Gold on 127.0.0.1:$GOLD_PORT, work dir $WORK"
 
@@ -104,10 +103,8 @@ run_once() {
     local scope="golddr-$profile-$run" log="$WORK/watchdog-$profile-$run.log" res="$WORK/failover-$profile-$run.json"
     local phase t0 limit rows_gold rows_dr wal every
     say "$profile run $run: fresh GoldDR"
-    if ! gold_running; then gold_start; fi
-    gold_prepare_replication "$SLOT"
     gold_sql "INSERT INTO bench DEFAULT VALUES" >/dev/null
-    golddr_start "$scope" "$SLOT"
+    golddr_start "$scope"
     info "GoldDR standby_leader after $(fmt '%.1f' "$GOLDDR_STARTUP_S") s (REST $GOLDDR_URL, PostgreSQL 127.0.0.1:$GOLDDR_PG_PORT)"
     wd_start "$log" \
         WATCHDOG_PROBE_INTERVAL="${interval}s" \
@@ -137,7 +134,7 @@ run_once() {
     info "verdict up, WAL receiver streaming; killing Gold in $(fmt '%.2f' "$phase") s"
     sleep "$phase"
     t0=$(now_s)
-    gold_stop immediate
+    gold_kill
     info "Gold killed; polling /status and GoldDR every 50 ms"
     limit=$((interval * promote_after + interval * 2 + 60))
     every=$interval
@@ -173,13 +170,12 @@ print(json.dumps({"verdicts_seen": r["verdicts"], "writable_after_s": r["writabl
                   "promotion": s.get("promotion"), "watchdog_exited": r["watchdog_exited"]}))' "$res")
         bad "$profile run $run: no writable, promoted GoldDR within $limit s; /status said: $last"
         log_tail "$log" 20 "the watchdog's log"
-        log_tail "$GOLDDR_LOG" 20 "Patroni's log"
+        sites_log_tail golddr 20
         RUN_NOTES+=("$profile run $run FAILED: no writable, promoted GoldDR within $limit s. Last /status: \`$last\`")
     fi
     wd_stop "$WD_PID"
     ((STOP_RC == 0)) || RUN_NOTES+=("$profile run $run: watchdog SIGTERM exit code $STOP_RC")
     golddr_stop
-    rm -rf -- "$GOLDDR_DIR"
     gold_start
 }
 

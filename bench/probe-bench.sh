@@ -115,15 +115,14 @@ pass() { if awk "BEGIN{exit !($1)}"; then echo PASS; else echo FAIL; fi; }
 
 # =============================================================== setup ====
 say "Setup"
-ensure_postgres
+ensure_packages demo
 require_tools curl python3 awk
 ensure_build
+ensure_harness
 make_workdir patroni-dr-bench
 REPORT="$WORK/report.md"
 : >"$REPORT"
-# shellcheck disable=SC2119 # no extra postgresql.conf lines
-gold_init
-gold_start
+sites_start --gold-only
 info "Gold: $("$PG_BIN/postgres" --version) on 127.0.0.1:$GOLD_PORT, work dir $WORK"
 
 rep "# patroni-dr-watchdog probe benchmark"
@@ -233,7 +232,7 @@ for run in $(seq "$BENCH_RUNS"); do
     # A random phase between Gold's death and the probe schedule.
     sleep "$(calc "1 + $RANDOM / 32768")"
     ts=$(date +%s.%N)
-    gold_stop immediate
+    gold_kill
     stop_ms+=("$(fmt '%.0f' "$(calc "($(date +%s.%N) - $ts) * 1000")")")
     out=$(wait_verdict "$RURL" lost 30 "$ts") || die "run $run: verdict never became lost after Gold stopped"
     read -r p s reason probes <<<"$out"

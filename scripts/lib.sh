@@ -1,10 +1,11 @@
 # shellcheck shell=bash
 # shellcheck disable=SC2034 # most globals set here are read by the sourcing scripts
-# Shell helpers shared by scripts/demo.sh, bench/probe-bench.sh and
-# bench/failover-bench.sh: narration, package install and build, free
-# loopback ports, a throwaway PostgreSQL primary ("Gold"), etcd, a one-member
-# Patroni standby cluster ("GoldDR"), the watchdog itself, and the cleanup of
-# exactly the processes started through these functions (by PID).
+# Shell helpers shared by scripts/demo.sh, scripts/check-image.sh,
+# bench/probe-bench.sh and bench/failover-bench.sh: narration, package
+# install and builds, free loopback ports, the two sites (etcd, Gold, the TS
+# proxy, GoldDR) through the end-to-end tests' own harness
+# (examples/two-sites.rs), the watchdog itself, and the cleanup of exactly
+# the processes started through these functions (by PID).
 #
 # Source it from a bash script that runs with `set -euo pipefail`:
 #
@@ -19,13 +20,11 @@
 # set global variables instead of printing, because they must run in the
 # calling shell (not in a $(...) subshell) for `wait` and cleanup to work.
 #
-# Only loopback addresses are used. As root, PostgreSQL and Patroni run as
-# the `postgres` OS user (through setpriv, which execs the program itself, so
-# a signal reaches it directly: runuser would SIGKILL its child 2 s after a
-# SIGTERM and cut Patroni's own shutdown of PostgreSQL short).
+# Only loopback addresses are used.
 
 : "${REPO_ROOT:?set REPO_ROOT before sourcing scripts/lib.sh}"
 BIN="$REPO_ROOT/target/release/patroni-dr-watchdog"
+HARNESS="$REPO_ROOT/target/debug/examples/two-sites"
 LIB_FD=${LIB_FD:-1}
 
 while IFS= read -r _v; do unset "$_v"; done < <(compgen -e | grep '^WATCHDOG_' || true)
@@ -65,15 +64,6 @@ stats() {
         printf "%.3f %.3f %.3f", a[1], m, a[NR]}'
 }
 now_s() { date +%s.%N; }
-# env_minus REGEX: sets ENV_MINUS to `-u NAME` for every exported variable
-# whose name matches REGEX, for `env "${ENV_MINUS[@]}" cmd`.
-ENV_MINUS=()
-env_minus() {
-    local v
-    ENV_MINUS=()
-    while IFS= read -r v; do ENV_MINUS+=(-u "$v"); done < <(compgen -e | grep -E "$1" || true)
-}
-
 # Reads JSON on stdin, prints the value at a dotted path (e.g. counters.probes).
 json_get() {
     if command -v jq >/dev/null 2>&1; then
@@ -95,40 +85,36 @@ status_get() { # status_get URL PATH
 # ------------------------------------------------------- prerequisites ----
 is_root() { [[ $(id -u) -eq 0 ]]; }
 
-newest_pg_bin() {
-    local d
-    d=$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n1)
-    [[ -n "$d" && -x "$d/initdb" && -x "$d/pg_ctl" ]] && printf '%s\n' "$d"
-}
-
-# ensure_packages PKG...: apt-get installs those that are not installed (and
-# nothing, without touching the network, when all are).
+# ensure_packages CONCERN...: installs the Debian packages of
+# scripts/packages/CONCERN.txt that are missing (nothing, without touching
+# the network, when all are there).
 ensure_packages() {
-    "$(dirname "${BASH_SOURCE[0]}")/install-system-deps.sh" "$@"
+    "$REPO_ROOT/scripts/install-system-deps.sh" "$@"
 }
 
-# Sets PG_BIN, installing PostgreSQL first when there is none.
-ensure_postgres() {
-    PG_BIN=$(newest_pg_bin || true)
-    if [[ -z "$PG_BIN" ]]; then
-        ensure_packages postgresql
-        PG_BIN=$(newest_pg_bin || true)
-        [[ -n "$PG_BIN" ]] || die "PostgreSQL installed but no /usr/lib/postgresql/*/bin/initdb found"
-    fi
-    if is_root; then
-        id postgres >/dev/null 2>&1 || die "running as root but there is no 'postgres' user to run PostgreSQL as"
-    fi
-}
-
-# cargo build --release --locked (a no-op when up to date); checks BIN.
-ensure_build() {
+lib_cargo() {
     if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
         PATH="$HOME/.cargo/bin:$PATH"
     fi
     command -v cargo >/dev/null 2>&1 || die "cargo is required to build the watchdog (https://rustup.rs)"
+}
+
+# cargo build --release --locked (a no-op when up to date); checks BIN.
+ensure_build() {
+    lib_cargo
     info "building: cargo build --release --locked (a no-op when up to date)"
     (cd "$REPO_ROOT" && cargo build --release --locked) >&"$LIB_FD" 2>&1 || die "cargo build failed"
     [[ -x "$BIN" ]] || die "no binary at $BIN after the build"
+}
+
+# Builds the two-sites harness: a cargo example made of the tests' own
+# support code, in the dev profile the tests are built in.
+ensure_harness() {
+    lib_cargo
+    info "building the two-sites harness: cargo build --locked --example two-sites (a no-op when up to date)"
+    (cd "$REPO_ROOT" && cargo build --locked --example two-sites) >&"$LIB_FD" 2>&1 ||
+        die "cargo build --example two-sites failed"
+    [[ -x "$HARNESS" ]] || die "no harness at $HARNESS after the build"
 }
 
 require_tools() {
@@ -136,41 +122,11 @@ require_tools() {
     for t in "$@"; do command -v "$t" >/dev/null 2>&1 || die "$t is required"; done
 }
 
-# ------------------------------------------------------ postgres user ----
-PG_OS_HOME=""
-AS_PG=()
-# as_pg_prefix: sets AS_PG to the command prefix that runs a program as the
-# postgres OS user when we are root (initdb, postgres and Patroni refuse to
-# run as root), else as ourselves; in $WORK (or /) so the postgres user can
-# always read its working directory. Every part execs the next, so
-# `"${AS_PG[@]}" prog &` then `$!` is prog's own PID (a shell function run in
-# the background would leave `$!` pointing at a subshell instead).
-as_pg_prefix() {
-    local dir=${WORK:-/}
-    [[ -d "$dir" ]] || dir=/
-    if is_root; then
-        if [[ -z "$PG_OS_HOME" ]]; then
-            PG_OS_HOME=$(getent passwd postgres | cut -d: -f6)
-            PG_OS_HOME=${PG_OS_HOME:-/tmp}
-        fi
-        AS_PG=(setpriv --reuid=postgres --regid=postgres --init-groups
-            env -C "$dir" HOME="$PG_OS_HOME" USER=postgres LOGNAME=postgres)
-    else
-        AS_PG=(env -C "$dir")
-    fi
-}
-# as_pg CMD...: runs CMD (in the foreground) as above.
-as_pg() {
-    as_pg_prefix
-    "${AS_PG[@]}" "$@"
-}
-
-# make_workdir PREFIX: sets WORK to a new directory under /tmp (unix socket
-# paths must stay short) that the postgres user owns when we are root.
+# make_workdir PREFIX: sets WORK to a new directory under /tmp that anyone
+# may traverse (check-image's sandboxed UIDs do).
 WORK=""
 make_workdir() {
     WORK=$(mktemp -d -p /tmp "$1.XXXXXX")
-    if is_root; then chown postgres: "$WORK"; fi
     chmod 755 "$WORK"
 }
 lib_remove_work() {
@@ -214,260 +170,140 @@ PY
     printf -v "$1" '%s' "$_fp_port"
 }
 
-# ------------------------------------------------------------------ Gold ----
-GOLD_DATA=""
-GOLD_SOCK=""
+# ----------------------------------------------------------- two sites ----
+# The end-to-end tests' harness (examples/two-sites.rs; its head documents
+# the protocol) as a coprocess on two FIFOs in $WORK: plain file descriptors,
+# so that $(gold_sql ...) in a subshell can talk to it too.
+SITES_PID=""
+SITES_IN=""
+SITES_OUT=""
+SITES_LOG=""
+SITES_REPLY=() # payload lines of the last answer
+SITES_ERROR="" # why the last command failed
+SITES_DIRS=()  # data directories of what it started, for the leftover check
+PG_BIN=""
 GOLD_PORT=""
-GOLD_LOG=""
-# gold_init [CONF_LINE...]: initdb of a trust-auth PostgreSQL in $WORK/gold
-# listening on 127.0.0.1 on a free port; extra postgresql.conf lines may be
-# given. Sets GOLD_DATA, GOLD_SOCK, GOLD_PORT, GOLD_LOG. Does not start it.
-gold_init() {
-    GOLD_DATA="$WORK/gold"
-    GOLD_SOCK="$WORK/gold-sock"
-    GOLD_LOG="$WORK/gold.log"
-    free_port GOLD_PORT
-    as_pg mkdir -p "$GOLD_SOCK"
-    as_pg "$PG_BIN/initdb" -D "$GOLD_DATA" -U postgres --auth=trust -E UTF8 --locale=C --no-sync \
-        >"$WORK/gold-initdb.log" 2>&1 || {
-        log_tail "$WORK/gold-initdb.log" 30 initdb
-        die "initdb failed"
-    }
-    {
-        printf '\n# patroni-dr-watchdog scripts\n'
-        printf "listen_addresses = '127.0.0.1'\n"
-        printf 'port = %s\n' "$GOLD_PORT"
-        printf "unix_socket_directories = '%s'\n" "$GOLD_SOCK"
-        printf 'fsync = off\n'
-        local line
-        for line in "$@"; do printf '%s\n' "$line"; done
-    } | as_pg tee -a "$GOLD_DATA/postgresql.conf" >/dev/null
-}
-gold_start() {
-    as_pg "$PG_BIN/pg_ctl" -D "$GOLD_DATA" -l "$GOLD_LOG" -w -t 60 start >/dev/null || {
-        log_tail "$GOLD_LOG" 20 "Gold's log"
-        die "Gold (PostgreSQL) did not start"
-    }
-}
-gold_stop() { # gold_stop MODE (fast, immediate, ...)
-    as_pg "$PG_BIN/pg_ctl" -D "$GOLD_DATA" -m "$1" -w -t 60 stop >/dev/null
-}
-gold_running() { [[ -n "$GOLD_DATA" && -f "$GOLD_DATA/postmaster.pid" ]]; }
-# gold_sql SQL: runs SQL (several statements allowed) over Gold's unix socket.
-gold_sql() {
-    as_pg "$PG_BIN/psql" -h "$GOLD_SOCK" -p "$GOLD_PORT" -U postgres -d postgres -XAtq -v ON_ERROR_STOP=1 -c "$1"
-}
-
-# ------------------------------------------------------------------ etcd ----
-ETCD_PID=""
+TS_PORT=""
 ETCD_PORT=""
-ETCD_LOG=""
-# etcd_start: a single-member etcd on random loopback ports (v2 API enabled
-# too), data in $WORK/etcd; waits until /health is healthy. Sets ETCD_PID,
-# ETCD_PORT, ETCD_LOG.
-etcd_start() {
-    local peer attempt
-    ETCD_LOG="$WORK/etcd.log"
-    for attempt in 1 2 3; do
-        free_port ETCD_PORT
-        free_port peer
-        env_minus '^ETCD_'
-        env "${ENV_MINUS[@]}" etcd --name etcd0 --data-dir "$WORK/etcd-$attempt" \
-            --listen-client-urls "http://127.0.0.1:$ETCD_PORT" \
-            --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
-            --listen-peer-urls "http://127.0.0.1:$peer" \
-            --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
-            --initial-cluster "etcd0=http://127.0.0.1:$peer" \
-            --initial-cluster-state new --enable-v2=true \
-            --logger zap --log-outputs stderr \
-            </dev/null >>"$ETCD_LOG" 2>&1 &
-        ETCD_PID=$!
-        for _ in $(seq 300); do
-            if curl -fsS --max-time 1 "http://127.0.0.1:$ETCD_PORT/health" 2>/dev/null | grep -q '"health":"true"'; then
-                return 0
-            fi
-            kill -0 "$ETCD_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$ETCD_PID" 2>/dev/null; then
-            log_tail "$ETCD_LOG" 30 "etcd's log"
-            die "etcd not healthy on 127.0.0.1:$ETCD_PORT after 30 s"
-        fi
-        wait "$ETCD_PID" 2>/dev/null || true
-        ETCD_PID=""
-        grep -q 'address already in use' "$ETCD_LOG" || break
-    done
-    log_tail "$ETCD_LOG" 30 "etcd's log"
-    die "etcd exited at start-up"
-}
-etcd_stop() {
-    if [[ -n "$ETCD_PID" ]]; then
-        kill -TERM "$ETCD_PID" 2>/dev/null || true
-        for _ in $(seq 50); do kill -0 "$ETCD_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$ETCD_PID" 2>/dev/null || true
-        wait "$ETCD_PID" 2>/dev/null || true
-        ETCD_PID=""
-    fi
-}
-
-# ---------------------------------------------------------------- GoldDR ----
-GOLDDR_DIR=""
-GOLDDR_DATA=""
-GOLDDR_SOCK=""
-GOLDDR_PG_PORT=""
-GOLDDR_API_PORT=""
+REPLICATION_USER=""
+SLOT=""
 GOLDDR_URL=""
-GOLDDR_LOG=""
+GOLDDR_PG_PORT=""
 GOLDDR_SCOPE=""
 GOLDDR_STARTUP_S=""
-PATRONI_PID=""
-REPLICATION_USER=replicator
 
-# gold_prepare_replication SLOT: the replication role and a permanent
-# physical slot (reserving WAL from now on) on the running Gold.
-gold_prepare_replication() {
-    gold_sql "DO \$\$ BEGIN
-                IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$REPLICATION_USER') THEN
-                  CREATE ROLE $REPLICATION_USER LOGIN REPLICATION;
-                END IF; END \$\$;
-              SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '$1';
-              SELECT pg_create_physical_replication_slot('$1', true);" >/dev/null
+# sites_start [ARGS...]: starts the harness (arguments: --gold-only,
+# --no-golddr, --golddr-via-ts), waits until everything is up and sets
+# PG_BIN, GOLD_PORT, TS_PORT, REPLICATION_USER, SLOT, ETCD_PORT and (with
+# GoldDR) the GOLDDR_* variables from its answer. Needs make_workdir first.
+sites_start() {
+    [[ -n "$WORK" ]] || die "sites_start: call make_workdir first"
+    SITES_LOG="$WORK/two-sites.log"
+    mkfifo "$WORK/two-sites.in" "$WORK/two-sites.out"
+    # Both ends are opened in the same order on both sides (in, then out):
+    # each open of a FIFO waits for the other side's.
+    "$HARNESS" "$@" <"$WORK/two-sites.in" >"$WORK/two-sites.out" 2>>"$SITES_LOG" &
+    SITES_PID=$!
+    exec {SITES_IN}>"$WORK/two-sites.in" {SITES_OUT}<"$WORK/two-sites.out"
+    if ! sites_read 900; then
+        log_tail "$SITES_LOG" 60 "the two-sites harness's log"
+        die "the two sites did not start: $SITES_ERROR"
+    fi
+    sites_vars
 }
 
-# golddr_start SCOPE SLOT: a one-member Patroni standby cluster (etcd3 DCS on
-# $ETCD_PORT) replicating from Gold through SLOT, data in $WORK/SCOPE; waits
-# up to 90 s until GET /patroni says standby_leader and running. Sets the
-# GOLDDR_* variables and PATRONI_PID.
-golddr_start() {
-    local scope=$1 slot=$2 t0 body role state
-    t0=$(now_s)
-    GOLDDR_SCOPE=$scope
-    GOLDDR_DIR="$WORK/$scope"
-    GOLDDR_DATA="$GOLDDR_DIR/data"
-    GOLDDR_SOCK="$GOLDDR_DIR/sock"
-    GOLDDR_LOG="$GOLDDR_DIR/patroni.log"
-    free_port GOLDDR_PG_PORT
-    free_port GOLDDR_API_PORT
-    GOLDDR_URL="http://127.0.0.1:$GOLDDR_API_PORT"
-    as_pg mkdir -p "$GOLDDR_SOCK"
-    python3 - "$GOLDDR_DIR/patroni.yml" <<PY
-import json, sys
-api = "127.0.0.1:$GOLDDR_API_PORT"
-pg = "127.0.0.1:$GOLDDR_PG_PORT"
-config = {
-    "scope": "$scope",
-    "name": "$scope-0",
-    "restapi": {"listen": api, "connect_address": api},
-    "etcd3": {"hosts": ["127.0.0.1:$ETCD_PORT"], "protocol": "http"},
-    "bootstrap": {
-        "dcs": {
-            "ttl": 20,
-            "loop_wait": 2,
-            "retry_timeout": 9,
-            "standby_cluster": {
-                "host": "127.0.0.1",
-                "port": $GOLD_PORT,
-                "primary_slot_name": "$slot",
-                "create_replica_methods": ["basebackup"],
-            },
-            "postgresql": {"use_pg_rewind": False, "use_slots": True},
-        },
-    },
-    "postgresql": {
-        "listen": pg,
-        "connect_address": pg,
-        "data_dir": "$GOLDDR_DATA",
-        "bin_dir": "$PG_BIN",
-        "pgpass": "$GOLDDR_DIR/pgpass",
-        "use_unix_socket": True,
-        "authentication": {
-            "superuser": {"username": "postgres"},
-            "replication": {"username": "$REPLICATION_USER"},
-        },
-        # Don't wait for a spread checkpoint on Gold.
-        "basebackup": [{"checkpoint": "fast"}],
-        "pg_hba": [
-            "local all all trust",
-            "host all all 127.0.0.1/32 trust",
-            "host replication all 127.0.0.1/32 trust",
-        ],
-        "parameters": {
-            "unix_socket_directories": "$GOLDDR_SOCK",
-            "fsync": "off",
-            "synchronous_commit": "off",
-            "full_page_writes": "off",
-            "shared_buffers": "16MB",
-            "max_wal_size": "64MB",
-            "wal_receiver_status_interval": "1s",
-        },
-    },
-    # No /dev/watchdog here.
-    "watchdog": {"mode": "off"},
-}
-# JSON is YAML.
-open(sys.argv[1], "w").write(json.dumps(config, indent=2) + "\n")
-PY
-    if is_root; then chown postgres: "$GOLDDR_DIR/patroni.yml"; fi
-    # Patroni, libpq and etcd settings from our environment must not apply.
-    env_minus '^(PATRONI_|PG)'
-    as_pg_prefix
-    "${AS_PG[@]}" env "${ENV_MINUS[@]}" patroni "$GOLDDR_DIR/patroni.yml" </dev/null >>"$GOLDDR_LOG" 2>&1 &
-    PATRONI_PID=$!
-    for _ in $(seq 450); do
-        body=$(curl -fsS --max-time 2 "$GOLDDR_URL/patroni" 2>/dev/null || true)
-        if [[ -n "$body" ]]; then
-            role=$(json_get role <<<"$body" 2>/dev/null || true)
-            state=$(json_get state <<<"$body" 2>/dev/null || true)
-            if [[ "$role" == standby_leader && "$state" == running ]]; then
-                GOLDDR_STARTUP_S=$(calc "$(now_s) - $t0")
-                return 0
-            fi
-        fi
-        if ! kill -0 "$PATRONI_PID" 2>/dev/null; then
-            wait "$PATRONI_PID" 2>/dev/null || true
-            PATRONI_PID=""
-            log_tail "$GOLDDR_LOG" 40 "Patroni's log"
-            die "Patroni exited before GoldDR became standby_leader"
-        fi
-        sleep 0.2
+# sites_read [TIMEOUT_S]: reads one answer into SITES_REPLY; returns 1 (with
+# SITES_ERROR) on `error: ...`, end of output or no line for TIMEOUT_S (300).
+sites_read() {
+    local line limit=${1:-300}
+    SITES_REPLY=()
+    SITES_ERROR=""
+    while IFS= read -r -t "$limit" line <&"$SITES_OUT"; do
+        case $line in
+            "| "*) SITES_REPLY+=("${line#| }") ;;
+            ok) return 0 ;;
+            "error: "*)
+                SITES_ERROR=${line#error: }
+                return 1
+                ;;
+            *)
+                SITES_ERROR="unexpected line from the harness: $line"
+                return 1
+                ;;
+        esac
     done
-    log_tail "$GOLDDR_LOG" 40 "Patroni's log"
-    die "GoldDR is not standby_leader/running after 90 s (last GET /patroni: ${body:-no answer})"
+    SITES_ERROR="no answer from the two-sites harness (see $SITES_LOG)"
+    return 1
 }
 
-# PID of the postmaster running on data dir $1, if it is still that one.
-postmaster_pid() {
-    local pid
-    [[ -f "$1/postmaster.pid" ]] || return 1
-    pid=$(head -n1 "$1/postmaster.pid" 2>/dev/null) || return 1
-    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$1" || return 1
-    printf '%s\n' "$pid"
+# sites COMMAND...: sends one command (newlines become spaces) and reads its
+# answer (SITES_REPLY, SITES_ERROR).
+sites() {
+    local cmd="$*"
+    if [[ -z "$SITES_PID" ]] || ! kill -0 "$SITES_PID" 2>/dev/null; then
+        SITES_ERROR="the two-sites harness is not running"
+        return 1
+    fi
+    printf '%s\n' "${cmd//$'\n'/ }" >&"$SITES_IN"
+    sites_read
 }
 
-# golddr_stop: SIGTERM to Patroni (which stops its PostgreSQL), SIGKILL after
-# 10 s, then an immediate shutdown of any postmaster left on the data dir.
-golddr_stop() {
-    local pid
-    if [[ -n "$PATRONI_PID" ]]; then
-        if kill -0 "$PATRONI_PID" 2>/dev/null; then
-            kill -TERM "$PATRONI_PID" 2>/dev/null || true
-            for _ in $(seq 100); do kill -0 "$PATRONI_PID" 2>/dev/null || break; sleep 0.1; done
-            kill -KILL "$PATRONI_PID" 2>/dev/null || true
+# Sets the variables named by the KEY=value lines of the last answer.
+sites_vars() {
+    local line key
+    for line in "${SITES_REPLY[@]}"; do
+        key=${line%%=*}
+        [[ "$line" == *=* && "$key" =~ ^[A-Z][A-Z0-9_]*$ ]] || continue
+        printf -v "$key" '%s' "${line#*=}"
+        case $key in GOLD_DATA | GOLDDR_DATA) SITES_DIRS+=("${line#*=}") ;; esac
+    done
+}
+
+sites_print_reply() {
+    if ((${#SITES_REPLY[@]})); then printf '%s\n' "${SITES_REPLY[@]}"; fi
+}
+# sites_do COMMAND...: like sites, but dies when it fails.
+sites_do() { sites "$@" || die "two-sites: $* failed: $SITES_ERROR"; }
+
+# gold_sql SQL / golddr_sql SQL: runs SQL (several statements allowed) as
+# superuser and prints the rows (columns separated by |); on failure prints
+# the server's message on stderr and returns 1.
+gold_sql() { sites sql gold "$1" || { printf '%s\n' "$SITES_ERROR" >&2 && return 1; } && sites_print_reply; }
+golddr_sql() { sites sql golddr "$1" || { printf '%s\n' "$SITES_ERROR" >&2 && return 1; } && sites_print_reply; }
+gold_kill() { sites_do kill-gold; }   # immediate shutdown: a crash
+gold_start() { sites_do start-gold; } # on the same port
+# golddr_start [SCOPE]: a fresh GoldDR (the slot re-created), sets GOLDDR_*.
+golddr_start() {
+    sites start-golddr "$@" || die "GoldDR did not start: $SITES_ERROR"
+    sites_vars
+}
+golddr_stop() { sites_do stop-golddr; }
+# sites_log_tail SITE LINES: the tail of gold's, golddr's or etcd's log on stderr.
+sites_log_tail() {
+    sites log "$1" "$2" 2>/dev/null || return 0
+    printf '    --- last %s lines of the %s log ---\n' "$2" "$1" >&2
+    sites_print_reply | sed 's/^/      /' >&2
+}
+
+# sites_stop: asks the harness to stop everything (Patroni's own shutdown of
+# its PostgreSQL included), SIGTERM after 60 s, SIGKILL after 30 more.
+sites_stop() {
+    [[ -n "$SITES_PID" ]] || return 0
+    if kill -0 "$SITES_PID" 2>/dev/null; then
+        { printf 'stop\n' >&"$SITES_IN"; } 2>/dev/null || true
+        for _ in $(seq 600); do kill -0 "$SITES_PID" 2>/dev/null || break; sleep 0.1; done
+        if kill -0 "$SITES_PID" 2>/dev/null; then
+            bad "the two-sites harness did not stop within 60 s; SIGTERM"
+            kill -TERM "$SITES_PID" 2>/dev/null || true
+            for _ in $(seq 300); do kill -0 "$SITES_PID" 2>/dev/null || break; sleep 0.1; done
+            kill -KILL "$SITES_PID" 2>/dev/null || true
         fi
-        wait "$PATRONI_PID" 2>/dev/null || true
-        PATRONI_PID=""
     fi
-    if [[ -n "$GOLDDR_DATA" ]] && pid=$(postmaster_pid "$GOLDDR_DATA"); then
-        as_pg "$PG_BIN/pg_ctl" -D "$GOLDDR_DATA" -m immediate -w -t 30 stop >/dev/null 2>&1 || true
-        if [[ "$(postmaster_pid "$GOLDDR_DATA" || true)" == "$pid" ]]; then kill -KILL "$pid" 2>/dev/null || true; fi
-    fi
+    wait "$SITES_PID" 2>/dev/null || true
+    SITES_PID=""
+    exec {SITES_IN}>&- {SITES_OUT}<&-
 }
 
-# golddr_sql SQL: runs SQL over GoldDR's unix socket.
-golddr_sql() {
-    as_pg "$PG_BIN/psql" -h "$GOLDDR_SOCK" -p "$GOLDDR_PG_PORT" -U postgres -d postgres -XAtq -v ON_ERROR_STOP=1 -c "$1"
-}
 # patroni_get FIELD: a field of GoldDR's GET /patroni ("unreachable" if none).
 patroni_get() {
     curl -fsS --max-time 2 "$GOLDDR_URL/patroni" 2>/dev/null | json_get "$1" 2>/dev/null || echo unreachable
@@ -722,7 +558,7 @@ commit_desc() {
 
 # --------------------------------------------------------------- cleanup ----
 # Stops every process started through these functions, by PID: watchdogs,
-# Patroni (and any postmaster left on its data dir), etcd, Gold. Idempotent.
+# then the two-sites harness (GoldDR, etcd, Gold). Idempotent.
 lib_cleanup() {
     local pid
     for pid in "${!LIB_WD_PIDS[@]}"; do
@@ -734,32 +570,38 @@ lib_cleanup() {
         wait "$pid" 2>/dev/null
         unset "LIB_WD_PIDS[$pid]"
     done
-    golddr_stop
-    etcd_stop
-    if gold_running; then
-        as_pg "$PG_BIN/pg_ctl" -D "$GOLD_DATA" -m immediate -w -t 20 stop >/dev/null 2>&1
-    fi
+    sites_stop
     local left
     left=$(lib_leftovers)
     if [[ -n "$left" ]]; then
-        bad "processes still running from $WORK (a bug in the scripts; stop them by PID):"
+        bad "processes still running from this script (a bug in the scripts; stop them by PID):"
         printf '      %s\n' "$left" >&2
     fi
     return 0
 }
 
-# "PID command line" of every process whose command line mentions $WORK.
-# Bash builtins only, so the search cannot find itself.
+# "PID command line" of every process whose command line mentions $WORK,
+# a data directory of the two sites or etcd's client address. Bash builtins
+# only, so the search cannot find itself.
 lib_leftovers() {
-    [[ -n "$WORK" ]] || return 0
-    local f pid args
+    local f pid args cmdline marks=() m d
+    [[ -n "$WORK" ]] && marks+=("$WORK")
+    for d in "${SITES_DIRS[@]}"; do marks+=("${d%/data}"); done
+    [[ -n "$ETCD_PORT" ]] && marks+=("127.0.0.1:$ETCD_PORT")
+    ((${#marks[@]})) || return 0
     for f in /proc/[0-9]*/cmdline; do
         pid=${f#/proc/}
         pid=${pid%/cmdline}
         [[ "$pid" == "$$" || "$pid" == "$BASHPID" ]] && continue
         mapfile -d '' args 2>/dev/null <"$f" || continue
         ((${#args[@]})) || continue
-        [[ "${args[*]}" == *"$WORK"* ]] && printf '%s %s\n' "$pid" "${args[*]}"
+        cmdline="${args[*]}"
+        for m in "${marks[@]}"; do
+            if [[ "$cmdline" == *"$m"* ]]; then
+                printf '%s %s\n' "$pid" "$cmdline"
+                break
+            fi
+        done
     done
     return 0
 }
