@@ -16,4 +16,5 @@ mod kube;
 mod kube_api_double;
 mod logs;
 mod probe;
+mod secrets;
 mod webhook;
