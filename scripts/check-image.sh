@@ -170,8 +170,8 @@ if ok:
     res(bool(um) and int(um.group(1)) != 0, "dockerfile.user",
         f"USER {users[-1] if users else '(none)'} (numeric, non-root: runAsNonRoot can verify it)")
     exposes = " ".join(r for o, r in rinstr if o == "EXPOSE").split()
-    src_default = any("0.0.0.0:9808" in open(os.path.join(root, "src", f)).read()
-                      for f in os.listdir(os.path.join(root, "src")) if f.endswith(".rs"))
+    src_default = any("0.0.0.0:9808" in open(os.path.join(d, f)).read()
+                      for d, _, files in os.walk(os.path.join(root, "src")) for f in files if f.endswith(".rs"))
     res(exposes in (["9808"], ["9808/tcp"]) and src_default, "dockerfile.expose",
         f"EXPOSE {' '.join(exposes)} (the default WATCHDOG_LISTEN_ADDR port in src/: {'yes' if src_default else 'NOT FOUND'})")
     copies = [r for o, r in rinstr if o == "COPY"]

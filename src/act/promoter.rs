@@ -60,13 +60,10 @@ pub enum PromoteError {
 }
 
 impl PromoteError {
-    /// Conflicts, throttling, server errors and transport failures pass;
-    /// everything else needs a human.
     fn retryable(&self) -> bool {
         match self {
             PromoteError::Read(e) => e.retryable(),
-            PromoteError::Api { code: None, .. } => true,
-            PromoteError::Api { code: Some(c), .. } => *c == 409 || *c == 429 || *c >= 500,
+            PromoteError::Api { code, .. } => crate::observe::cluster_config::retryable(*code),
             _ => false,
         }
     }

@@ -48,13 +48,16 @@ pub enum ReadError {
     },
 }
 
+/// Conflicts, throttling, server errors and transport failures (no HTTP
+/// answer at all) pass on a retry; everything else needs a human.
+pub fn retryable(code: Option<u16>) -> bool {
+    code.is_none_or(|c| c == 409 || c == 429 || c >= 500)
+}
+
 impl ReadError {
-    /// Conflicts, throttling, server errors and transport failures pass;
-    /// everything else needs a human.
     pub fn retryable(&self) -> bool {
         match self {
-            ReadError::Api { code: None, .. } => true,
-            ReadError::Api { code: Some(c), .. } => *c == 409 || *c == 429 || *c >= 500,
+            ReadError::Api { code, .. } => retryable(*code),
             _ => false,
         }
     }

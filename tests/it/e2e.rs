@@ -3,6 +3,7 @@
 //! through the proxy, and the watchdog promoting through Patroni's REST API.
 
 use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::app::{self, Running};
@@ -26,12 +27,17 @@ struct Site {
 /// Gold with `ROWS` orders, replicated to a GoldDR standby cluster through
 /// the Transport Service stand-in.
 async fn site() -> Site {
+    site_with(|o| o).await
+}
+
+/// The same, with GoldDR's Patroni options adjusted by `options`.
+async fn site_with(options: impl FnOnce(GoldDrOptions) -> GoldDrOptions) -> Site {
     let etcd = Etcd::start();
     let gold = Gold::start();
     prepare_gold(&gold.pg).await;
     gold.create_slot("golddr");
     let ts = FaultProxy::start(gold.addr()).await;
-    let dr = GoldDr::start(&etcd, GoldDrOptions::new(ts.addr(), "golddr"));
+    let dr = GoldDr::start(&etcd, options(GoldDrOptions::new(ts.addr(), "golddr")));
     crate::support::wait_for("rows on GoldDR", Duration::from_secs(60), async || {
         dr.try_query_i64("SELECT count(*) FROM orders").await == Ok(ROWS)
     })
@@ -57,28 +63,30 @@ async fn prepare_gold(gold: &PgServer) {
     .await;
 }
 
+/// The settings every end-to-end watchdog here shares: fast thresholds, the
+/// `patroni-api` promoter, Gold probed at `probe_port`.
+fn vars<'a>(probe_port: &'a str, local_pg_port: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("WATCHDOG_GOLD_HOST", "127.0.0.1"),
+        ("WATCHDOG_GOLD_PORT", probe_port),
+        ("WATCHDOG_GOLD_USER", WATCHDOG_USER),
+        ("WATCHDOG_GOLD_SSLMODE", "disable"),
+        ("WATCHDOG_PROMOTER", "patroni-api"),
+        ("WATCHDOG_LOCAL_PG_PORT", local_pg_port),
+        ("WATCHDOG_PROBE_INTERVAL", "300ms"),
+        ("WATCHDOG_PROBE_TIMEOUT", "250ms"),
+        ("WATCHDOG_FALL", "2"),
+        ("WATCHDOG_RISE", "2"),
+        ("WATCHDOG_PROMOTE_AFTER", "5"),
+        ("WATCHDOG_WAL_RECEIVER_FRESH", "3s"),
+        ("WATCHDOG_LISTEN_ADDR", "127.0.0.1:0"),
+        ("HOSTNAME", "golddr-0"),
+    ]
+}
+
 fn config(probe: SocketAddr, local_pg_port: u16, extra: &[(&str, &str)]) -> Config {
-    let probe_port = probe.port().to_string();
-    let local_port = local_pg_port.to_string();
-    app::config_from(
-        &[
-            ("WATCHDOG_GOLD_HOST", "127.0.0.1"),
-            ("WATCHDOG_GOLD_PORT", probe_port.as_str()),
-            ("WATCHDOG_GOLD_USER", WATCHDOG_USER),
-            ("WATCHDOG_GOLD_SSLMODE", "disable"),
-            ("WATCHDOG_PROMOTER", "patroni-api"),
-            ("WATCHDOG_LOCAL_PG_PORT", local_port.as_str()),
-            ("WATCHDOG_PROBE_INTERVAL", "300ms"),
-            ("WATCHDOG_PROBE_TIMEOUT", "250ms"),
-            ("WATCHDOG_FALL", "2"),
-            ("WATCHDOG_RISE", "2"),
-            ("WATCHDOG_PROMOTE_AFTER", "5"),
-            ("WATCHDOG_WAL_RECEIVER_FRESH", "3s"),
-            ("WATCHDOG_LISTEN_ADDR", "127.0.0.1:0"),
-            ("HOSTNAME", "golddr-0"),
-        ],
-        extra,
-    )
+    let (probe_port, local_port) = (probe.port().to_string(), local_pg_port.to_string());
+    app::config_from(&vars(&probe_port, &local_port), extra)
 }
 
 async fn watchdog(site: &Site, probe: SocketAddr, extra: &[(&str, &str)]) -> Running {
@@ -451,4 +459,112 @@ async fn pg_promote_promotes_a_plain_streaming_standby_and_its_own_setting_disar
         .await
         .expect("writable");
     w.stop().await;
+}
+
+/// GoldDR's Patroni REST API password in the basic-auth test.
+const PATRONI_PASSWORD: &str = "patroni-api-s3cret";
+const WRONG_PATRONI_PASSWORD: &str = "not-the-patroni-s3cret";
+
+/// GoldDR's Patroni wants basic auth (`restapi.authentication`): the
+/// `patroni-api` promoter promotes with `WATCHDOG_PATRONI_USERNAME` /
+/// `WATCHDOG_PATRONI_PASSWORD_FILE`, and without them Patroni's refusal comes
+/// back saying what to set, never a secret.
+#[tokio::test(flavor = "multi_thread")]
+async fn patroni_api_promotes_with_restapi_authentication_and_says_what_to_set_without_it() {
+    let site = site_with(|o| GoldDrOptions {
+        restapi_auth: Some(("watchdog".into(), PATRONI_PASSWORD.into())),
+        ..o
+    })
+    .await;
+    let (dr, gold) = (&site.dr, &site.gold);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let password_file = dir.path().join("patroni-password");
+    std::fs::write(&password_file, format!("{PATRONI_PASSWORD}\n")).expect("write password file");
+    let password_file = password_file.to_str().expect("utf-8 path");
+    let ts_port = site.ts.addr().port().to_string();
+    let local_port = dr.pg_port.to_string();
+    let mut base = vars(&ts_port, &local_port);
+    base.push(("WATCHDOG_PATRONI_URL", dr.patroni_url.as_str()));
+
+    // A wrong password: Patroni refuses the write, the message says which
+    // settings to check and shows no password.
+    let mut wrong = base.clone();
+    wrong.extend([
+        ("WATCHDOG_PATRONI_USERNAME", "watchdog"),
+        ("WATCHDOG_PATRONI_PASSWORD", WRONG_PATRONI_PASSWORD),
+    ]);
+    let out = Command::new(env!("CARGO_BIN_EXE_patroni-dr-watchdog"))
+        .env_clear()
+        .envs(wrong.iter().copied())
+        .args(["promote", "--reason", "drill", "--force"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run promote");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("401")
+            && text.contains("WATCHDOG_PATRONI_USERNAME")
+            && text.contains("WATCHDOG_PATRONI_PASSWORD"),
+        "{text}"
+    );
+    assert!(!text.contains(WRONG_PATRONI_PASSWORD), "{text}");
+    assert!(dr.is_in_recovery().await, "a refused PATCH wrote nothing");
+
+    // Two watchdogs: one without credentials, acting first; one with them,
+    // acting a few seconds later.
+    let without = app::spawn(app::config_from(&base, &[])).await;
+    let with = app::spawn(app::config_from(
+        &base,
+        &[
+            ("WATCHDOG_PATRONI_USERNAME", "watchdog"),
+            ("WATCHDOG_PATRONI_PASSWORD_FILE", password_file),
+            ("WATCHDOG_PROMOTE_AFTER", "30"),
+        ],
+    ))
+    .await;
+    for w in [&without, &with] {
+        w.wait_status("up beside the standby leader", |s| {
+            s["verdict"] == "up" && s["cluster"]["role"]["role"] == "standby_leader"
+        })
+        .await;
+    }
+
+    gold.kill();
+    let st = without
+        .wait_status("the PATCH refused", |s| s["promotion"]["last_error"].is_string())
+        .await;
+    let error = st["promotion"]["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("401")
+            && error.contains("restapi.authentication")
+            && error.contains("WATCHDOG_PATRONI_USERNAME")
+            && error.contains("WATCHDOG_PATRONI_PASSWORD"),
+        "{error}"
+    );
+    assert!(dr.is_in_recovery().await, "the refused PATCH wrote nothing");
+
+    let st = with
+        .wait_status("promoted", |s| s["promotion"]["result"] == "promoted")
+        .await;
+    crate::support::wait_for("GoldDR writable", Duration::from_secs(30), async || {
+        !dr.is_in_recovery().await
+    })
+    .await;
+    assert_eq!(dr.query_i64("SELECT count(*) FROM orders").await, ROWS);
+    assert!(dr.is_primary().await);
+    assert!(
+        dr.config_in_dcs()
+            .await
+            .get("standby_cluster")
+            .is_none_or(serde_json::Value::is_null)
+    );
+    // The password shows nowhere the watchdog reports.
+    let (_, metrics) = with.get("/metrics").await;
+    let shown = st.to_string() + &with.status().await.to_string() + &metrics;
+    assert!(!shown.contains(PATRONI_PASSWORD), "{shown}");
+    assert_eq!(st["settings"]["patroni"]["auth"]["password"], "<redacted>");
+
+    without.stop().await;
+    with.stop().await;
 }

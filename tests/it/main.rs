@@ -8,7 +8,6 @@ mod support;
 mod cli;
 mod detection;
 mod e2e;
-mod e2e_auth;
 mod e2e_harness;
 mod harness;
 mod http;

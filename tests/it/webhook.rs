@@ -76,10 +76,10 @@ async fn gold_lost_and_a_blind_probe_are_posted_as_text_naming_the_sidecar() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_webhook_is_retried_until_it_takes_the_alert() {
-    let gold = PgServer::start(PgOptions::default());
-    gold.stop();
+    // Nothing listens there: Gold is refused from the first probe.
+    let gold = crate::support::closed_port();
     let sink = WebhookSink::failing_first(2).await;
-    let w = app::spawn(fast(gold.addr(), &sink.url, &[])).await;
+    let w = app::spawn(fast(gold, &sink.url, &[])).await;
     crate::support::wait_for("delivered after retries", Duration::from_secs(30), async || {
         sink.any("is lost")
     })
@@ -95,10 +95,10 @@ async fn a_failing_webhook_is_retried_until_it_takes_the_alert() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_webhook_that_never_answers_does_not_slow_the_watchdog() {
-    let gold = PgServer::start(PgOptions::default());
-    gold.stop();
+    // Nothing listens there: Gold is refused from the first probe.
+    let gold = crate::support::closed_port();
     let sink = WebhookSink::hanging().await;
-    let w = app::spawn(fast(gold.addr(), &sink.url, &[])).await;
+    let w = app::spawn(fast(gold, &sink.url, &[])).await;
     crate::support::wait_for("lost", Duration::from_secs(20), async || {
         w.verdict().await == "lost"
     })
