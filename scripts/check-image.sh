@@ -603,7 +603,8 @@ run_identity() {
     check "status up [$label]" "/status verdict ${v:-?} $(fmt '%.1f' "$(calc "$(now_s) - $t0")") s after start ($(status_get "$url" counters.probes 2>/dev/null || echo ?) probes, last: $(status_get "$url" last_probe.outcome 2>/dev/null || echo ?)/$(status_get "$url" last_probe.reason 2>/dev/null || echo ?))" \
         test "$v" = up
 
-    metrics=$(curl -fsS --max-time 2 "$url/metrics" || true)
+    # As Prometheus asks for it: OpenMetrics (a plain client gets the classic text).
+    metrics=$(curl -fsS --max-time 2 -H 'Accept: application/openmetrics-text;version=1.0.0' "$url/metrics" || true)
     # shellcheck disable=SC2016 # expanded by bash -c
     check "metrics [$label]" "GET /metrics: $(grep -c '^patroni_dr_watchdog_' <<<"$metrics" || true) samples, probe_success $(awk '$1 == "patroni_dr_watchdog_probe_success" {print $2}' <<<"$metrics"), ends with # EOF" \
         bash -c '[[ "$1" == *"patroni_dr_watchdog_probe_success 1"* && "$1" == *"patroni_dr_watchdog_build_info"* && "$(tail -n1 <<<"$1")" == "# EOF" ]]' _ "$metrics"

@@ -6,6 +6,8 @@
 
 use serde::Serialize;
 
+use crate::observe::probe::Outcome;
+
 /// What one probe says about Gold, stripped of its details.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -18,6 +20,17 @@ pub enum Observation {
     /// certificate). Gold is alive: this breaks a failure streak and never
     /// counts toward loss, nor toward recovery.
     Blind,
+}
+
+impl From<Outcome> for Observation {
+    /// Only up and down count as such; any blind answer is its own kind.
+    fn from(outcome: Outcome) -> Self {
+        match outcome {
+            Outcome::Up => Observation::Up,
+            Outcome::Down(_) => Observation::Down,
+            Outcome::Blind(_) => Observation::Blind,
+        }
+    }
 }
 
 #[derive(
@@ -416,6 +429,18 @@ mod tests {
                 feed(&mut d, &vec![U; up as usize]);
                 prop_assert_ne!(d.verdict(), Verdict::Lost);
             }
+        }
+    }
+
+    #[test]
+    fn only_up_and_down_feed_the_detector_as_such() {
+        use crate::observe::probe::{BlindReason, DownReason};
+        assert_eq!(Observation::from(Outcome::Up), Observation::Up);
+        for r in DownReason::ALL {
+            assert_eq!(Observation::from(Outcome::Down(r)), Observation::Down);
+        }
+        for r in BlindReason::ALL {
+            assert_eq!(Observation::from(Outcome::Blind(r)), Observation::Blind);
         }
     }
 }

@@ -383,7 +383,7 @@ impl LoopState {
 
     fn probe(&mut self, report: ProbeReport, now: SystemTime, effects: &mut Vec<Effect>) {
         let previous = self.last_probe.as_ref().map(|(r, _)| r.outcome);
-        let transition = self.detector.observe(report.outcome.observation());
+        let transition = self.detector.observe(report.outcome.into());
         self.counters.probes += 1;
         match report.outcome {
             Outcome::Up => self.counters.up += 1,

@@ -19,7 +19,6 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::{GoldConn, SslMode};
-use crate::decide::detector::Observation;
 use crate::observe::target::Endpoint;
 
 /// Why Gold is considered unreachable or unusable as a primary. Only
@@ -156,14 +155,6 @@ impl BlindReason {
 }
 
 impl Outcome {
-    pub fn observation(self) -> Observation {
-        match self {
-            Outcome::Up => Observation::Up,
-            Outcome::Down(_) => Observation::Down,
-            Outcome::Blind(_) => Observation::Blind,
-        }
-    }
-
     pub fn class(self) -> &'static str {
         match self {
             Outcome::Up => "up",
@@ -955,14 +946,7 @@ mod tests {
     }
 
     #[test]
-    fn only_up_and_down_feed_the_detector_as_such() {
-        assert_eq!(Outcome::Up.observation(), Observation::Up);
-        for r in DownReason::ALL {
-            assert_eq!(Outcome::Down(r).observation(), Observation::Down);
-        }
-        for r in BlindReason::ALL {
-            assert_eq!(Outcome::Blind(r).observation(), Observation::Blind);
-        }
+    fn every_outcome_has_its_own_labels() {
         let labels: std::collections::HashSet<_> = Outcome::all().map(|o| (o.class(), o.reason())).collect();
         assert_eq!(labels.len(), 1 + DownReason::ALL.len() + BlindReason::ALL.len());
     }
