@@ -315,7 +315,8 @@ impl<P: Probe> Watchdog<P> {
     /// webhook message, both delivered off the loop.
     fn alert(&self, alert: Alert) {
         let reason = alert.kind.reason();
-        let guards = alert.guards.as_str();
+        // Only a veto names guards.
+        let guards = Some(alert.guards.as_str()).filter(|g| !g.is_empty());
         match alert.kind.severity() {
             Severity::Error => error!(alert = reason, guards, "{}", alert.text),
             Severity::Warning => warn!(alert = reason, guards, "{}", alert.text),

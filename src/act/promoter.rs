@@ -25,9 +25,8 @@ use crate::act::dynamic_config;
 use crate::decide::detector::Verdict;
 pub use crate::decide::state::Audit;
 use crate::observe::cluster_config::{
-    CONFIG_ANNOTATION, ConfigMapReader, PatroniConfigReader, PostgresConfigReader, ReadError,
+    ApiError, CONFIG_ANNOTATION, ConfigMapReader, PatroniConfigReader, PostgresConfigReader,
 };
-use crate::observe::dynamic_config::DynamicConfigError;
 
 pub const PROMOTED_AT_ANNOTATION: &str = "patroni-dr-watchdog/promoted-at";
 pub const PROMOTED_BY_ANNOTATION: &str = "patroni-dr-watchdog/promoted-by";
@@ -37,35 +36,18 @@ const FIELD_MANAGER: &str = "patroni-dr-watchdog";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PromoteError {
+    /// Reading or writing the config failed: the same errors as reading it.
     #[error(transparent)]
-    Read(#[from] ReadError),
-    #[error("the dynamic config in {object} {source}")]
-    Malformed {
-        object: String,
-        #[source]
-        source: DynamicConfigError,
-    },
+    Api(#[from] ApiError),
     #[error("promotion called off before writing: {0}")]
     CalledOff(&'static str),
-    #[error("{operation} of {object} failed: {message}")]
-    Api {
-        operation: &'static str,
-        object: String,
-        /// HTTP status, if the server answered over HTTP.
-        code: Option<u16>,
-        message: String,
-    },
     #[error("{0}")]
     Unsupported(&'static str),
 }
 
 impl PromoteError {
     fn retryable(&self) -> bool {
-        match self {
-            PromoteError::Read(e) => e.retryable(),
-            PromoteError::Api { code, .. } => crate::observe::cluster_config::retryable(*code),
-            _ => false,
-        }
+        matches!(self, PromoteError::Api(e) if e.retryable())
     }
 }
 
@@ -102,12 +84,11 @@ impl ConfigMapPromoter {
     async fn failback_attempt(&self, section: &serde_json::Value) -> Result<(), PromoteError> {
         let read = self.reader.read().await?;
         let (cm, text) = (read.object, read.text);
-        let new_config = dynamic_config::add_standby_cluster(&text, section).map_err(|source| {
-            PromoteError::Malformed {
+        let new_config =
+            dynamic_config::add_standby_cluster(&text, section).map_err(|source| ApiError::Malformed {
                 object: self.object(),
                 source,
-            }
-        })?;
+            })?;
         self.patch(&json!({
             "metadata": {
                 "resourceVersion": cm.resource_version(),
@@ -154,7 +135,7 @@ impl Promoter for ConfigMapPromoter {
             return Err(PromoteError::CalledOff("the watchdog was disarmed"));
         }
         let new_config = dynamic_config::remove_standby_cluster(&text)
-            .map_err(|source| PromoteError::Malformed {
+            .map_err(|source| ApiError::Malformed {
                 object: self.object(),
                 source,
             })?
@@ -288,12 +269,13 @@ pub struct PgPromoter {
 
 impl PgPromoter {
     fn error(&self, operation: &'static str, message: String) -> PromoteError {
-        PromoteError::Api {
+        ApiError::Api {
             operation,
             object: self.reader.object.clone(),
             code: None,
             message,
         }
+        .into()
     }
 }
 

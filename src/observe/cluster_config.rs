@@ -27,7 +27,7 @@ pub const CONFIG_ANNOTATION: &str = "config";
 pub const DISARMED_SETTING: &str = "patroni_dr_watchdog.disarmed";
 
 #[derive(Debug, thiserror::Error)]
-pub enum ReadError {
+pub enum ApiError {
     #[error("{object} not found: check WATCHDOG_PATRONI_CONFIGMAP and WATCHDOG_NAMESPACE")]
     NotFound { object: String },
     #[error("{object} has no `config` annotation: is it Patroni's <scope>-config? Nothing was written")]
@@ -48,16 +48,12 @@ pub enum ReadError {
     },
 }
 
-/// Conflicts, throttling, server errors and transport failures (no HTTP
-/// answer at all) pass on a retry; everything else needs a human.
-pub fn retryable(code: Option<u16>) -> bool {
-    code.is_none_or(|c| c == 409 || c == 429 || c >= 500)
-}
-
-impl ReadError {
+impl ApiError {
+    /// Conflicts, throttling, server errors and transport failures (no HTTP
+    /// answer at all) pass on a retry; everything else needs a human.
     pub fn retryable(&self) -> bool {
         match self {
-            ReadError::Api { code, .. } => retryable(*code),
+            ApiError::Api { code, .. } => code.is_none_or(|c| c == 409 || c == 429 || c >= 500),
             _ => false,
         }
     }
@@ -151,17 +147,17 @@ impl ConfigMapReader {
         }
     }
 
-    pub fn api_error(&self, operation: &'static str, e: kube::Error) -> ReadError {
+    pub fn api_error(&self, operation: &'static str, e: kube::Error) -> ApiError {
         let code = match &e {
             kube::Error::Api(status) => Some(status.code),
             _ => None,
         };
         if code == Some(404) {
-            return ReadError::NotFound {
+            return ApiError::NotFound {
                 object: self.object(),
             };
         }
-        ReadError::Api {
+        ApiError::Api {
             operation,
             object: self.object(),
             code,
@@ -169,8 +165,8 @@ impl ConfigMapReader {
         }
     }
 
-    pub fn timed_out(&self, operation: &'static str) -> ReadError {
-        ReadError::Api {
+    pub fn timed_out(&self, operation: &'static str) -> ApiError {
+        ApiError::Api {
             operation,
             object: self.object(),
             code: None,
@@ -181,7 +177,7 @@ impl ConfigMapReader {
         }
     }
 
-    pub async fn read(&self) -> Result<ConfigMapRead, ReadError> {
+    pub async fn read(&self) -> Result<ConfigMapRead, ApiError> {
         let cm = tokio::time::timeout(self.call_timeout, self.api.get(&self.name))
             .await
             .map_err(|_| self.timed_out("get"))?
@@ -191,10 +187,10 @@ impl ConfigMapReader {
             annotations
                 .get(CONFIG_ANNOTATION)
                 .cloned()
-                .ok_or_else(|| ReadError::NoConfigAnnotation {
+                .ok_or_else(|| ApiError::NoConfigAnnotation {
                     object: self.object(),
                 })?;
-        let facts = dynamic_config::facts(&text).map_err(|source| ReadError::Malformed {
+        let facts = dynamic_config::facts(&text).map_err(|source| ApiError::Malformed {
             object: self.object(),
             source,
         })?;
@@ -232,8 +228,8 @@ impl PatroniConfigReader {
         format!("Patroni {}", self.patroni.url())
     }
 
-    pub fn error(&self, operation: &'static str, code: Option<u16>, message: String) -> ReadError {
-        ReadError::Api {
+    pub fn error(&self, operation: &'static str, code: Option<u16>, message: String) -> ApiError {
+        ApiError::Api {
             operation,
             object: self.object(),
             code,
@@ -241,7 +237,7 @@ impl PatroniConfigReader {
         }
     }
 
-    pub async fn read(&self) -> Result<ClusterConfig, ReadError> {
+    pub async fn read(&self) -> Result<ClusterConfig, ApiError> {
         let op = "GET /config";
         let resp = self
             .patroni
@@ -258,7 +254,7 @@ impl PatroniConfigReader {
             let refusal = self.patroni.describe_refusal(status, &text);
             return Err(self.error(op, Some(status.as_u16()), refusal));
         }
-        let facts = dynamic_config::facts(&text).map_err(|source| ReadError::Malformed {
+        let facts = dynamic_config::facts(&text).map_err(|source| ApiError::Malformed {
             object: self.object(),
             source,
         })?;
@@ -283,12 +279,12 @@ pub struct PostgresConfigReader {
 }
 
 impl PostgresConfigReader {
-    pub async fn read(&self) -> Result<ClusterConfig, ReadError> {
+    pub async fn read(&self) -> Result<ClusterConfig, ApiError> {
         let (standby, disarmed) = self
             .pg
             .recovery_and_disarm()
             .await
-            .map_err(|message| ReadError::Api {
+            .map_err(|message| ApiError::Api {
                 operation: "pg_is_in_recovery()",
                 object: self.object.clone(),
                 code: None,
@@ -315,7 +311,7 @@ pub enum ConfigReader {
 }
 
 impl ConfigReader {
-    pub async fn read(&self) -> Result<ClusterConfig, ReadError> {
+    pub async fn read(&self) -> Result<ClusterConfig, ApiError> {
         match self {
             ConfigReader::ConfigMap(r) => r.read().await.map(|r| r.config),
             ConfigReader::PatroniApi(r) => r.read().await,
