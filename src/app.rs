@@ -22,7 +22,7 @@ use crate::config::{Config, GoldAddress, GoldConcern, PromoterKind, ServicePort}
 use crate::decide::detector::{Transition, Verdict};
 use crate::decide::guards::Limits;
 use crate::decide::state::{Alert, Audit, Effect, Event, LoopState, Policy, Severity, Written};
-use crate::observe::cluster::{self, ClusterObserver, Observation};
+use crate::observe::cluster::{self, ClusterObserver, Observation, Others};
 use crate::observe::cluster_config::{
     ConfigMapReader, ConfigReader, PatroniConfigReader, PostgresConfigReader,
 };
@@ -120,8 +120,12 @@ pub fn build_cluster<G: GoldConcern>(
     } else {
         None
     };
-    let observer = ClusterObserver::new(patroni, reader, local_pg, config.witnesses.clone(), timeout)
-        .map_err(Error::HttpClient)?;
+    let others = Others {
+        signals: config.quorum.gold_signals.clone(),
+        witnesses: config.quorum.witnesses.clone(),
+    };
+    let observer =
+        ClusterObserver::new(patroni, reader, local_pg, others, timeout).map_err(Error::HttpClient)?;
     Ok(Some(Cluster {
         observer,
         promoter,
@@ -136,7 +140,8 @@ pub fn limits<G>(config: &Config<G>) -> Limits {
         wal_receiver_fresh: config.wal_receiver_fresh,
         max_data_age: config.max_data_age,
         allow_stale_promotion: config.allow_stale_promotion,
-        witness_unreachable_blocks: config.witness_unreachable_blocks,
+        quorum: config.quorum.needed,
+        witness_max_age: config.quorum.witness_max_age,
     }
 }
 

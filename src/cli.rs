@@ -13,12 +13,13 @@ use crate::act::promoter::Promoter;
 use crate::app::{self, Cluster};
 use crate::config::{Config, GoldAddress, GoldConcern, ServicePort};
 use crate::decide::detector::Verdict;
-use crate::decide::guards::{self, Decision, Facts, Veto};
+use crate::decide::guards::{self, Decision, Facts, Limits, Veto};
+use crate::decide::quorum::Vote;
 use crate::decide::state::{Audit, Written};
+use crate::observe::cluster::Observation;
 use crate::observe::patroni::Role;
 use crate::observe::probe::{Outcome, PgProbe, Probe};
 use crate::observe::target::{Endpoint, port_of};
-use crate::observe::witness::Testimony;
 
 /// How a subcommand ended, for the exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,14 +80,6 @@ fn yes_no(b: Option<bool>) -> &'static str {
         Some(true) => "yes",
         Some(false) => "no",
         None => "unknown",
-    }
-}
-
-fn testimony(t: &Testimony) -> String {
-    match t {
-        Testimony::GoldAlive(d) => format!("sees Gold alive ({d})"),
-        Testimony::GoldGone(d) => format!("sees Gold gone ({d})"),
-        Testimony::CantTell(d) => format!("cannot tell ({d})"),
     }
 }
 
@@ -184,16 +177,77 @@ pub async fn check(config: &Config, kube: Option<&kube::Client>) -> Exit {
                     format!("WAL receiver {}", w.receiver.as_deref().unwrap_or("not running")),
                 ),
             };
-            for (w, t) in &o.witnesses {
-                ok &= line(
-                    !matches!(t, Testimony::CantTell(_)),
-                    "witness",
-                    format!("{w} {}", testimony(t)),
-                );
-            }
+            ok &= check_others(config, &o);
         }
     }
     if ok { Exit::Ok } else { Exit::Failed }
+}
+
+/// The lines about who else judges Gold: the mode, each signal, each
+/// witness's vote and whether the quorum can be reached.
+fn check_others(config: &Config, o: &Observation) -> bool {
+    let q = &config.quorum;
+    if q.single_observer() {
+        line(
+            true,
+            "judging gold",
+            "single observer: without witnesses this watchdog cannot tell a Transport Service outage \
+             from the loss of Gold's site; list witnesses in WATCHDOG_WITNESSES",
+        );
+    } else {
+        line(
+            true,
+            "judging gold",
+            format!(
+                "quorum: {} of {} witnesses must agree Gold's site is lost",
+                q.needed,
+                q.witnesses.len()
+            ),
+        );
+    }
+    // A signal that is silent now is no failure: it only matters once Gold
+    // is lost, and then silence is what we expect.
+    for (signal, reading) in &o.signals {
+        line(
+            true,
+            "gold signal",
+            format!(
+                "{signal}: {} ({})",
+                if reading.alive() {
+                    "answers, Gold's site is alive"
+                } else {
+                    "silent"
+                },
+                reading.detail()
+            ),
+        );
+    }
+    let mut ok = true;
+    let ballots = guards::ballots(o, q.witness_max_age);
+    for b in &ballots {
+        let usable = matches!(b.vote, Vote::SiteLost | Vote::SeesGold | Vote::Undecided);
+        ok &= line(
+            usable,
+            "witness",
+            format!("{}: {} ({})", b.witness, b.vote, b.detail),
+        );
+    }
+    if !q.single_observer() {
+        let usable = ballots
+            .iter()
+            .filter(|b| matches!(b.vote, Vote::SiteLost | Vote::SeesGold | Vote::Undecided))
+            .count();
+        ok &= line(
+            usable >= q.needed,
+            "quorum",
+            format!(
+                "{usable} of {} witnesses answer, {} needed to promote",
+                ballots.len(),
+                q.needed
+            ),
+        );
+    }
+    ok
 }
 
 /// `status`: a running watchdog's `/status`, for a human (or raw JSON).
@@ -410,7 +464,13 @@ pub async fn promote<G: GoldConcern>(
     );
     if !force {
         let observation = observer.observe().await;
-        match guards::decide(&Facts::new(true, &observation), &app::limits(config)) {
+        // The operator is the third party: absent witness votes do not hold
+        // a manual promotion back, a witness that sees Gold still does.
+        let limits = Limits {
+            quorum: 0,
+            ..app::limits(config)
+        };
+        match guards::decide(&Facts::new(true, &observation, &limits), &limits) {
             Decision::Veto(v) => {
                 line(
                     false,

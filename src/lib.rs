@@ -13,6 +13,7 @@ pub mod decide;
 pub mod logging;
 pub mod observe;
 pub mod report;
+pub mod witness;
 
 pub use app::{Watchdog, run};
 pub use config::Config;

@@ -22,6 +22,11 @@ enum Command {
     /// Probe Gold, promote when it is lost and every guard agrees, and serve
     /// /livez, /readyz, /metrics and /status (the default).
     Run,
+    /// Observe Gold from a third place and serve what it sees: Gold's
+    /// PostgreSQL over this witness's own route and Gold's site heartbeat
+    /// (its Patroni REST API), at /v1/observation for the DR watchdogs that
+    /// list it in WATCHDOG_WITNESSES. Never writes anything.
+    Witness,
     /// Validate the settings and reach Gold, the Kubernetes API, the local
     /// Patroni and PostgreSQL, and the witnesses; one line per check, exit
     /// code 0 only if all pass.
@@ -79,6 +84,13 @@ fn main() -> ExitCode {
             block_on(async move { exit(cli::status(&url, json).await) })
         }
         Command::Run => with_config(run),
+        Command::Witness => match config::WitnessConfig::load_env() {
+            Ok(config) => witness(config),
+            Err(e) => {
+                eprintln!("patroni-dr-watchdog witness: configuration error: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Check => with_config(|config: Config| {
             with_kube(config, |c, k| async move { cli::check(&c, k.as_ref()).await })
         }),
@@ -221,6 +233,28 @@ fn run(config: Config) -> ExitCode {
             }
             Err(e) => {
                 error!(error = %e, "watchdog failed");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn witness(config: config::WitnessConfig) -> ExitCode {
+    logging::init(config.log_format);
+    block_on(async {
+        let listener = match tokio::net::TcpListener::bind(config.listen_addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                error!(error = %e, addr = %config.listen_addr, "WATCHDOG_LISTEN_ADDR: cannot listen");
+                return ExitCode::FAILURE;
+            }
+        };
+        let shutdown = CancellationToken::new();
+        tokio::spawn(wait_for_signal(shutdown.clone()));
+        match patroni_dr_watchdog::witness::run(config, listener, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                error!(error = %e, "witness failed");
                 ExitCode::FAILURE
             }
         }

@@ -1,15 +1,14 @@
 //! What may hold a promotion back: the mode, the local WAL receiver, the age
-//! of the data, the witnesses.
+//! of the data. (The witnesses are the quorum's concern.)
 
 use std::time::Duration;
 
 use serde::Serialize;
 
-use super::parse::{self, invalid, var};
-use super::probe::Timing;
+use super::parse::{self, var};
+use super::probe::{Timing, TimingDefaults};
 use super::vars::Raw;
 use super::{ConfigError, defaults};
-use crate::observe::witness::{self, Witness};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -37,11 +36,9 @@ pub(super) struct Guards {
     pub wal_receiver_fresh: Duration,
     pub max_data_age: Duration,
     pub allow_stale_promotion: bool,
-    pub witnesses: Vec<Witness>,
-    pub witness_unreachable_blocks: bool,
 }
 
-pub(super) fn load(raw: &mut Raw, timing: &Timing) -> Result<Guards, ConfigError> {
+pub(super) fn load(raw: &mut Raw, timing: &Timing, by_mode: &TimingDefaults) -> Result<Guards, ConfigError> {
     let mode = parse::choice(
         "MODE",
         raw.mode.take(),
@@ -55,7 +52,7 @@ pub(super) fn load(raw: &mut Raw, timing: &Timing) -> Result<Guards, ConfigError
     let wal_receiver_fresh = parse::duration(
         "WAL_RECEIVER_FRESH",
         raw.wal_receiver_fresh.take(),
-        defaults::WAL_RECEIVER_FRESH,
+        by_mode.wal_receiver_fresh,
     )?;
     let max_data_age = parse::duration("MAX_DATA_AGE", raw.max_data_age.take(), defaults::MAX_DATA_AGE)?;
     let allow_stale_promotion = parse::boolean("ALLOW_STALE_PROMOTION", raw.allow_stale_promotion.take())?;
@@ -71,22 +68,10 @@ pub(super) fn load(raw: &mut Raw, timing: &Timing) -> Result<Guards, ConfigError
                      or the stale-data guard would veto every real loss",
         });
     }
-    let witnesses = match raw.witnesses.take() {
-        Some(v) => witness::parse_list(&v).map_err(|e| invalid("WITNESSES", &v, e))?,
-        None => Vec::new(),
-    };
-    let witness_unreachable_blocks = parse::choice(
-        "WITNESS_UNREACHABLE",
-        raw.witness_unreachable.take(),
-        true,
-        &[("block", true), ("ignore", false)],
-    )?;
     Ok(Guards {
         mode,
         wal_receiver_fresh,
         max_data_age,
         allow_stale_promotion,
-        witnesses,
-        witness_unreachable_blocks,
     })
 }

@@ -11,6 +11,7 @@ mod local_pg;
 mod parse;
 mod probe;
 mod promoter;
+mod quorum;
 mod reporting;
 pub mod vars;
 
@@ -25,14 +26,15 @@ pub use guards::Mode;
 pub use local_pg::LocalPgConn;
 pub use parse::Password;
 pub use promoter::{BasicAuth, PatroniApi, PromoterKind};
+pub use quorum::Quorum;
 pub use reporting::{LogFormat, WebhookUrl};
 
 use crate::decide::detector::Thresholds;
-use crate::observe::witness::Witness;
+use crate::observe::signal::Signal;
 
 pub const ENV_PREFIX: &str = "WATCHDOG_";
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     #[error("{var} is required: {hint}")]
     Missing { var: String, hint: &'static str },
@@ -56,6 +58,15 @@ pub enum ConfigError {
     },
     #[error("unknown setting {var}: {hint}")]
     Unknown { var: String, hint: String },
+    #[error("{var} was removed: {replacement}")]
+    Removed { var: String, replacement: &'static str },
+    #[error("{var} is a setting of `{role}`, not of `{command}`: {hint}")]
+    WrongRole {
+        var: String,
+        role: &'static str,
+        command: &'static str,
+        hint: &'static str,
+    },
 }
 
 /// The settings. `G` is what the command needs of Gold: [`GoldConn`] to
@@ -87,9 +98,8 @@ pub struct Config<G = GoldConn> {
     #[serde(with = "humantime_serde_compat")]
     pub max_data_age: Duration,
     pub allow_stale_promotion: bool,
-    pub witnesses: Vec<Witness>,
-    /// Whether a witness that cannot be reached holds a promotion back.
-    pub witness_unreachable_blocks: bool,
+    /// The witnesses, the quorum, Gold's signals.
+    pub quorum: Quorum,
     pub webhook_url: Option<WebhookUrl>,
 }
 
@@ -116,31 +126,11 @@ impl<G: GoldConcern> Config<G> {
     where
         I: IntoIterator<Item = (String, String)>,
     {
-        let mut in_cluster = false;
-        let mut identity = None;
-        let mut vars: HashMap<String, String> = vars
-            .into_iter()
-            .filter(|(k, v)| {
-                match k.as_str() {
-                    "KUBERNETES_SERVICE_HOST" => in_cluster = !v.is_empty(),
-                    "HOSTNAME" if !v.is_empty() => identity = Some(v.clone()),
-                    _ => {}
-                }
-                k.starts_with(ENV_PREFIX)
-            })
-            .collect();
-        let mut raw = vars::Raw::take_from(&mut vars);
-        // A typo such as WATCHDOG_PROMOTE_AFTR must not silently leave the
-        // default in force on a production promoter.
-        if let Some(unknown) = vars.into_keys().min() {
-            return Err(ConfigError::Unknown {
-                var: unknown,
-                hint: format!(
-                    "known settings are {}",
-                    vars::all().collect::<Vec<_>>().join(", ")
-                ),
-            });
-        }
+        let Env {
+            mut raw,
+            in_cluster,
+            identity,
+        } = Env::read(vars)?;
         let gold = G::load(&mut raw)?;
         let namespace = parse::non_empty("NAMESPACE", raw.namespace.take())?;
         if let Some(ns) = &namespace {
@@ -148,8 +138,14 @@ impl<G: GoldConcern> Config<G> {
         }
         let promotion = promoter::load(&mut raw, in_cluster)?;
         let local_pg = local_pg::load(&mut raw)?;
-        let timing = probe::load(&mut raw)?;
-        let guards = guards::load(&mut raw, &timing)?;
+        let quorum = quorum::load(&mut raw)?;
+        let mode_defaults = if quorum.single_observer() {
+            defaults::SINGLE_OBSERVER
+        } else {
+            defaults::QUORUM
+        };
+        let timing = probe::load(&mut raw, &mode_defaults)?;
+        let guards = guards::load(&mut raw, &timing, &mode_defaults)?;
         let reporting = reporting::load(&mut raw)?;
         Ok(Config {
             gold,
@@ -162,14 +158,13 @@ impl<G: GoldConcern> Config<G> {
             promoter: promotion.promoter,
             patroni_configmap: promotion.patroni_configmap,
             patroni: promotion.patroni,
-            identity: identity.unwrap_or_else(|| "patroni-dr-watchdog".to_string()),
+            identity,
             mode: guards.mode,
             local_pg,
             wal_receiver_fresh: guards.wal_receiver_fresh,
             max_data_age: guards.max_data_age,
             allow_stale_promotion: guards.allow_stale_promotion,
-            witnesses: guards.witnesses,
-            witness_unreachable_blocks: guards.witness_unreachable_blocks,
+            quorum,
             webhook_url: reporting.webhook_url,
         })
     }
@@ -191,6 +186,139 @@ impl Config {
     }
 }
 
+/// The process environment, split: our settings, and what we read of the
+/// rest.
+struct Env {
+    raw: vars::Raw,
+    /// `KUBERNETES_SERVICE_HOST` is set: we run in a pod.
+    in_cluster: bool,
+    /// `HOSTNAME`: who acts, in Events, audit annotations and observations.
+    identity: String,
+}
+
+impl Env {
+    fn read<I>(vars: I) -> Result<Env, ConfigError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let mut in_cluster = false;
+        let mut identity = None;
+        let mut vars: HashMap<String, String> = vars
+            .into_iter()
+            .filter(|(k, v)| {
+                match k.as_str() {
+                    "KUBERNETES_SERVICE_HOST" => in_cluster = !v.is_empty(),
+                    "HOSTNAME" if !v.is_empty() => identity = Some(v.clone()),
+                    _ => {}
+                }
+                k.starts_with(ENV_PREFIX)
+            })
+            .collect();
+        let raw = vars::Raw::take_from(&mut vars);
+        for (name, replacement) in vars::REMOVED {
+            let removed = parse::var(name);
+            if vars.contains_key(&removed) {
+                return Err(ConfigError::Removed {
+                    var: removed,
+                    replacement,
+                });
+            }
+        }
+        // A typo such as WATCHDOG_PROMOTE_AFTR must not silently leave the
+        // default in force on a production promoter.
+        if let Some(unknown) = vars.into_keys().min() {
+            return Err(ConfigError::Unknown {
+                var: unknown,
+                hint: format!(
+                    "known settings are {}",
+                    vars::all().collect::<Vec<_>>().join(", ")
+                ),
+            });
+        }
+        Ok(Env {
+            raw,
+            in_cluster,
+            identity: identity.unwrap_or_else(|| "patroni-dr-watchdog".to_string()),
+        })
+    }
+}
+
+/// The settings of the `witness` command: Gold's PostgreSQL over the
+/// witness's own route, Gold's site heartbeat, the timing, and where to
+/// serve. Nothing that writes.
+#[derive(Debug, Clone, Serialize)]
+pub struct WitnessConfig {
+    pub gold: GoldConn,
+    pub heartbeat: Vec<Signal>,
+    #[serde(with = "humantime_serde_compat")]
+    pub probe_interval: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub probe_timeout: Duration,
+    pub thresholds: Thresholds,
+    pub listen_addr: SocketAddr,
+    pub log_format: LogFormat,
+    /// Served in every observation: the pod or host name.
+    pub identity: String,
+}
+
+impl WitnessConfig {
+    pub fn load_env() -> Result<Self, ConfigError> {
+        Self::load(std::env::vars())
+    }
+
+    pub fn load<I>(vars: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let Env {
+            mut raw, identity, ..
+        } = Env::read(vars)?;
+        let gold = GoldConn::load(&mut raw)?;
+        if gold.address.service().is_some() {
+            return Err(wrong_role(
+                "TS_SERVICE",
+                "the witness reaches Gold over its own route, not through GoldDR's Transport Service: \
+                 set WATCHDOG_GOLD_HOST and WATCHDOG_GOLD_PORT",
+            ));
+        }
+        let heartbeat = quorum::heartbeat(&mut raw)?;
+        let timing = probe::load(&mut raw, &defaults::QUORUM)?;
+        let reporting = reporting::load(&mut raw)?;
+        const OBSERVES_ONLY: &str =
+            "a witness only observes Gold and serves what it sees; it never writes, promotes or alerts";
+        if reporting.webhook_url.is_some() {
+            return Err(wrong_role("WEBHOOK_URL", OBSERVES_ONLY));
+        }
+        if let Some(var) = raw.left().into_iter().next() {
+            return Err(ConfigError::WrongRole {
+                var,
+                role: "run",
+                command: "witness",
+                hint: OBSERVES_ONLY,
+            });
+        }
+        Ok(WitnessConfig {
+            gold,
+            heartbeat,
+            probe_interval: timing.interval,
+            probe_timeout: timing.timeout,
+            thresholds: timing.thresholds,
+            listen_addr: reporting.listen_addr,
+            log_format: reporting.log_format,
+            identity,
+        })
+    }
+}
+
+fn wrong_role(name: &str, hint: &'static str) -> ConfigError {
+    ConfigError::WrongRole {
+        var: parse::var(name),
+        role: "run",
+        command: "witness",
+        hint,
+    }
+}
+
 mod humantime_serde_compat {
     use std::time::Duration;
 
@@ -202,24 +330,45 @@ mod humantime_serde_compat {
 pub mod defaults {
     use std::time::Duration;
 
+    use super::probe::TimingDefaults;
+
     pub const GOLD_PORT: u16 = 5432;
     pub const GOLD_USER: &str = "postgres";
     pub const GOLD_DATABASE: &str = "postgres";
-    pub const PROBE_INTERVAL: Duration = Duration::from_secs(10);
-    pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-    /// 3 × 10 s: longer than one F5 tunnel monitor cycle (10 s + 10 s timeout).
-    pub const FALL: u32 = 3;
-    pub const RISE: u32 = 2;
-    /// 18 × 10 s = 3 min: twice the worst Gold-internal Patroni failover
-    /// (ttl 30 s + loop_wait 10 s + restart) plus a tunnel re-route, so
-    /// neither is ever taken for a site loss.
-    pub const PROMOTE_AFTER: u32 = 18;
+    /// Alone, this watchdog cannot tell a tunnel outage or a Patroni
+    /// failover inside Gold from the loss of Gold's site, so it waits them
+    /// out. fall: 3 × 10 s, longer than one F5 tunnel monitor cycle (10 s +
+    /// 10 s timeout). promote_after: 18 × 10 s = 3 min, twice the worst
+    /// Gold-internal Patroni failover (ttl 30 s + loop_wait 10 s + restart)
+    /// plus a tunnel re-route, so neither is ever taken for a site loss.
+    pub const SINGLE_OBSERVER: TimingDefaults = TimingDefaults {
+        interval: Duration::from_secs(10),
+        timeout: Duration::from_secs(5),
+        fall: 3,
+        rise: 2,
+        promote_after: 18,
+        wal_receiver_fresh: Duration::from_secs(60),
+    };
+    /// With witnesses that check Gold's site heartbeat, a failover inside
+    /// Gold is a site that answers, not a lost one, and a tunnel outage is a
+    /// witness that still sees Gold: the bound only has to ride out a short
+    /// blip on two routes at once. 4 × 5 s: Gold lost 15-23 s after it
+    /// died (the README's figures), the witness alike, and GoldDR writable
+    /// well within 45 s.
+    pub const QUORUM: TimingDefaults = TimingDefaults {
+        interval: Duration::from_secs(5),
+        timeout: Duration::from_secs(3),
+        fall: 2,
+        rise: 2,
+        promote_after: 4,
+        wal_receiver_fresh: Duration::from_secs(15),
+    };
+    /// A witness serves its observation every interval (5 s by default); an
+    /// older one may no longer be true.
+    pub const WITNESS_MAX_AGE: Duration = Duration::from_secs(15);
     pub const LISTEN_ADDR: &str = "0.0.0.0:9808";
     pub const PATRONI_CONFIGMAP: &str = "patroni-config";
     pub const PATRONI_URL: &str = "http://127.0.0.1:8008";
-    /// Longer than the 30 s a walsender may stay silent on an idle link
-    /// (wal_sender_timeout / 2), shorter than the time to declare Gold lost.
-    pub const WAL_RECEIVER_FRESH: Duration = Duration::from_secs(60);
     pub const MAX_DATA_AGE: Duration = Duration::from_secs(300);
 }
 

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::parse::{self, var};
 use super::vars::Raw;
-use super::{ConfigError, defaults, humantime_serde_compat};
+use super::{ConfigError, humantime_serde_compat};
 use crate::decide::detector::Thresholds;
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -25,13 +25,23 @@ impl Timing {
     }
 }
 
-pub(super) fn load(raw: &mut Raw) -> Result<Timing, ConfigError> {
-    let interval = parse::duration(
-        "PROBE_INTERVAL",
-        raw.probe_interval.take(),
-        defaults::PROBE_INTERVAL,
-    )?;
-    let timeout = parse::duration("PROBE_TIMEOUT", raw.probe_timeout.take(), defaults::PROBE_TIMEOUT)?;
+/// The defaults of one mode of judging Gold.
+pub struct TimingDefaults {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub fall: u32,
+    pub rise: u32,
+    pub promote_after: u32,
+    /// The WAL receiver guard's window: a receiver that heard from Gold this
+    /// recently proves Gold alive. Shorter than the time to declare Gold
+    /// lost, or a blackholed Gold (whose receiver only notices at
+    /// `wal_receiver_timeout`) would hold every promotion back.
+    pub wal_receiver_fresh: Duration,
+}
+
+pub(super) fn load(raw: &mut Raw, defaults: &TimingDefaults) -> Result<Timing, ConfigError> {
+    let interval = parse::duration("PROBE_INTERVAL", raw.probe_interval.take(), defaults.interval)?;
+    let timeout = parse::duration("PROBE_TIMEOUT", raw.probe_timeout.take(), defaults.timeout)?;
     if timeout >= interval {
         return Err(ConfigError::Conflict {
             var: var("PROBE_TIMEOUT"),
@@ -39,9 +49,9 @@ pub(super) fn load(raw: &mut Raw) -> Result<Timing, ConfigError> {
             reason: "the probe timeout must be shorter than the probe interval, or probes would pile up",
         });
     }
-    let fall = parse::count("FALL", raw.fall.take(), defaults::FALL)?;
-    let rise = parse::count("RISE", raw.rise.take(), defaults::RISE)?;
-    let promote_after = parse::count("PROMOTE_AFTER", raw.promote_after.take(), defaults::PROMOTE_AFTER)?;
+    let fall = parse::count("FALL", raw.fall.take(), defaults.fall)?;
+    let rise = parse::count("RISE", raw.rise.take(), defaults.rise)?;
+    let promote_after = parse::count("PROMOTE_AFTER", raw.promote_after.take(), defaults.promote_after)?;
     let thresholds = Thresholds::new(fall, rise, promote_after).map_err(|_| ConfigError::Conflict {
         var: var("PROMOTE_AFTER"),
         other: var("FALL"),

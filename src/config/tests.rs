@@ -15,7 +15,9 @@ fn err_var(e: ConfigError) -> String {
         | ConfigError::Invalid { var, .. }
         | ConfigError::Conflict { var, .. }
         | ConfigError::File { var, .. }
-        | ConfigError::Unknown { var, .. } => var,
+        | ConfigError::Unknown { var, .. }
+        | ConfigError::Removed { var, .. }
+        | ConfigError::WrongRole { var, .. } => var,
     }
 }
 
@@ -222,10 +224,8 @@ fn safety_settings_have_safe_defaults() {
     let c = cfg(&[]).unwrap();
     assert_eq!(c.mode, Mode::Enforce);
     assert!(!c.allow_stale_promotion);
-    assert!(
-        c.witness_unreachable_blocks,
-        "an unreachable witness holds back by default"
-    );
+    assert!(c.quorum.single_observer());
+    assert_eq!(c.quorum.needed, 0);
     assert_eq!(c.local_pg.host, "127.0.0.1");
     // A Gold that is really gone has been silent far longer than the
     // freshness window by the time it is declared lost.
@@ -501,4 +501,128 @@ fn every_variable_read_is_known_and_documented() {
     }
     let e = cfg(&[("WATCHDOG_PROMOTE_AFTR", "3")]).unwrap_err();
     assert!(e.to_string().contains("WATCHDOG_PROMOTE_AFTER"), "{e}");
+}
+
+#[test]
+fn witnesses_pick_the_quorum_defaults_and_a_majority() {
+    let single = cfg(&[]).unwrap();
+    assert_eq!(
+        (single.probe_interval, single.thresholds.promote_after()),
+        (Duration::from_secs(10), 18),
+        "alone: today's conservative 3 minutes"
+    );
+    let c = cfg(&[(
+        "WATCHDOG_WITNESSES",
+        "http://w1:9808,http://w2:9808,http://w3:9808",
+    )])
+    .unwrap();
+    assert!(!c.quorum.single_observer());
+    assert_eq!(c.quorum.needed, 2);
+    assert_eq!(c.probe_interval, Duration::from_secs(5));
+    assert_eq!(c.probe_timeout, Duration::from_secs(3));
+    assert_eq!(
+        (
+            c.thresholds.fall(),
+            c.thresholds.rise(),
+            c.thresholds.promote_after()
+        ),
+        (2, 2, 4)
+    );
+    assert_eq!(c.quorum.witness_max_age, Duration::from_secs(15));
+    // A blackholed Gold's receiver stays "streaming" until
+    // wal_receiver_timeout: the window must close before Gold is lost.
+    assert!(c.wal_receiver_fresh < c.probe_interval * c.thresholds.promote_after());
+    let one = cfg(&[("WATCHDOG_WITNESSES", "http://w1:9808"), ("WATCHDOG_QUORUM", "1")]).unwrap();
+    assert_eq!(one.quorum.needed, 1);
+    // Explicit timing wins over the mode's defaults.
+    let slow = cfg(&[
+        ("WATCHDOG_WITNESSES", "http://w1:9808"),
+        ("WATCHDOG_PROBE_INTERVAL", "10s"),
+    ])
+    .unwrap();
+    assert_eq!(slow.probe_interval, Duration::from_secs(10));
+}
+
+#[test]
+fn bad_quorum_settings_name_their_variable() {
+    let e = cfg(&[("WATCHDOG_QUORUM", "1")]).unwrap_err();
+    assert!(
+        matches!(&e, ConfigError::Conflict { var, .. } if var == "WATCHDOG_QUORUM"),
+        "{e}"
+    );
+    for (quorum, why) in [("4", "more than the 3"), ("0", "")] {
+        let e = cfg(&[
+            (
+                "WATCHDOG_WITNESSES",
+                "http://w1:9808,http://w2:9808,http://w3:9808",
+            ),
+            ("WATCHDOG_QUORUM", quorum),
+        ])
+        .unwrap_err();
+        assert_eq!(err_var(e.clone()), "WATCHDOG_QUORUM");
+        assert!(e.to_string().contains(why), "{e}");
+    }
+    let e = cfg(&[("WATCHDOG_GOLD_SIGNALS", "gold:8008")]).unwrap_err();
+    assert_eq!(err_var(e), "WATCHDOG_GOLD_SIGNALS");
+    let e = cfg(&[("WATCHDOG_WITNESS_MAX_AGE", "soon")]).unwrap_err();
+    assert_eq!(err_var(e), "WATCHDOG_WITNESS_MAX_AGE");
+}
+
+#[test]
+fn old_witness_settings_stop_with_what_replaced_them() {
+    let e = cfg(&[("WATCHDOG_WITNESS_UNREACHABLE", "ignore")]).unwrap_err();
+    assert_eq!(err_var(e.clone()), "WATCHDOG_WITNESS_UNREACHABLE");
+    let text = e.to_string();
+    assert!(
+        text.contains("was removed")
+            && text.contains("WATCHDOG_QUORUM")
+            && text.contains("WATCHDOG_GOLD_SIGNALS"),
+        "{text}"
+    );
+    for old in ["tcp://gold:5432", "http://gold-patroni:8008/primary"] {
+        let e = cfg(&[("WATCHDOG_WITNESSES", old)]).unwrap_err();
+        assert_eq!(err_var(e.clone()), "WATCHDOG_WITNESSES");
+        assert!(e.to_string().contains("WATCHDOG_GOLD_SIGNALS"), "{e}");
+    }
+}
+
+fn witness_cfg(pairs: &[(&str, &str)]) -> Result<WitnessConfig, ConfigError> {
+    let mut vars: Vec<(String, String)> = vec![
+        ("WATCHDOG_GOLD_HOST".into(), "gold.example".into()),
+        ("HOSTNAME".into(), "witness-0".into()),
+    ];
+    vars.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    WitnessConfig::load(vars)
+}
+
+#[test]
+fn the_witness_needs_a_heartbeat_and_refuses_what_writes() {
+    let e = witness_cfg(&[]).unwrap_err();
+    assert!(
+        matches!(&e, ConfigError::Missing { var, .. } if var == "WATCHDOG_GOLD_HEARTBEAT"),
+        "{e}"
+    );
+    let w = witness_cfg(&[(
+        "WATCHDOG_GOLD_HEARTBEAT",
+        "http://gold-api:8008/liveness,tcp://gold-api:8008",
+    )])
+    .unwrap();
+    assert_eq!(w.heartbeat.len(), 2);
+    assert_eq!(w.identity, "witness-0");
+    assert_eq!(w.probe_interval, Duration::from_secs(5));
+    assert_eq!(w.thresholds.promote_after(), 4);
+    for (var, value) in [
+        ("WATCHDOG_PROMOTER", "patroni-api"),
+        ("WATCHDOG_WITNESSES", "http://w:9808"),
+        ("WATCHDOG_WEBHOOK_URL", "https://chat.example/hook"),
+        ("WATCHDOG_TS_SERVICE", "patroni-master-gold"),
+    ] {
+        let e =
+            witness_cfg(&[("WATCHDOG_GOLD_HEARTBEAT", "http://gold-api:8008/"), (var, value)]).unwrap_err();
+        assert!(matches!(&e, ConfigError::WrongRole { .. }), "{var}: {e}");
+        assert_eq!(err_var(e.clone()), var);
+        assert!(!e.to_string().contains("chat.example"), "{e}");
+    }
+    let e = witness_cfg(&[("WATCHDOG_GOLD_HEARTBEAT", "http://u:pw@gold-api:8008/")]).unwrap_err();
+    assert_eq!(err_var(e.clone()), "WATCHDOG_GOLD_HEARTBEAT");
 }

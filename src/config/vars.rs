@@ -25,6 +25,17 @@ macro_rules! variables {
             }
         }
 
+        impl Raw {
+            /// The settings still here after a command took what it reads.
+            pub(super) fn left(&self) -> Vec<String> {
+                let mut left = Vec::new();
+                $($(if self.$field.is_some() {
+                    left.push(var(&stringify!($field).to_ascii_uppercase()));
+                })*)*
+                left
+            }
+        }
+
         /// Every setting's name without `WATCHDOG_`, lower-case, by concern.
         const VARIABLES: &[(&str, &[&str])] = &[$(($concern, &[$(stringify!($field)),*])),*];
     };
@@ -41,10 +52,9 @@ variables! {
         promoter, patroni_configmap, patroni_url, patroni_username, patroni_password,
         patroni_password_file, patroni_cafile,
     ],
-    "Guards": [
-        mode, wal_receiver_fresh, max_data_age, allow_stale_promotion, witnesses,
-        witness_unreachable,
-    ],
+    "Guards": [mode, wal_receiver_fresh, max_data_age, allow_stale_promotion],
+    "Quorum": [witnesses, quorum, witness_max_age, gold_signals],
+    "Witness": [gold_heartbeat],
     "Local PostgreSQL": [
         local_pg_host, local_pg_port, local_pg_user, local_pg_password, local_pg_password_file,
         local_pg_database,
@@ -66,3 +76,12 @@ pub fn by_concern() -> impl Iterator<Item = (&'static str, Vec<String>)> {
 pub fn all() -> impl Iterator<Item = String> {
     by_concern().flat_map(|(_, vars)| vars)
 }
+
+/// Settings that existed once, with what replaced them: refused by name so
+/// an old manifest stops with directions rather than "unknown setting".
+pub(super) const REMOVED: &[(&str, &str)] = &[(
+    "WITNESS_UNREACHABLE",
+    "witnesses are processes now (`patroni-dr-watchdog witness`, listed in WATCHDOG_WITNESSES) and \
+     one that cannot be reached gives no vote: it neither blocks nor agrees, and WATCHDOG_QUORUM says \
+     how many must agree; direct checks of Gold moved to WATCHDOG_GOLD_SIGNALS, which never block",
+)];

@@ -6,11 +6,12 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::Mode;
+use crate::decide::quorum::{self, Ballot, Tally, Vote};
 use crate::observe::cluster::Observation;
 pub use crate::observe::cluster::Wal;
 pub use crate::observe::cluster_config::{ClusterConfig, DisarmSwitch};
 pub use crate::observe::patroni::Role;
-use crate::observe::witness::Testimony;
+use crate::observe::signal::Reading;
 
 /// The operator's limits for the guards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,7 +20,12 @@ pub struct Limits {
     pub wal_receiver_fresh: Duration,
     pub max_data_age: Duration,
     pub allow_stale_promotion: bool,
-    pub witness_unreachable_blocks: bool,
+    /// How many witnesses must agree Gold's site is lost: 0 with none listed
+    /// (single-observer mode), and for an operator's `promote` (the operator
+    /// is the third party).
+    pub quorum: usize,
+    /// Older witness observations give no vote.
+    pub witness_max_age: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,20 +36,32 @@ pub struct Facts {
     pub config: Result<ClusterConfig, String>,
     /// `Err` when the local PostgreSQL could not be asked.
     pub wal: Result<Wal, String>,
-    pub witnesses: Vec<(String, Testimony)>,
+    /// Direct checks of Gold through other routes.
+    pub signals: Vec<(String, Reading)>,
+    /// Every listed witness's vote.
+    pub ballots: Vec<Ballot>,
 }
 
 impl Facts {
     /// The guards' view of one observation.
-    pub fn new(target_known: bool, o: &Observation) -> Facts {
+    pub fn new(target_known: bool, o: &Observation, limits: &Limits) -> Facts {
         Facts {
             target_known,
             role: o.role.clone(),
             config: o.config.clone(),
             wal: o.wal.as_ref().map(|w| w.wal).map_err(Clone::clone),
-            witnesses: o.witnesses.clone(),
+            signals: o.signals.clone(),
+            ballots: ballots(o, limits.witness_max_age),
         }
     }
+}
+
+/// Every witness's answer in `o` as a vote.
+pub fn ballots(o: &Observation, max_age: Duration) -> Vec<Ballot> {
+    o.witnesses
+        .iter()
+        .map(|(w, answer)| quorum::vote(w, answer, max_age))
+        .collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, strum::IntoStaticStr, strum::EnumIter)]
@@ -67,8 +85,12 @@ pub enum Veto {
     LocalPgUnreachable(String),
     /// Promoting would lose more than the allowed data.
     StaleData(String),
+    /// A direct check of Gold's site through another route answered.
+    GoldSignalAlive(String),
+    /// A witness sees Gold's primary writable or its site alive.
     WitnessSeesGold(String),
-    WitnessUnreachable(String),
+    /// Fewer witnesses than the quorum agree Gold's site is lost.
+    NoQuorum(String),
 }
 
 impl Veto {
@@ -86,8 +108,9 @@ impl Veto {
             | Veto::LocalPgUnreachable(d)
             | Veto::Disarmed(d)
             | Veto::StaleData(d)
+            | Veto::GoldSignalAlive(d)
             | Veto::WitnessSeesGold(d)
-            | Veto::WitnessUnreachable(d) => format!("{} ({d})", self.name()),
+            | Veto::NoQuorum(d) => format!("{} ({d})", self.name()),
             _ => self.name().to_string(),
         }
     }
@@ -157,14 +180,31 @@ pub fn decide(f: &Facts, limits: &Limits) -> Decision {
             }
         }
     }
-    for (witness, testimony) in &f.witnesses {
-        match testimony {
-            Testimony::GoldAlive(d) => vetoes.push(Veto::WitnessSeesGold(format!("{witness}: {d}"))),
-            Testimony::CantTell(d) if limits.witness_unreachable_blocks => {
-                vetoes.push(Veto::WitnessUnreachable(format!("{witness}: {d}")))
-            }
-            Testimony::CantTell(_) | Testimony::GoldGone(_) => {}
-        }
+    // Silence from a signal is no evidence: only an answer counts.
+    // One veto per guard, naming every signal or witness behind it.
+    let alive: Vec<String> = f
+        .signals
+        .iter()
+        .filter(|(_, r)| r.alive())
+        .map(|(signal, r)| format!("{signal}: {}", r.detail()))
+        .collect();
+    if !alive.is_empty() {
+        vetoes.push(Veto::GoldSignalAlive(alive.join("; ")));
+    }
+    let seeing: Vec<String> = f
+        .ballots
+        .iter()
+        .filter(|b| b.vote == Vote::SeesGold)
+        .map(|b| format!("{}: {}", b.witness, b.detail))
+        .collect();
+    if !seeing.is_empty() {
+        vetoes.push(Veto::WitnessSeesGold(seeing.join("; ")));
+    }
+    // Unreachable, stale and undecided witnesses give no vote: they neither
+    // block nor agree, so only the count of agreeing ones matters.
+    let tally = Tally::of(&f.ballots, limits.quorum);
+    if !tally.reached() {
+        vetoes.push(Veto::NoQuorum(tally.describe()));
     }
     if vetoes.is_empty() {
         Decision::Promote
@@ -186,7 +226,17 @@ mod tests {
             wal_receiver_fresh: FRESH,
             max_data_age: MAX_AGE,
             allow_stale_promotion: false,
-            witness_unreachable_blocks: true,
+            quorum: 1,
+            witness_max_age: Duration::from_secs(15),
+        }
+    }
+
+    fn ballot(witness: &str, vote: Vote) -> Ballot {
+        Ballot {
+            witness: witness.into(),
+            vote,
+            detail: format!("says {vote}"),
+            age: Some(Duration::from_secs(2)),
         }
     }
 
@@ -203,7 +253,8 @@ mod tests {
                 streaming_for: None,
                 data_age: Some(Duration::from_secs(200)),
             }),
-            witnesses: vec![("tcp://w:1".into(), Testimony::GoldGone("refused".into()))],
+            signals: vec![],
+            ballots: vec![ballot("http://w:9808", Vote::SiteLost)],
         }
     }
 
@@ -285,28 +336,81 @@ mod tests {
     }
 
     #[test]
-    fn witnesses_that_see_gold_veto_and_unreachable_ones_follow_the_setting() {
+    fn an_answering_signal_vetoes_a_silent_one_is_no_evidence() {
         let f = Facts {
-            witnesses: vec![
-                ("http://a/primary".into(), Testimony::GoldAlive("HTTP 200".into())),
-                ("tcp://b:5432".into(), Testimony::CantTell("timeout".into())),
-                ("tcp://c:5432".into(), Testimony::GoldGone("refused".into())),
+            signals: vec![
+                ("http://gold-api/".into(), Reading::Alive("HTTP 503".into())),
+                ("tcp://gold:5432".into(), Reading::Silent("refused".into())),
             ],
             ..good()
         };
-        assert_eq!(
-            names(&decide(&f, &limits())),
-            ["witness_sees_gold", "witness_unreachable"]
-        );
-        let ignore = Limits {
-            witness_unreachable_blocks: false,
-            ..limits()
-        };
-        assert_eq!(names(&decide(&f, &ignore)), ["witness_sees_gold"]);
         match decide(&f, &limits()) {
-            Decision::Veto(v) => assert!(v[0].describe().contains("http://a/primary")),
+            Decision::Veto(v) => {
+                assert_eq!(
+                    v.iter().map(Veto::name).collect::<Vec<_>>(),
+                    ["gold_signal_alive"]
+                );
+                assert!(v[0].describe().contains("http://gold-api/: HTTP 503"));
+            }
             d => panic!("{d:?}"),
         }
+        let silent = Facts {
+            signals: vec![("tcp://gold:5432".into(), Reading::Silent("refused".into()))],
+            ..good()
+        };
+        assert_eq!(decide(&silent, &limits()), Decision::Promote);
+    }
+
+    #[test]
+    fn a_quorum_of_agreeing_witnesses_promotes_and_any_witness_seeing_gold_vetoes() {
+        let three = |votes: [Vote; 3]| Facts {
+            ballots: votes
+                .iter()
+                .enumerate()
+                .map(|(i, v)| ballot(&format!("http://w{i}:9808"), *v))
+                .collect(),
+            ..good()
+        };
+        let two_of_three = Limits {
+            quorum: quorum::majority(3),
+            ..limits()
+        };
+        use Vote::*;
+        let f = three([Unreachable, SiteLost, Undecided]);
+        assert_eq!(names(&decide(&f, &two_of_three)), ["no_quorum"]);
+        match decide(&f, &two_of_three) {
+            Decision::Veto(v) => assert_eq!(
+                v[0].describe(),
+                "no_quorum (1 of 3 witnesses agree Gold's site is lost (2 needed: http://w1:9808))"
+            ),
+            d => panic!("{d:?}"),
+        }
+        assert_eq!(
+            decide(&three([Unreachable, SiteLost, SiteLost]), &two_of_three),
+            Decision::Promote
+        );
+        assert_eq!(
+            names(&decide(&three([SeesGold, SiteLost, SiteLost]), &two_of_three)),
+            ["witness_sees_gold"]
+        );
+        assert_eq!(
+            names(&decide(&three([Stale, Invalid, Unreachable]), &two_of_three)),
+            ["no_quorum"]
+        );
+        // An operator's promote is quorum 0: absent votes don't hold it back,
+        // a witness that sees Gold still does.
+        let operator = Limits {
+            quorum: 0,
+            ..limits()
+        };
+        assert_eq!(
+            decide(&three([Unreachable, Stale, Undecided]), &operator),
+            Decision::Promote
+        );
+        assert_eq!(
+            names(&decide(&three([SeesGold, Stale, Undecided]), &operator)),
+            ["witness_sees_gold"]
+        );
     }
 
     /// Every combination of every fact: promote exactly when all are clear,
@@ -350,35 +454,43 @@ mod tests {
                 }));
             }
         }
-        let testimonies = [
+        let signals = [
             vec![],
-            vec![("w".to_string(), Testimony::GoldAlive("200".into()))],
-            vec![("w".to_string(), Testimony::GoldGone("503".into()))],
-            vec![("w".to_string(), Testimony::CantTell("timeout".into()))],
+            vec![("s".to_string(), Reading::Alive("HTTP 503".into()))],
+            vec![("s".to_string(), Reading::Silent("refused".into()))],
         ];
+        let mut ballot_sets = vec![vec![]];
+        for a in <Vote as strum::IntoEnumIterator>::iter() {
+            for b in <Vote as strum::IntoEnumIterator>::iter() {
+                ballot_sets.push(vec![ballot("a", a), ballot("b", b)]);
+            }
+        }
         let mut promotions = 0;
         for mode in [Mode::Enforce, Mode::DryRun, Mode::Observe] {
             for allow_stale_promotion in [false, true] {
-                for witness_unreachable_blocks in [true, false] {
+                for quorum in [0, 1, 2] {
                     let l = Limits {
                         mode,
                         allow_stale_promotion,
-                        witness_unreachable_blocks,
+                        quorum,
                         ..limits()
                     };
                     for target_known in [true, false] {
                         for role in &roles {
                             for config in &configs {
                                 for wal in &wals {
-                                    for witnesses in &testimonies {
-                                        let f = Facts {
-                                            target_known,
-                                            role: role.clone(),
-                                            config: config.clone(),
-                                            wal: wal.clone(),
-                                            witnesses: witnesses.clone(),
-                                        };
-                                        promotions += usize::from(check(&f, &l));
+                                    for signals in &signals {
+                                        for ballots in &ballot_sets {
+                                            let f = Facts {
+                                                target_known,
+                                                role: role.clone(),
+                                                config: config.clone(),
+                                                wal: wal.clone(),
+                                                signals: signals.clone(),
+                                                ballots: ballots.clone(),
+                                            };
+                                            promotions += usize::from(check(&f, &l));
+                                        }
                                     }
                                 }
                             }
@@ -419,18 +531,14 @@ mod tests {
             ("wal_receiver_streaming", streaming),
             ("local_pg_unreachable", f.wal.is_err()),
             ("stale_data", stale),
+            ("gold_signal_alive", f.signals.iter().any(|(_, r)| r.alive())),
             (
                 "witness_sees_gold",
-                f.witnesses
-                    .iter()
-                    .any(|(_, t)| matches!(t, Testimony::GoldAlive(_))),
+                f.ballots.iter().any(|b| b.vote == Vote::SeesGold),
             ),
             (
-                "witness_unreachable",
-                l.witness_unreachable_blocks
-                    && f.witnesses
-                        .iter()
-                        .any(|(_, t)| matches!(t, Testimony::CantTell(_))),
+                "no_quorum",
+                f.ballots.iter().filter(|b| b.vote == Vote::SiteLost).count() < l.quorum,
             ),
         ];
         let want: Vec<&str> = expected.iter().filter(|(_, on)| *on).map(|(n, _)| *n).collect();

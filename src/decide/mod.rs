@@ -1,6 +1,9 @@
 //! Decide: pure rules over observed facts, with no I/O and no clock of their
-//! own (time is passed in). Hysteresis, guards and the loop's state.
+//! own (time is passed in). Hysteresis, guards, the quorum and the loops'
+//! states.
 
 pub mod detector;
 pub mod guards;
+pub mod quorum;
 pub mod state;
+pub mod witness;

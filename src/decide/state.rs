@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::config::Mode;
 use crate::decide::detector::{Detector, Thresholds, Transition, Verdict};
 use crate::decide::guards::{self, Decision, Facts, Limits, Veto};
+use crate::decide::quorum::Tally;
 use crate::observe::cluster::Observation;
 use crate::observe::patroni::Role;
 use crate::observe::probe::{Outcome, ProbeReport};
@@ -93,6 +94,9 @@ pub enum AlertKind {
     ProbeBlind,
     NoPromoter,
     PromotionVetoed,
+    /// Gold is lost but too few witnesses agree its site is: nothing is
+    /// promoted automatically; an operator may.
+    NoQuorum,
     DryRunPromotion,
     PromotedStandbyCluster,
     AlreadyPromoted,
@@ -490,7 +494,7 @@ impl LoopState {
             return;
         }
         let target_known = matches!(self.target, Target::Known { .. });
-        let facts = Facts::new(target_known, observation);
+        let facts = Facts::new(target_known, observation, &self.policy.limits);
         match guards::decide(&facts, &self.policy.limits) {
             Decision::Veto(vetoes) => {
                 let names: Vec<&'static str> = vetoes.iter().map(Veto::name).collect();
@@ -499,8 +503,21 @@ impl LoopState {
                     "Gold is lost but promotion is held back by: {}",
                     vetoes.iter().map(Veto::describe).collect::<Vec<_>>().join(", ")
                 );
+                let kind = if vetoes.iter().any(|v| matches!(v, Veto::NoQuorum(_))) {
+                    AlertKind::NoQuorum
+                } else {
+                    AlertKind::PromotionVetoed
+                };
+                let text = if kind == AlertKind::NoQuorum {
+                    format!(
+                        "{text}. No automatic promotion without the witnesses' quorum; if Gold's site is really \
+                         gone, promote by hand: patroni-dr-watchdog promote --reason ..."
+                    )
+                } else {
+                    text
+                };
                 self.promotion.vetoes = vetoes;
-                let mut a = alert(AlertKind::PromotionVetoed, text);
+                let mut a = alert(kind, text);
                 a.guards = names.join(",");
                 self.report(Situation::Vetoed(names.into_iter().collect()), a, effects);
             }
@@ -512,7 +529,7 @@ impl LoopState {
                 )));
             }
             Decision::Promote => {
-                let reason = self.loss_reason();
+                let reason = self.loss_reason(&facts);
                 if self.policy.limits.mode == Mode::DryRun {
                     let would = format!(
                         "would promote {} ({reason})",
@@ -545,14 +562,22 @@ impl LoopState {
         }
     }
 
-    fn loss_reason(&self) -> String {
+    /// Why we promote, for the log, the Event and the audit annotations:
+    /// our probes and, with witnesses, the ones that agreed.
+    fn loss_reason(&self, facts: &Facts) -> String {
         let errors: Vec<&str> = self.recent_errors.iter().map(String::as_str).collect();
-        format!(
+        let mut reason = format!(
             "Gold lost: {} consecutive failed probes, {} apart; last errors: {}",
             self.detector.consecutive_failures(),
             humantime::format_duration(self.policy.interval),
             errors.join(" | ")
-        )
+        );
+        if self.policy.limits.quorum > 0 {
+            let tally = Tally::of(&facts.ballots, self.policy.limits.quorum);
+            reason.push_str("; quorum: ");
+            reason.push_str(&tally.describe());
+        }
+        reason
     }
 
     fn written(&mut self, written: Written, now: SystemTime, effects: &mut Vec<Effect>) {
@@ -619,7 +644,10 @@ impl LoopState {
             return;
         }
         self.reported = Some(situation);
-        let site_wide = matches!(alert.kind, AlertKind::PromotionVetoed | AlertKind::NoPromoter);
+        let site_wide = matches!(
+            alert.kind,
+            AlertKind::PromotionVetoed | AlertKind::NoQuorum | AlertKind::NoPromoter
+        );
         if !site_wide || self.speaks_for_site() {
             effects.push(Effect::Alert(alert));
         }
@@ -641,7 +669,7 @@ mod tests {
     use crate::observe::cluster_config::{ClusterConfig, DisarmSwitch};
     use crate::observe::probe::{BlindReason, DownReason};
     use crate::observe::target::{Endpoint, Source};
-    use crate::observe::witness::Testimony;
+    use crate::observe::witness::{Answer, Witness};
 
     fn policy(mode: Mode, promotes: bool) -> Policy {
         Policy {
@@ -652,7 +680,8 @@ mod tests {
                 wal_receiver_fresh: Duration::from_secs(60),
                 max_data_age: Duration::from_secs(300),
                 allow_stale_promotion: false,
-                witness_unreachable_blocks: true,
+                quorum: 0,
+                witness_max_age: Duration::from_secs(15),
             },
             identity: "golddr-0".into(),
             promotes: promotes.then(|| "ConfigMap ns/patroni-config".to_string()),
@@ -721,7 +750,7 @@ mod tests {
             &mut self,
             role: Role,
             config: ClusterConfig,
-            witnesses: Vec<(String, Testimony)>,
+            witnesses: Vec<(Witness, Answer)>,
         ) -> Observation {
             self.clock += 1;
             Observation {
@@ -737,6 +766,7 @@ mod tests {
                         data_age: Some(Duration::from_secs(30)),
                     },
                 }),
+                signals: vec![],
                 witnesses,
             }
         }

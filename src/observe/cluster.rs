@@ -1,5 +1,5 @@
 //! The one observation path: everything the guards need to know about the DR
-//! cluster beside us and about the witnesses, gathered together. The loop
+//! cluster beside us, Gold's signals and the witnesses, gathered together. The loop
 //! runs it every interval and at once when Gold is lost; `check` and
 //! `promote` run it once. `/status` shows what it found, and a decision
 //! only ever uses an observation that started after Gold was declared lost.
@@ -7,14 +7,14 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures::future::join_all;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::observe::cluster_config::{ClusterConfig, ConfigReader, DisarmSwitch};
 use crate::observe::local_pg::LocalPg;
 use crate::observe::patroni::{PatroniClient, Role};
-use crate::observe::witness::{self, Testimony, Witness};
+use crate::observe::signal::{self, Reading, Signal};
+use crate::observe::witness::{self, Answer, Witness};
 
 /// What the local PostgreSQL says about replication from Gold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -50,7 +50,17 @@ pub struct Observation {
     pub disarm_switches: &'static [DisarmSwitch],
     /// `Err` when the local PostgreSQL could not be asked.
     pub wal: Result<WalView, String>,
-    pub witnesses: Vec<(String, Testimony)>,
+    /// Each of `WATCHDOG_GOLD_SIGNALS`, as checked.
+    pub signals: Vec<(String, Reading)>,
+    /// Each of `WATCHDOG_WITNESSES` with its answer.
+    pub witnesses: Vec<(Witness, Answer)>,
+}
+
+/// Whom the observer asks about Gold besides its own probe.
+#[derive(Debug, Clone, Default)]
+pub struct Others {
+    pub signals: Vec<Signal>,
+    pub witnesses: Vec<Witness>,
 }
 
 pub struct ClusterObserver {
@@ -58,8 +68,9 @@ pub struct ClusterObserver {
     patroni: Option<PatroniClient>,
     config: ConfigReader,
     local_pg: LocalPg,
-    witnesses: Vec<Witness>,
-    http: reqwest::Client,
+    others: Others,
+    signal_http: reqwest::Client,
+    witness_http: reqwest::Client,
     timeout: Duration,
     /// When the WAL receiver was last seen streaming: the stale-data guard's
     /// memory, since the receiver's own row vanishes once Gold is gone. Owned
@@ -72,15 +83,16 @@ impl ClusterObserver {
         patroni: Option<PatroniClient>,
         config: ConfigReader,
         local_pg: LocalPg,
-        witnesses: Vec<Witness>,
+        others: Others,
         timeout: Duration,
     ) -> Result<Self, reqwest::Error> {
         Ok(ClusterObserver {
             patroni,
             config,
             local_pg,
-            witnesses,
-            http: reqwest::Client::builder().no_proxy().timeout(timeout).build()?,
+            others,
+            signal_http: signal::http_client(timeout)?,
+            witness_http: witness::http_client(timeout)?,
             timeout,
             last_streaming: None,
         })
@@ -97,11 +109,12 @@ impl ClusterObserver {
         }
     }
 
-    async fn testimonies(&self) -> Vec<(String, Testimony)> {
-        join_all(
-            self.witnesses
+    async fn answers(&self) -> Vec<(Witness, Answer)> {
+        futures::future::join_all(
+            self.others
+                .witnesses
                 .iter()
-                .map(|w| async move { (w.to_string(), witness::ask(w, &self.http, self.timeout).await) }),
+                .map(|w| async move { (w.clone(), witness::ask(w, &self.witness_http, self.timeout).await) }),
         )
         .await
     }
@@ -109,11 +122,12 @@ impl ClusterObserver {
     /// Asks everything at once, within the timeout each.
     pub async fn observe(&mut self) -> Observation {
         let started = SystemTime::now();
-        let (role, config, receiver, witnesses) = tokio::join!(
+        let (role, config, receiver, signals, witnesses) = tokio::join!(
             self.role(),
             self.config.read(),
             self.local_pg.wal_receiver(),
-            self.testimonies()
+            signal::check_all(&self.others.signals, &self.signal_http, self.timeout),
+            self.answers()
         );
         let wal = receiver.map(|r| {
             let now = SystemTime::now();
@@ -144,6 +158,7 @@ impl ClusterObserver {
             config: config.map_err(|e| e.to_string()),
             disarm_switches: self.config.switches(),
             wal,
+            signals,
             witnesses,
         }
     }

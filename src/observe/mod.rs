@@ -9,5 +9,6 @@ pub mod dynamic_config;
 pub mod local_pg;
 pub mod patroni;
 pub mod probe;
+pub mod signal;
 pub mod target;
 pub mod witness;

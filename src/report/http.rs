@@ -5,7 +5,7 @@
 //! the middle of a disaster helps nobody.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State as AxumState;
@@ -22,6 +22,18 @@ use crate::report::status::Status;
 
 pub use crate::report::exposition::{CLASSIC_TEXT, OPENMETRICS};
 
+/// What the HTTP endpoints read: one role's published state.
+pub trait View: Clone + Send + Sync + 'static {
+    /// When the loop last finished a tick (`None`: not yet), and when the
+    /// process started.
+    fn ticks(&self) -> (Option<Instant>, Instant);
+    /// `Err` says why not ready.
+    fn ready(&self) -> Result<(), &'static str>;
+    fn status(&self) -> Response;
+    fn encode_metrics(&self) -> Result<String, std::fmt::Error>;
+}
+
+/// The DR watchdog's view: its `/status` snapshot and its metrics.
 #[derive(Clone)]
 pub struct AppState {
     status: watch::Receiver<Status>,
@@ -39,6 +51,30 @@ impl AppState {
     }
 }
 
+impl View for AppState {
+    fn ticks(&self) -> (Option<Instant>, Instant) {
+        let s = self.status.borrow();
+        (s.last_tick, s.started)
+    }
+
+    fn ready(&self) -> Result<(), &'static str> {
+        match self.status.borrow().state {
+            State::Starting => Err("starting"),
+            State::Stopping => Err("stopping"),
+            State::Watching | State::TargetUnknown | State::Promoted => Ok(()),
+        }
+    }
+
+    fn status(&self) -> Response {
+        let snapshot = self.status.borrow().clone();
+        Json(snapshot).into_response()
+    }
+
+    fn encode_metrics(&self) -> Result<String, std::fmt::Error> {
+        self.metrics.encode()
+    }
+}
+
 /// How long the loop may go without finishing a tick before it counts as
 /// stuck. A tick takes at most jitter + timeout, so three missed intervals
 /// cannot happen to a healthy loop, however dead Gold is.
@@ -47,22 +83,28 @@ pub fn stale_after(interval: Duration, timeout: Duration) -> Duration {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/livez", get(livez))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/status", get(status))
-        .with_state(state)
+    let stale = state.stale_after;
+    routes(state, stale)
 }
 
-async fn livez(AxumState(app): AxumState<AppState>) -> Response {
-    let status = app.status.borrow();
-    let since = status.last_tick.unwrap_or(status.started).elapsed();
-    if since > app.stale_after {
+/// `/livez`, `/readyz`, `/metrics` and `/status` over any role's view.
+pub fn routes<V: View>(view: V, stale_after: Duration) -> Router {
+    Router::new()
+        .route("/livez", get(livez::<V>))
+        .route("/readyz", get(readyz::<V>))
+        .route("/metrics", get(metrics::<V>))
+        .route("/status", get(status::<V>))
+        .with_state((view, stale_after))
+}
+
+async fn livez<V: View>(AxumState((view, stale_after)): AxumState<(V, Duration)>) -> Response {
+    let (last_tick, started) = view.ticks();
+    let since = last_tick.unwrap_or(started).elapsed();
+    if since > stale_after {
         let msg = format!(
             "probe loop stuck: no tick finished for {:.1}s (limit {:.1}s)\n",
             since.as_secs_f64(),
-            app.stale_after.as_secs_f64()
+            stale_after.as_secs_f64()
         );
         (StatusCode::SERVICE_UNAVAILABLE, msg).into_response()
     } else {
@@ -70,20 +112,19 @@ async fn livez(AxumState(app): AxumState<AppState>) -> Response {
     }
 }
 
-async fn readyz(AxumState(app): AxumState<AppState>) -> Response {
-    match app.status.borrow().state {
-        State::Starting => (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response(),
-        State::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "stopping\n").into_response(),
-        State::Watching | State::TargetUnknown | State::Promoted => (StatusCode::OK, "ok\n").into_response(),
+async fn readyz<V: View>(AxumState((view, _)): AxumState<(V, Duration)>) -> Response {
+    match view.ready() {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
     }
 }
 
 /// OpenMetrics for scrapers that ask for it, classic text for the rest
 /// (see [`Format::negotiate`]).
-async fn metrics(AxumState(app): AxumState<AppState>, headers: HeaderMap) -> Response {
+async fn metrics<V: View>(AxumState((view, _)): AxumState<(V, Duration)>, headers: HeaderMap) -> Response {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let format = Format::negotiate(accept);
-    match app.metrics.encode() {
+    match view.encode_metrics() {
         Ok(body) => (
             [
                 (header::CONTENT_TYPE, format.content_type()),
@@ -96,7 +137,6 @@ async fn metrics(AxumState(app): AxumState<AppState>, headers: HeaderMap) -> Res
     }
 }
 
-async fn status(AxumState(app): AxumState<AppState>) -> Response {
-    let snapshot = app.status.borrow().clone();
-    Json(snapshot).into_response()
+async fn status<V: View>(AxumState((view, _)): AxumState<(V, Duration)>) -> Response {
+    view.status()
 }

@@ -24,10 +24,11 @@ use tokio::sync::watch;
 
 use crate::decide::detector::Verdict;
 use crate::decide::guards::Veto;
+use crate::decide::quorum::Vote;
 use crate::decide::state::{PromotionResult, State};
 use crate::observe::probe::{Outcome, ProbeReport};
 use crate::observe::target::Target;
-use crate::report::status::Status;
+use crate::report::status::{ProbeStatus, Status};
 use crate::report::webhook::WebhookMetrics;
 
 pub const PREFIX: &str = "patroni_dr_watchdog";
@@ -81,6 +82,12 @@ struct RoleLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VoteLabels {
+    witness: String,
+    vote: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -88,11 +95,128 @@ struct BuildLabels {
 /// The Kubernetes API operations besides discovery, as counted.
 pub const KUBE_OPERATIONS: [&str; 1] = ["create_event"];
 
-pub struct Metrics {
-    registry: Registry,
+/// What every role that probes Gold counts: probes and verdict changes.
+#[derive(Clone)]
+pub struct ProbeMetrics {
     probes: Family<OutcomeLabels, Counter>,
     probe_duration: Family<ClassLabels, Histogram>,
     verdict_changes: Family<VerdictLabels, Counter>,
+}
+
+impl ProbeMetrics {
+    /// Registers the group in `registry`, every label set present from the
+    /// start.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = ProbeMetrics {
+            probes: Family::default(),
+            probe_duration: Family::new_with_constructor(duration_histogram),
+            verdict_changes: Family::default(),
+        };
+        registry.register(
+            "probes",
+            "Probes of Gold by outcome class (up, down, blind) and reason",
+            m.probes.clone(),
+        );
+        registry.register(
+            "probe_duration_seconds",
+            "Time one probe took, by outcome class",
+            m.probe_duration.clone(),
+        );
+        registry.register(
+            "verdict_changes",
+            "Verdict changes, by the verdict entered",
+            m.verdict_changes.clone(),
+        );
+        registry.register(
+            "build",
+            "Build information",
+            Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            }),
+        );
+        for o in Outcome::all() {
+            let _ = m.probes.get_or_create(&OutcomeLabels {
+                outcome: o.class(),
+                reason: o.reason(),
+            });
+        }
+        for class in ["up", "down", "blind"] {
+            let _ = m.probe_duration.get_or_create(&ClassLabels { outcome: class });
+        }
+        for v in Verdict::iter() {
+            let _ = m
+                .verdict_changes
+                .get_or_create(&VerdictLabels { verdict: v.into() });
+        }
+        m
+    }
+
+    pub fn observe_probe(&self, report: &ProbeReport) {
+        let o = report.outcome;
+        self.probes
+            .get_or_create(&OutcomeLabels {
+                outcome: o.class(),
+                reason: o.reason(),
+            })
+            .inc();
+        self.probe_duration
+            .get_or_create(&ClassLabels { outcome: o.class() })
+            .observe(report.duration.as_secs_f64());
+    }
+
+    pub fn verdict_entered(&self, verdict: Verdict) {
+        self.verdict_changes
+            .get_or_create(&VerdictLabels {
+                verdict: verdict.into(),
+            })
+            .inc();
+    }
+}
+
+/// The gauges every role that probes computes from its probe status.
+pub fn encode_probe_gauges(e: &mut DescriptorEncoder, p: &ProbeStatus) -> Result<(), std::fmt::Error> {
+    let writable = p.last_probe.as_ref().is_some_and(|p| p.outcome == "up");
+    gauge(
+        e,
+        "probe_success",
+        "1 if the last probe found Gold's PostgreSQL writable, else 0",
+        i64::from(writable),
+    )?;
+    let last = p
+        .last_probe
+        .as_ref()
+        .and_then(|p| p.at.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0.0, |d| d.as_secs_f64());
+    let g = ConstGauge::new(last);
+    g.encode(e.encode_descriptor(
+        "last_probe_timestamp_seconds",
+        "Unix time at which the last probe finished",
+        None,
+        g.metric_type(),
+    )?)?;
+    one_hot(
+        e,
+        "verdict",
+        "Hysteresis verdict about Gold: 1 for the current one of unknown, up, down, lost",
+        Verdict::iter().map(|v| (VerdictLabels { verdict: v.into() }, v == p.verdict)),
+    )?;
+    gauge(
+        e,
+        "consecutive_failures",
+        "Consecutive down probes (reset by an up or a blind probe)",
+        i64::from(p.consecutive_failures),
+    )?;
+    gauge(
+        e,
+        "consecutive_successes",
+        "Consecutive up probes",
+        i64::from(p.consecutive_successes),
+    )
+}
+
+pub struct Metrics {
+    registry: Registry,
+    probe: ProbeMetrics,
     target_changes: Counter,
     discovery_errors: Counter,
     kube_api_errors: Family<OperationLabels, Counter>,
@@ -111,9 +235,7 @@ impl Metrics {
     pub fn new(status: watch::Receiver<Status>) -> Self {
         let mut registry = Registry::with_prefix(PREFIX);
         let m = Metrics {
-            probes: Family::default(),
-            probe_duration: Family::new_with_constructor(duration_histogram),
-            verdict_changes: Family::default(),
+            probe: ProbeMetrics::register(&mut registry),
             target_changes: Counter::default(),
             discovery_errors: Counter::default(),
             kube_api_errors: Family::default(),
@@ -124,21 +246,6 @@ impl Metrics {
         };
         let mut m = m;
         let registry = &mut m.registry;
-        registry.register(
-            "probes",
-            "Probes of Gold by outcome class (up, down, blind) and reason",
-            m.probes.clone(),
-        );
-        registry.register(
-            "probe_duration_seconds",
-            "Time one probe took, by outcome class",
-            m.probe_duration.clone(),
-        );
-        registry.register(
-            "verdict_changes",
-            "Verdict changes, by the verdict entered",
-            m.verdict_changes.clone(),
-        );
         registry.register(
             "target_changes",
             "Times the probed address changed (Transport Service re-synced, deleted, ...)",
@@ -164,29 +271,8 @@ impl Metrics {
             "Times a guard held a promotion back while Gold was lost, by guard",
             m.vetoes.clone(),
         );
-        registry.register(
-            "build",
-            "Build information",
-            Info::new(BuildLabels {
-                version: env!("CARGO_PKG_VERSION"),
-            }),
-        );
         registry.register_collector(Box::new(StateCollector { status }));
 
-        for o in Outcome::all() {
-            let _ = m.probes.get_or_create(&OutcomeLabels {
-                outcome: o.class(),
-                reason: o.reason(),
-            });
-        }
-        for class in ["up", "down", "blind"] {
-            let _ = m.probe_duration.get_or_create(&ClassLabels { outcome: class });
-        }
-        for v in Verdict::iter() {
-            let _ = m
-                .verdict_changes
-                .get_or_create(&VerdictLabels { verdict: v.into() });
-        }
         for r in PromotionResult::iter() {
             let _ = m.promotions.get_or_create(&ResultLabels { result: r.into() });
         }
@@ -206,24 +292,11 @@ impl Metrics {
     }
 
     pub fn observe_probe(&self, report: &ProbeReport) {
-        let o = report.outcome;
-        self.probes
-            .get_or_create(&OutcomeLabels {
-                outcome: o.class(),
-                reason: o.reason(),
-            })
-            .inc();
-        self.probe_duration
-            .get_or_create(&ClassLabels { outcome: o.class() })
-            .observe(report.duration.as_secs_f64());
+        self.probe.observe_probe(report);
     }
 
     pub fn verdict_entered(&self, verdict: Verdict) {
-        self.verdict_changes
-            .get_or_create(&VerdictLabels {
-                verdict: verdict.into(),
-            })
-            .inc();
+        self.probe.verdict_entered(verdict);
     }
 
     /// The counter discovery increments on each failed read or watch.
@@ -270,13 +343,18 @@ impl std::fmt::Debug for StateCollector {
     }
 }
 
-fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> Result<(), std::fmt::Error> {
+pub fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
     let g = ConstGauge::new(value);
     g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
 }
 
 /// One series per value, 1 for the current one.
-fn one_hot<L: EncodeLabelSet>(
+pub fn one_hot<L: EncodeLabelSet>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -293,43 +371,7 @@ impl Collector for StateCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = self.status.borrow().clone();
         let e = &mut encoder;
-        let writable = s.last_probe.as_ref().is_some_and(|p| p.outcome == "up");
-        gauge(
-            e,
-            "probe_success",
-            "1 if the last probe found Gold's PostgreSQL writable, else 0",
-            i64::from(writable),
-        )?;
-        let last = s
-            .last_probe
-            .as_ref()
-            .and_then(|p| p.at.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0.0, |d| d.as_secs_f64());
-        let g = ConstGauge::new(last);
-        g.encode(e.encode_descriptor(
-            "last_probe_timestamp_seconds",
-            "Unix time at which the last probe finished",
-            None,
-            g.metric_type(),
-        )?)?;
-        one_hot(
-            e,
-            "verdict",
-            "Hysteresis verdict about Gold: 1 for the current one of unknown, up, down, lost",
-            Verdict::iter().map(|v| (VerdictLabels { verdict: v.into() }, v == s.verdict)),
-        )?;
-        gauge(
-            e,
-            "consecutive_failures",
-            "Consecutive down probes (reset by an up or a blind probe)",
-            i64::from(s.consecutive_failures),
-        )?;
-        gauge(
-            e,
-            "consecutive_successes",
-            "Consecutive up probes",
-            i64::from(s.consecutive_successes),
-        )?;
+        encode_probe_gauges(e, &s.probe)?;
         one_hot(
             e,
             "state",
@@ -373,6 +415,45 @@ impl Collector for StateCollector {
             "Role of the Patroni member beside this sidecar (1 for the current one)",
             std::iter::once((RoleLabels { role }, true)),
         )?;
+        let votes = s.settings.quorum.witnesses.iter().flat_map(|w| {
+            let witness = w.to_string();
+            let current = s
+                .quorum
+                .votes
+                .iter()
+                .find(|b| b.witness == witness)
+                .map(|b| b.vote);
+            Vote::iter().map(move |v| {
+                (
+                    VoteLabels {
+                        witness: witness.clone(),
+                        vote: v.into(),
+                    },
+                    current == Some(v),
+                )
+            })
+        });
+        one_hot(
+            e,
+            "witness_votes",
+            "Each listed witness's vote on Gold's site: 1 for the current one of site_lost (agrees), \
+             sees_gold (vetoes), undecided, stale, unreachable, invalid (no vote)",
+            votes,
+        )?;
+        gauge(
+            e,
+            "quorum_needed",
+            "How many witnesses must agree Gold's site is lost (WATCHDOG_QUORUM); 0 in single-observer mode",
+            s.quorum.needed as i64,
+        )?;
+        if !s.settings.quorum.single_observer() {
+            gauge(
+                e,
+                "quorum_reached",
+                "1 while at least quorum_needed witnesses agree Gold's site is lost; not exported without witnesses",
+                i64::from(s.quorum.reached),
+            )?;
+        }
         gauge(
             e,
             "split_brain",

@@ -8,3 +8,4 @@ pub mod http;
 pub mod metrics;
 pub mod status;
 pub mod webhook;
+pub mod witness;

@@ -7,15 +7,17 @@ use std::time::{Instant, SystemTime};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::decide::detector::Verdict;
+use crate::decide::detector::{Detector, Verdict};
+use crate::decide::guards;
 use crate::decide::guards::Veto;
+use crate::decide::quorum::{Ballot, Tally};
 use crate::decide::state::{Counters, LoopState, State};
 use crate::observe::cluster::Observation;
 use crate::observe::cluster_config::DisarmSwitch;
 use crate::observe::patroni::Role;
 use crate::observe::probe::ProbeReport;
+use crate::observe::signal::Reading;
 use crate::observe::target::Target;
-use crate::observe::witness::Testimony;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LastProbe {
@@ -39,13 +41,6 @@ impl LastProbe {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct WitnessStatus {
-    pub witness: String,
-    #[serde(flatten)]
-    pub testimony: Testimony,
-}
-
 /// The DR cluster beside us, as last observed (refreshed every interval).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ClusterStatus {
@@ -65,7 +60,6 @@ pub struct ClusterStatus {
     /// How old the newest data from Gold is, as the stale-data guard sees it.
     pub data_age_seconds: Option<f64>,
     pub local_pg_error: Option<String>,
-    pub witnesses: Vec<WitnessStatus>,
     #[serde(serialize_with = "rfc3339_opt")]
     pub observed_at: Option<SystemTime>,
 }
@@ -76,14 +70,6 @@ impl From<&Observation> for ClusterStatus {
             role: Some(o.role.clone()),
             disarm_switches: o.disarm_switches.to_vec(),
             observed_at: Some(o.started),
-            witnesses: o
-                .witnesses
-                .iter()
-                .map(|(witness, testimony)| WitnessStatus {
-                    witness: witness.clone(),
-                    testimony: testimony.clone(),
-                })
-                .collect(),
             ..Default::default()
         };
         match &o.config {
@@ -104,6 +90,83 @@ impl From<&Observation> for ClusterStatus {
             Err(e) => view.local_pg_error = Some(e.clone()),
         }
         view
+    }
+}
+
+/// Who else judges Gold, and what they said in the last observation.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuorumStatus {
+    /// `quorum`, or `single_observer` when no witness is listed.
+    pub mode: &'static str,
+    /// What the mode means for a promotion, in a sentence.
+    pub summary: String,
+    /// How many witnesses must agree Gold's site is lost.
+    pub needed: usize,
+    pub listed: usize,
+    /// How many agree now.
+    pub agree: usize,
+    pub reached: bool,
+    /// Every witness's vote, with its detail and age.
+    pub votes: Vec<Ballot>,
+    /// Every signal (`WATCHDOG_GOLD_SIGNALS`) as last checked.
+    pub signals: Vec<SignalStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SignalStatus {
+    pub signal: String,
+    #[serde(flatten)]
+    pub reading: Reading,
+}
+
+impl QuorumStatus {
+    fn of(state: &LoopState, settings: &Config) -> Self {
+        let q = &settings.quorum;
+        let observation = state.observation();
+        let votes = observation
+            .map(|o| guards::ballots(o, q.witness_max_age))
+            .unwrap_or_default();
+        let tally = Tally::of(&votes, q.needed);
+        let summary = if q.single_observer() {
+            "single observer: no witness is listed, so this watchdog cannot tell a Transport Service \
+             outage from the loss of Gold's site; it waits WATCHDOG_PROMOTE_AFTER probes and trusts \
+             the other guards"
+                .to_string()
+        } else if observation.is_none() {
+            format!(
+                "{} of {} witnesses must agree; not asked yet",
+                q.needed,
+                q.witnesses.len()
+            )
+        } else if state.verdict() == Verdict::Lost && !tally.reached() {
+            format!("Gold lost, no quorum: {}", tally.describe())
+        } else {
+            tally.describe()
+        };
+        QuorumStatus {
+            mode: if q.single_observer() {
+                "single_observer"
+            } else {
+                "quorum"
+            },
+            summary,
+            needed: q.needed,
+            listed: q.witnesses.len(),
+            agree: tally.agree.len(),
+            reached: !q.single_observer() && tally.reached(),
+            votes,
+            signals: observation
+                .map(|o| {
+                    o.signals
+                        .iter()
+                        .map(|(signal, reading)| SignalStatus {
+                            signal: signal.clone(),
+                            reading: reading.clone(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
     }
 }
 
@@ -128,19 +191,46 @@ pub struct PromotionStatus {
     pub idle: Option<String>,
 }
 
+/// What the probes of Gold say, with their hysteresis: the same in every
+/// role that probes.
 #[derive(Debug, Clone, Serialize)]
-pub struct Status {
-    pub version: &'static str,
-    pub state: State,
+pub struct ProbeStatus {
     pub verdict: Verdict,
     #[serde(serialize_with = "rfc3339_opt")]
     pub verdict_since: Option<SystemTime>,
-    pub target: Target,
     pub consecutive_failures: u32,
     pub consecutive_successes: u32,
     pub counters: Counters,
     pub last_probe: Option<LastProbe>,
+}
+
+impl ProbeStatus {
+    pub fn new(
+        detector: &Detector,
+        verdict_since: Option<SystemTime>,
+        counters: &Counters,
+        last_probe: Option<&(ProbeReport, SystemTime)>,
+    ) -> Self {
+        ProbeStatus {
+            verdict: detector.verdict(),
+            verdict_since,
+            consecutive_failures: detector.consecutive_failures(),
+            consecutive_successes: detector.consecutive_successes(),
+            counters: counters.clone(),
+            last_probe: last_probe.map(|(r, at)| LastProbe::new(r, *at)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub version: &'static str,
+    pub state: State,
+    pub target: Target,
+    #[serde(flatten)]
+    pub probe: ProbeStatus,
     pub cluster: ClusterStatus,
+    pub quorum: QuorumStatus,
     pub promotion: PromotionStatus,
     pub settings: Arc<Config>,
     /// When the loop last finished a tick (monotonic), for `/livez`.
@@ -153,19 +243,19 @@ pub struct Status {
 impl Status {
     /// The snapshot of `state`; `started` is when the process started.
     pub fn of(state: &LoopState, settings: &Arc<Config>, started: Instant) -> Self {
-        let detector = state.detector();
         let record = state.promotion();
         Status {
             version: env!("CARGO_PKG_VERSION"),
             state: state.state(),
-            verdict: state.verdict(),
-            verdict_since: state.verdict_since(),
             target: state.target().clone(),
-            consecutive_failures: detector.consecutive_failures(),
-            consecutive_successes: detector.consecutive_successes(),
-            counters: state.counters().clone(),
-            last_probe: state.last_probe().map(|(r, at)| LastProbe::new(r, *at)),
+            probe: ProbeStatus::new(
+                state.detector(),
+                state.verdict_since(),
+                state.counters(),
+                state.last_probe(),
+            ),
             cluster: state.observation().map(ClusterStatus::from).unwrap_or_default(),
+            quorum: QuorumStatus::of(state, settings),
             promotion: PromotionStatus {
                 promoter: settings.promoter.as_str(),
                 mode: settings.mode.as_str(),
@@ -184,11 +274,11 @@ impl Status {
     }
 }
 
-fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+pub fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&humantime::format_rfc3339_millis(*t))
 }
 
-fn rfc3339_opt<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+pub fn rfc3339_opt<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
     match t {
         Some(t) => rfc3339(t, s),
         None => s.serialize_none(),

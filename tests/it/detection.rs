@@ -34,15 +34,15 @@ async fn gold_stopped_is_down_after_fall_and_lost_after_promote_after_then_up_af
     );
     {
         let st = s.status.borrow();
-        assert_eq!(st.consecutive_failures, 5);
-        let last = st.last_probe.as_ref().expect("last probe");
+        assert_eq!(st.probe.consecutive_failures, 5);
+        let last = st.probe.last_probe.as_ref().expect("last probe");
         assert_eq!((last.outcome, last.reason), ("down", "refused"));
     }
 
     gold.restart();
     // One answer ends "lost" (it is the promotion trigger); rise answers make it up.
     assert_eq!(tick_verdicts(&mut s, 2).await, ["down", "up"]);
-    assert_eq!(s.status.borrow().consecutive_successes, 2);
+    assert_eq!(s.status.borrow().probe.consecutive_successes, 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -73,9 +73,12 @@ async fn a_wrong_password_is_blind_and_never_loses_gold() {
     let verdicts = tick_verdicts(&mut s, 10).await;
     assert!(verdicts.iter().all(|v| v == "unknown"), "{verdicts:?}");
     let st = s.status.borrow();
-    assert_eq!(st.counters.blind, 10);
-    assert_eq!(st.consecutive_failures, 0);
-    assert_eq!(st.last_probe.as_ref().map(|p| p.reason), Some("auth_failed"));
+    assert_eq!(st.probe.counters.blind, 10);
+    assert_eq!(st.probe.consecutive_failures, 0);
+    assert_eq!(
+        st.probe.last_probe.as_ref().map(|p| p.reason),
+        Some("auth_failed")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -112,7 +115,10 @@ async fn a_standby_at_the_target_is_down_in_recovery_and_then_lost() {
         ["unknown", "down", "down", "lost"]
     );
     let st = s.status.borrow();
-    assert_eq!(st.last_probe.as_ref().map(|p| p.reason), Some("in_recovery"));
+    assert_eq!(
+        st.probe.last_probe.as_ref().map(|p| p.reason),
+        Some("in_recovery")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -133,7 +139,7 @@ async fn a_blackholed_tunnel_counts_as_down_and_never_hangs_the_loop() {
     let took = start.elapsed();
     assert_eq!(verdicts, ["up", "down", "down", "lost"]);
     assert_eq!(
-        s.status.borrow().last_probe.as_ref().map(|p| p.reason),
+        s.status.borrow().probe.last_probe.as_ref().map(|p| p.reason),
         Some(DownReason::Timeout.as_str())
     );
     assert!(took < Duration::from_secs(8), "4 probes of 500 ms took {took:?}");
@@ -227,11 +233,11 @@ async fn a_missing_password_never_makes_gold_down_or_lost() {
     assert!(verdicts.iter().all(|v| v == "unknown"), "{verdicts:?}");
     {
         let st = s.status.borrow();
-        assert_eq!(st.counters.blind, 8);
-        assert_eq!(st.counters.down, 0);
-        assert_eq!(st.consecutive_failures, 0);
+        assert_eq!(st.probe.counters.blind, 8);
+        assert_eq!(st.probe.counters.down, 0);
+        assert_eq!(st.probe.consecutive_failures, 0);
         assert_eq!(
-            st.last_probe.as_ref().map(|p| (p.outcome, p.reason)),
+            st.probe.last_probe.as_ref().map(|p| (p.outcome, p.reason)),
             Some(("blind", BlindReason::PasswordMissing.as_str()))
         );
     }
@@ -262,5 +268,5 @@ async fn a_missing_password_never_makes_gold_down_or_lost() {
     .await;
     let verdicts = tick_verdicts(&mut s, 8).await;
     assert!(verdicts.iter().all(|v| v == "up"), "{verdicts:?}");
-    assert_eq!(s.status.borrow().counters.down, 0);
+    assert_eq!(s.status.borrow().probe.counters.down, 0);
 }

@@ -332,34 +332,39 @@ async fn a_broken_probe_path_while_wal_still_streams_is_vetoed() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_witness_that_still_sees_gold_vetoes() {
+async fn a_gold_signal_that_answers_vetoes_and_a_silent_one_does_not_block() {
     let site = site().await;
-    let witness = format!("tcp://{}", site.gold.addr());
+    // Gold's PostgreSQL by another route answers; a second signal is dead.
+    let alive = format!("tcp://{}", site.gold.addr());
+    let silent = format!("tcp://{}", crate::support::closed_port());
+    let signals = format!("{alive},{silent}");
     let sink = WebhookSink::start().await;
     let w = watchdog(
         &site,
         site.ts.addr(),
         &[
-            ("WATCHDOG_WITNESSES", witness.as_str()),
+            ("WATCHDOG_GOLD_SIGNALS", signals.as_str()),
             ("WATCHDOG_WEBHOOK_URL", sink.url.as_str()),
         ],
     )
     .await;
-    // The whole tunnel goes dark; Gold itself is fine, as the witness sees.
+    // The whole tunnel goes dark; Gold itself is fine, as the signal shows.
     site.ts.set(Fault::Blackhole).await;
     let st = w
-        .wait_status("veto by the witness", |s| {
-            s["verdict"] == "lost" && has_veto(s, "witness_sees_gold")
+        .wait_status("veto by the signal", |s| {
+            s["verdict"] == "lost" && has_veto(s, "gold_signal_alive")
         })
         .await;
-    assert!(st["promotion"]["vetoes"].to_string().contains(&witness), "{st:#}");
+    let vetoes = st["promotion"]["vetoes"].to_string();
+    assert!(vetoes.contains(&alive) && !vetoes.contains(&silent), "{st:#}");
+    assert_eq!(st["quorum"]["mode"], "single_observer", "{st:#}");
     assert_not_promoted(&site, &w).await;
     let held: Vec<String> = sink
         .messages()
         .into_iter()
         .filter(|m| m.contains("held back"))
         .collect();
-    assert!(held.iter().any(|m| m.contains("witness_sees_gold")), "{held:#?}");
+    assert!(held.iter().any(|m| m.contains("gold_signal_alive")), "{held:#?}");
     w.stop().await;
 }
 

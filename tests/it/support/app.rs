@@ -81,7 +81,7 @@ pub fn stepper(config: Config) -> Stepper {
 
 impl Stepper {
     pub fn verdict(&self) -> String {
-        self.status.borrow().verdict.to_string()
+        self.status.borrow().probe.verdict.to_string()
     }
 }
 
