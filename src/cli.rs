@@ -14,12 +14,12 @@ use crate::app::{self, Cluster};
 use crate::config::{Config, GoldAddress, GoldConcern, ServicePort};
 use crate::decide::detector::Verdict;
 use crate::decide::guards::{self, Decision, Facts, Limits, Veto};
-use crate::decide::quorum::Vote;
+use crate::decide::quorum::{self, Vote};
 use crate::decide::state::{Audit, Written};
-use crate::observe::cluster::Observation;
 use crate::observe::patroni::Role;
 use crate::observe::probe::{Outcome, PgProbe, Probe};
 use crate::observe::target::{Endpoint, port_of};
+use crate::observe::{signal, witness};
 
 /// How a subcommand ended, for the exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,15 +177,17 @@ pub async fn check(config: &Config, kube: Option<&kube::Client>) -> Exit {
                     format!("WAL receiver {}", w.receiver.as_deref().unwrap_or("not running")),
                 ),
             };
-            ok &= check_others(config, &o);
         }
     }
+    ok &= check_others(config).await;
     if ok { Exit::Ok } else { Exit::Failed }
 }
 
 /// The lines about who else judges Gold: the mode, each signal, each
-/// witness's vote and whether the quorum can be reached.
-fn check_others(config: &Config, o: &Observation) -> bool {
+/// witness's vote and whether the quorum can be reached. Asked here, not
+/// through the cluster observer, so a watchdog without a promoter checks
+/// them too.
+async fn check_others(config: &Config) -> bool {
     let q = &config.quorum;
     if q.single_observer() {
         line(
@@ -205,9 +207,14 @@ fn check_others(config: &Config, o: &Observation) -> bool {
             ),
         );
     }
+    let timeout = config.probe_timeout;
+    let (Ok(signal_http), Ok(witness_http)) = (signal::http_client(timeout), witness::http_client(timeout))
+    else {
+        return line(false, "witness", "cannot build an HTTP client");
+    };
     // A signal that is silent now is no failure: it only matters once Gold
     // is lost, and then silence is what we expect.
-    for (signal, reading) in &o.signals {
+    for (signal, reading) in signal::check_all(&q.gold_signals, &signal_http, timeout).await {
         line(
             true,
             "gold signal",
@@ -222,21 +229,23 @@ fn check_others(config: &Config, o: &Observation) -> bool {
             ),
         );
     }
+    let ballots = futures::future::join_all(q.witnesses.iter().map(|w| {
+        let http = &witness_http;
+        async move { quorum::vote(w, &witness::ask(w, http, timeout).await, q.witness_max_age) }
+    }))
+    .await;
     let mut ok = true;
-    let ballots = guards::ballots(o, q.witness_max_age);
+    let mut usable = 0;
     for b in &ballots {
-        let usable = matches!(b.vote, Vote::SiteLost | Vote::SeesGold | Vote::Undecided);
+        let gives_a_vote = matches!(b.vote, Vote::SiteLost | Vote::SeesGold | Vote::Undecided);
+        usable += usize::from(gives_a_vote);
         ok &= line(
-            usable,
+            gives_a_vote,
             "witness",
             format!("{}: {} ({})", b.witness, b.vote, b.detail),
         );
     }
     if !q.single_observer() {
-        let usable = ballots
-            .iter()
-            .filter(|b| matches!(b.vote, Vote::SiteLost | Vote::SeesGold | Vote::Undecided))
-            .count();
         ok &= line(
             usable >= q.needed,
             "quorum",

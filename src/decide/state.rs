@@ -1023,4 +1023,67 @@ mod tests {
         ));
         assert_eq!(l.state.state(), State::TargetUnknown);
     }
+
+    /// With a quorum of 1: no vote yet → NoQuorum, said once, the
+    /// operator's way out in the text; the witness agrees → the promotion,
+    /// whose reason names it.
+    #[test]
+    fn without_a_quorum_no_promotion_and_with_one_the_reason_names_the_witnesses() {
+        let mut l = Loop::new(Mode::Enforce, true);
+        l.state.policy.limits.quorum = 1;
+        let witness = crate::observe::witness::parse_list("http://witness-a:9808")
+            .unwrap()
+            .remove(0);
+        let answer = |says_lost: bool| {
+            Answer::Report(crate::observe::witness::Report {
+                identity: "witness-a-0".into(),
+                verdict: "lost".into(),
+                site: if says_lost { "silent" } else { "unknown" }.into(),
+                age: Some(Duration::from_secs(2)),
+            })
+        };
+        l.lose_gold();
+        let unreachable = l.fresh(
+            Role::StandbyLeader,
+            standby(),
+            vec![(witness.clone(), Answer::Unreachable("connection refused".into()))],
+        );
+        let effects = l.observe(unreachable);
+        assert!(!promotes(&effects));
+        assert_eq!(alerts(&effects), [AlertKind::NoQuorum]);
+        let text = effects
+            .iter()
+            .find_map(|e| match e {
+                Effect::Alert(a) => Some(a.text.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert!(
+            text.contains("0 of 1 witnesses agree") && text.contains("promote --reason"),
+            "{text}"
+        );
+        // Still no vote, now undecided: the same situation, not said again.
+        let undecided = l.fresh(
+            Role::StandbyLeader,
+            standby(),
+            vec![(witness.clone(), answer(false))],
+        );
+        assert!(alerts(&l.observe(undecided)).is_empty());
+        let agreed = l.fresh(Role::StandbyLeader, standby(), vec![(witness, answer(true))]);
+        let audit = l
+            .observe(agreed)
+            .into_iter()
+            .find_map(|e| match e {
+                Effect::Promote(a) => Some(a),
+                _ => None,
+            })
+            .expect("the quorum is reached: promote");
+        assert!(
+            audit.reason.contains(
+                "quorum: 1 of 1 witnesses agree Gold's site is lost (1 needed: http://witness-a:9808)"
+            ),
+            "{}",
+            audit.reason
+        );
+    }
 }

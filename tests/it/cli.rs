@@ -290,7 +290,7 @@ fn gold_vars(port: &str) -> Vec<(&'static str, &str)> {
 
 #[test]
 fn every_subcommand_has_help() {
-    for sub in ["run", "check", "status", "promote", "failback"] {
+    for sub in ["run", "witness", "check", "status", "promote", "failback"] {
         let (code, stdout, _) = output(watchdog(&[]).args([sub, "--help"]));
         assert_eq!(code, Some(0), "{sub} --help");
         assert!(stdout.contains("Usage:"), "{sub}: {stdout}");
@@ -523,4 +523,138 @@ async fn promote_goes_through_the_guards_unless_forced() {
         output(watchdog(&local_only).args(["failback", "--host", "127.0.0.1", "--port", &port, "--yes"]));
     assert_eq!(code, Some(1));
     assert!(stdout.contains("pg_basebackup"), "{stdout}");
+}
+
+/// The configurations the README and docs/quorum.md show, each a fenced
+/// block of `KEY=value` lines after `<!-- example: NAME -->`.
+fn documented_examples(file: &str) -> Vec<(String, Vec<(String, String)>)> {
+    let text = std::fs::read_to_string(format!("{}/{file}", env!("CARGO_MANIFEST_DIR")))
+        .unwrap_or_else(|e| panic!("{file}: {e}"));
+    let mut examples = Vec::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        let Some(name) = line
+            .trim()
+            .strip_prefix("<!-- example:")
+            .and_then(|r| r.strip_suffix("-->"))
+        else {
+            continue;
+        };
+        let fence = lines.next().unwrap_or_default();
+        assert!(
+            fence.starts_with("```"),
+            "{file}: example {name} is not followed by a code block"
+        );
+        let mut vars = Vec::new();
+        for l in lines.by_ref() {
+            if l.starts_with("```") {
+                break;
+            }
+            let l = l.trim();
+            if l.is_empty() || l.starts_with('#') {
+                continue;
+            }
+            let (k, v) = l
+                .split_once('=')
+                .unwrap_or_else(|| panic!("{file}: example {name}: {l:?} is not KEY=value"));
+            vars.push((k.to_string(), v.trim_matches('"').to_string()));
+        }
+        examples.push((name.trim().to_string(), vars));
+    }
+    examples
+}
+
+#[test]
+fn every_documented_configuration_is_accepted_by_its_command() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s3cret\n").expect("write secret");
+    for (file, at_least) in [("README.md", 2), ("docs/quorum.md", 1)] {
+        let examples = documented_examples(file);
+        assert!(examples.len() >= at_least, "{file}: {examples:?}");
+        for (name, vars) in examples {
+            // Mounted Secrets exist in a pod, not here.
+            let vars: Vec<(String, String)> = vars
+                .into_iter()
+                .map(|(k, v)| {
+                    let v = if k.ends_with("_FILE") {
+                        secret.display().to_string()
+                    } else {
+                        v
+                    };
+                    (k, v)
+                })
+                .collect();
+            let witness = vars.iter().any(|(k, _)| k == "WATCHDOG_GOLD_HEARTBEAT");
+            let result = if witness {
+                patroni_dr_watchdog::config::WitnessConfig::load(vars.clone()).map(|_| ())
+            } else {
+                // The DR examples leave out what every sidecar has (the
+                // ConfigMap promoter needs a pod).
+                patroni_dr_watchdog::Config::from_vars(vars.clone()).map(|_| ())
+            };
+            assert!(result.is_ok(), "{file}: example {name}: {result:?}");
+        }
+    }
+}
+
+/// The witness's settings are checked like the watchdog's, before it
+/// touches anything; what only the DR watchdog does is refused by name.
+#[test]
+fn the_witness_refuses_bad_or_foreign_settings_before_any_network_io() {
+    let gold = TcpListener::bind("127.0.0.1:0").expect("bind");
+    gold.set_nonblocking(true).expect("nonblocking");
+    let port = gold.local_addr().expect("addr").port().to_string();
+    let listen_port = free_port();
+    let listen = format!("127.0.0.1:{listen_port}");
+    let mut base = gold_vars(&port);
+    base.push(("WATCHDOG_LISTEN_ADDR", listen.as_str()));
+    let heartbeat = ("WATCHDOG_GOLD_HEARTBEAT", "http://127.0.0.1:9/liveness");
+    let cases: &[(&[(&str, &str)], &str, &str)] = &[
+        (&[], "WATCHDOG_GOLD_HEARTBEAT", "is required"),
+        (
+            &[heartbeat, ("WATCHDOG_PROMOTER", "patroni-api")],
+            "WATCHDOG_PROMOTER",
+            "never writes",
+        ),
+        (
+            &[heartbeat, ("WATCHDOG_WITNESSES", "http://w:9808")],
+            "WATCHDOG_WITNESSES",
+            "not of `witness`",
+        ),
+        (
+            &[("WATCHDOG_GOLD_HEARTBEAT", "gold:8008")],
+            "WATCHDOG_GOLD_HEARTBEAT",
+            "http(s)://",
+        ),
+        (
+            &[heartbeat, ("WATCHDOG_WITNESS_UNREACHABLE", "block")],
+            "WATCHDOG_WITNESS_UNREACHABLE",
+            "was removed",
+        ),
+        (
+            &[heartbeat, ("WATCHDOG_TS_SERVICE", "patroni-master-gold")],
+            "WATCHDOG_TS_SERVICE",
+            "own route",
+        ),
+    ];
+    for (extra, named, says) in cases {
+        let mut vars = base.clone();
+        vars.extend_from_slice(extra);
+        let (code, stdout, stderr) = output(watchdog(&vars).arg("witness"));
+        assert_eq!(code, Some(2), "{extra:?}: {stdout}{stderr}");
+        assert!(
+            stderr.contains(named) && stderr.contains(says),
+            "{extra:?}: {stderr}"
+        );
+        assert_no_debug_text(&stderr);
+    }
+    assert!(
+        gold.accept().is_err(),
+        "a refused witness config still probed Gold"
+    );
+    assert!(
+        TcpListener::bind(("127.0.0.1", listen_port)).is_ok(),
+        "a refused witness config was still listening"
+    );
 }
