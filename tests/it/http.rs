@@ -40,13 +40,13 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
 }
 
 /// What Prometheus 3 sends.
-const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,\
+pub(crate) const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,\
      application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,\
      text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
 
 /// GET /metrics with this `Accept` header (none if `None`): status, content
 /// type, body.
-async fn scrape(addr: std::net::SocketAddr, accept: Option<&str>) -> (u16, String, String) {
+pub(crate) async fn scrape(addr: std::net::SocketAddr, accept: Option<&str>) -> (u16, String, String) {
     let client = reqwest::Client::builder().no_proxy().build().expect("client");
     let mut req = client.get(format!("http://{addr}/metrics"));
     if let Some(accept) = accept {
@@ -429,7 +429,7 @@ async fn each_state_and_verdict_series_reads_1_exactly_when_the_watchdog_is_in_i
 
 /// `promtool check metrics` (Debian's `prometheus` package) on `body`: its
 /// exit status and what it said.
-fn promtool_check(body: &str) -> (bool, String) {
+pub(crate) fn promtool_check(body: &str) -> (bool, String) {
     use std::io::Write;
     let mut child = std::process::Command::new("promtool")
         .args(["check", "metrics"])
@@ -461,7 +461,7 @@ fn promtool_check(body: &str) -> (bool, String) {
 }
 
 /// Series name with labels -> value, from either format's sample lines.
-fn series(body: &str) -> std::collections::BTreeMap<String, String> {
+pub(crate) fn series(body: &str) -> std::collections::BTreeMap<String, String> {
     body.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .filter_map(|l| {

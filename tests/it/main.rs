@@ -15,5 +15,6 @@ mod kube;
 mod kube_api_double;
 mod logs;
 mod probe;
+mod quorum;
 mod secrets;
 mod webhook;

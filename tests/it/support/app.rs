@@ -117,7 +117,42 @@ pub async fn spawn_with(config: Config, kube: Option<kube::Client>) -> Running {
     }
 }
 
+/// A witness (`patroni-dr-watchdog witness`) in this process, from
+/// environment-style variables.
+pub async fn spawn_witness(vars: &[(&str, &str)]) -> Running {
+    let vars: Vec<(String, String)> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .chain([("WATCHDOG_LISTEN_ADDR".to_string(), "127.0.0.1:0".to_string())])
+        .collect();
+    let config = patroni_dr_watchdog::config::WitnessConfig::load(vars).expect("witness config is valid");
+    let listener = tokio::net::TcpListener::bind(config.listen_addr)
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(patroni_dr_watchdog::witness::run(
+        config,
+        listener,
+        shutdown.clone(),
+    ));
+    Running {
+        addr,
+        shutdown,
+        handle: Some(handle),
+        http: reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("http client"),
+    }
+}
+
 impl Running {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
     pub async fn get(&self, path: &str) -> (u16, String) {
         let resp = self
             .http
