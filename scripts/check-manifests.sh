@@ -478,6 +478,96 @@ def check_example(build_dir):
         bad = 1
     return bad
 
+# Settings the `witness` subcommand accepts; it refuses the others (those of
+# the DR watchdog's role) at start-up, so the manifest must not carry them.
+WITNESS_SETTINGS = {"WATCHDOG_" + n for n in (
+    "GOLD_HOST", "GOLD_PORT", "GOLD_USER", "GOLD_PASSWORD", "GOLD_PASSWORD_FILE",
+    "GOLD_DATABASE", "GOLD_SSLMODE", "GOLD_SSLROOTCERT", "GOLD_HEARTBEAT",
+    "PROBE_INTERVAL", "PROBE_TIMEOUT", "FALL", "RISE", "PROMOTE_AFTER",
+    "LISTEN_ADDR", "LOG_FORMAT")}
+
+def check_witness(build_dir):
+    """The witness build: one replica of the sidecar's image running
+    `witness`, with no Kubernetes API access (no token, no RBAC), only the
+    witness's settings, the password from a read-only mounted Secret, and
+    the restricted security settings."""
+    docs = load_all(os.path.join(build_dir, "witness.yaml"))
+    bad = 0
+    def fail(msg):
+        nonlocal bad
+        print(f"witness build: {msg}")
+        bad = 1
+    kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in docs)
+    for k in kinds:
+        if k.split("/")[0] in ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding", "Secret"):
+            fail(f"must not contain {k} (no RBAC; Secrets are created by hand)")
+    deps = [d for d in docs if d["kind"] == "Deployment"]
+    if len(deps) != 1:
+        fail(f"expected one Deployment, got {len(deps)}")
+        return 1
+    dep = deps[0]
+    pod = dep["spec"]["template"]["spec"]
+    if dep["spec"].get("replicas") != 1:
+        fail("replicas must be 1 (one observer, one vote)")
+    if pod.get("automountServiceAccountToken") is not False:
+        fail("automountServiceAccountToken must be false")
+    sas = [d for d in docs if d["kind"] == "ServiceAccount"]
+    if any(sa.get("automountServiceAccountToken") is not False for sa in sas):
+        fail("its ServiceAccount must not mount a token either")
+    if len(pod["containers"]) != 1:
+        fail("expected exactly one container")
+    c = pod["containers"][0]
+    sidecar = yaml.safe_load(open(SMP))["spec"]["template"]["spec"]["containers"][0]
+    if c.get("image") != sidecar["image"]:
+        fail(f"image {c.get('image')} differs from the sidecar's {sidecar['image']}")
+    if c.get("args") != ["witness"]:
+        fail(f"args must be [witness], got {c.get('args')}")
+    env = {e["name"]: e for e in c.get("env", [])}
+    for n in sorted(set(env) - WITNESS_SETTINGS):
+        fail(f"{n} is not a witness setting (the witness refuses it at start-up)")
+    if not env.get("WATCHDOG_GOLD_HEARTBEAT", {}).get("value"):
+        fail("WATCHDOG_GOLD_HEARTBEAT (required) is not set")
+    for n in ("WATCHDOG_GOLD_PASSWORD",):
+        if "value" in env.get(n, {}):
+            fail(f"{n} has a literal value: use a Secret")
+    pw = env.get("WATCHDOG_GOLD_PASSWORD_FILE", {}).get("value", "")
+    mounts = [m for m in c.get("volumeMounts", []) if pw.startswith(m["mountPath"].rstrip("/") + "/")]
+    vols = {v["name"]: v for v in pod.get("volumes", [])}
+    if not pw or not mounts:
+        fail("WATCHDOG_GOLD_PASSWORD_FILE must name a file in a mounted volume")
+    else:
+        m = mounts[0]
+        if not m.get("readOnly") or "secret" not in vols.get(m["name"], {}):
+            fail(f"{m['mountPath']} must be a read-only Secret volume")
+    sc, psc = c.get("securityContext", {}), pod.get("securityContext", {})
+    want = {"runAsNonRoot": True, "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False}
+    for k, v in want.items():
+        if sc.get(k, psc.get(k)) != v:
+            fail(f"securityContext.{k} must be {v}")
+    if sc.get("capabilities", {}).get("drop") != ["ALL"]:
+        fail("capabilities must drop ALL")
+    if (sc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
+        fail("seccompProfile must be RuntimeDefault")
+    if "runAsUser" in sc or "runAsUser" in psc:
+        fail("no fixed runAsUser (OpenShift assigns the UID)")
+    probes = {k: c.get(k, {}).get("httpGet", {}).get("path") for k in ("livenessProbe", "readinessProbe")}
+    if probes != {"livenessProbe": "/livez", "readinessProbe": "/readyz"}:
+        fail(f"probes: {probes}")
+    port = [p for p in c.get("ports", []) if p.get("containerPort") == 9808]
+    svc = [d for d in docs if d["kind"] == "Service"]
+    if not port or not svc or [p["port"] for p in svc[0]["spec"]["ports"]] != [9808]:
+        fail("container and Service must serve port 9808")
+    pms = [d for d in docs if d["kind"] == "PodMonitor"]
+    jobs = [r.get("replacement") for p in pms for e in p["spec"]["podMetricsEndpoints"]
+            for r in e.get("relabelings", []) if r.get("targetLabel") == "job"]
+    if jobs != ["patroni-dr-witness"]:
+        fail(f"the PodMonitor must set job=patroni-dr-witness, sets {jobs}")
+    print("witness objects:", ", ".join(kinds))
+    if not bad:
+        print("witness: args [witness], the sidecar's image, 1 replica, no token, no RBAC, only witness settings, "
+              "password from a read-only Secret file, restricted security, /livez and /readyz, port 9808, job patroni-dr-witness")
+    return bad
+
 def check_enforce_switch(build_file):
     docs = load_all(build_file)
     sts = [d for d in docs if d["kind"] == "StatefulSet"][0]
@@ -663,6 +753,8 @@ if __name__ == "__main__":
         sys.exit(check_helm_values())
     if cmd == "example":
         sys.exit(check_example(sys.argv[2]))
+    if cmd == "witness":
+        sys.exit(check_witness(sys.argv[2]))
     if cmd == "enforce-switch":
         sys.exit(check_enforce_switch(sys.argv[2]))
     if cmd == "post-render":
@@ -693,10 +785,11 @@ check_rbac_copy() {
 }
 check rbac-copy check_rbac_copy
 
-# 1. kubectl kustomize builds the base, its parts and the example overlay.
+# 1. kubectl kustomize builds the base, its parts, the example overlay and
+# the witness (whose build must keep a witness's limits: see check_witness).
 build="$work/build"
 mkdir -p "$build"
-kustomizations=(base base/sidecar helm/rbac networkpolicy monitoring examples/golddr)
+kustomizations=(base base/sidecar helm/rbac networkpolicy monitoring examples/golddr witness)
 check_builds() {
     local k bad=0 n=0
     for k in "${kustomizations[@]}"; do
@@ -712,6 +805,7 @@ check_builds() {
     # keep it out of the schema step.
     [[ -s "$build/base-sidecar.yaml" ]] || rm -f "$build/base-sidecar.yaml"
     [[ $bad -eq 0 ]] && helper example "$build" 3> /dev/null || bad=1
+    [[ $bad -eq 0 ]] && helper witness "$build" 3> /dev/null || bad=1
     # The WATCHDOG_MODE=enforce patch shown in the example's kustomization.
     mkdir -p "$work/enforce"
     cat > "$work/enforce/kustomization.yaml" << EOF
