@@ -568,6 +568,38 @@ def check_witness(build_dir):
               "password from a read-only Secret file, restricted security, /livez and /readyz, port 9808, job patroni-dr-witness")
     return bad
 
+def check_quorum_example(build_dir):
+    """examples/golddr-quorum: the base's sidecar plus WATCHDOG_WITNESSES and
+    WATCHDOG_QUORUM only; witnesses as base URLs (the watchdog refuses
+    tcp:// and URLs with a path, the old WATCHDOG_WITNESSES style), a quorum
+    between 1 and their number."""
+    docs = load_all(os.path.join(build_dir, "examples-golddr-quorum.yaml"))
+    sts = [d for d in docs if d["kind"] == "StatefulSet"][0]
+    c = [c for c in sts["spec"]["template"]["spec"]["containers"] if c["name"] == "patroni-dr-watchdog"][0]
+    base = yaml.safe_load(open(SMP))["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in c["env"]}
+    base_env = {e["name"]: e for e in base["env"]}
+    bad = 0
+    extra = sorted(set(env) - set(base_env))
+    if extra != ["WATCHDOG_QUORUM", "WATCHDOG_WITNESSES"] or any(env[n] != e for n, e in base_env.items()):
+        print(f"quorum example: env differs from the base's by more than the witnesses: {extra}")
+        bad = 1
+    if {k: v for k, v in c.items() if k != "env"} != {k: v for k, v in base.items() if k != "env"}:
+        print("quorum example: the sidecar differs from the base's outside env")
+        bad = 1
+    urls = env.get("WATCHDOG_WITNESSES", {}).get("value", "").split(",")
+    for u in urls:
+        if not re.fullmatch(r"https?://[A-Za-z0-9.-]+:[0-9]+/?", u.strip()):
+            print(f"quorum example: {u!r} is not a witness base URL http(s)://host:port (no path)")
+            bad = 1
+    q = env.get("WATCHDOG_QUORUM", {}).get("value", "")
+    if not q.isdigit() or not 1 <= int(q) <= len(urls):
+        print(f"quorum example: WATCHDOG_QUORUM={q!r} is not between 1 and {len(urls)}")
+        bad = 1
+    if not bad:
+        print(f"quorum example: the base's sidecar plus {len(urls)} witnesses, quorum {q}")
+    return bad
+
 def check_enforce_switch(build_file):
     docs = load_all(build_file)
     sts = [d for d in docs if d["kind"] == "StatefulSet"][0]
@@ -753,6 +785,8 @@ if __name__ == "__main__":
         sys.exit(check_helm_values())
     if cmd == "example":
         sys.exit(check_example(sys.argv[2]))
+    if cmd == "quorum-example":
+        sys.exit(check_quorum_example(sys.argv[2]))
     if cmd == "witness":
         sys.exit(check_witness(sys.argv[2]))
     if cmd == "enforce-switch":
@@ -789,7 +823,7 @@ check rbac-copy check_rbac_copy
 # the witness (whose build must keep a witness's limits: see check_witness).
 build="$work/build"
 mkdir -p "$build"
-kustomizations=(base base/sidecar helm/rbac networkpolicy monitoring examples/golddr witness)
+kustomizations=(base base/sidecar helm/rbac networkpolicy monitoring examples/golddr examples/golddr-quorum witness)
 check_builds() {
     local k bad=0 n=0
     for k in "${kustomizations[@]}"; do
@@ -806,6 +840,7 @@ check_builds() {
     [[ -s "$build/base-sidecar.yaml" ]] || rm -f "$build/base-sidecar.yaml"
     [[ $bad -eq 0 ]] && helper example "$build" 3> /dev/null || bad=1
     [[ $bad -eq 0 ]] && helper witness "$build" 3> /dev/null || bad=1
+    [[ $bad -eq 0 ]] && helper quorum-example "$build" 3> /dev/null || bad=1
     # The WATCHDOG_MODE=enforce patch shown in the example's kustomization.
     mkdir -p "$work/enforce"
     cat > "$work/enforce/kustomization.yaml" << EOF
