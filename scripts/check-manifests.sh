@@ -7,8 +7,10 @@
 #   scripts/check-manifests.sh --fix    first regenerate what is derived:
 #                                       manifests/base/rbac.yaml (copy of
 #                                       manifests/rbac.yaml),
-#                                       monitoring/prometheusrule.yaml (from
-#                                       rules.yaml), monitoring/metric-names.txt
+#                                       monitoring/prometheusrule.yaml and
+#                                       witness/prometheusrule.yaml (from
+#                                       rules.yaml's groups),
+#                                       monitoring/metric-names.txt
 #
 # Installs what it needs when missing (idempotent): the Debian packages of
 # scripts/packages/manifests.txt (`prometheus` for promtool, whose server is
@@ -166,6 +168,7 @@ OPS = os.path.join(REPO, "docs/operations.md")
 SMP = os.path.join(M, "base/sidecar/patroni-dr-watchdog.yaml")
 HELM_VALUES = os.path.join(M, "helm/values-golddr-watchdog.yaml")
 README = os.path.join(REPO, "README.md")
+QUORUM_DOC = os.path.join(REPO, "docs/quorum.md")
 PREFIX = "patroni_dr_watchdog_"
 
 def detail(msg):
@@ -183,6 +186,9 @@ def load_all(path):
         return [d for d in yaml.safe_load_all(f) if d is not None]
 
 # ------------------------------------------------------- PrometheusRule ---
+WITNESS_GROUP = "patroni-dr-witness"
+WITNESS_PROMRULE = os.path.join(M, "witness/prometheusrule.yaml")
+
 PROMRULE_HEAD = """\
 # GENERATED from rules.yaml by `scripts/check-manifests.sh --fix`: edit
 # rules.yaml (promtool checks and unit-tests it), never this file;
@@ -201,11 +207,65 @@ metadata:
 spec:
 """
 
-def render_promrule():
+WITNESS_PROMRULE_HEAD = """\
+# GENERATED from the group "patroni-dr-witness" of
+# ../monitoring/rules.yaml by `scripts/check-manifests.sh --fix`: edit that
+# file (promtool checks and unit-tests it), never this one;
+# scripts/check-manifests.sh fails when this spec differs from it.
+#
+# The witness's own alerts, for the Prometheus that scrapes the witness
+# (podmonitor.yaml, job="patroni-dr-witness"): create it in the witness's
+# namespace. The DR watchdog's alerts (../monitoring) belong in GoldDR's.
+apiVersion: monitoring.coreos.com/v1
+kind: PrometheusRule
+metadata:
+  name: patroni-dr-witness
+  labels:
+    app.kubernetes.io/name: patroni-dr-witness
+    app.kubernetes.io/part-of: patroni-dr-watchdog
+spec:
+"""
+
+def rule_groups_text():
+    """rules.yaml's `groups:` list as text, one chunk per group (the
+    comment lines right above a group's `- name:` belong to that group), so
+    the PrometheusRules keep rules.yaml's comments."""
     lines = open(RULES).read().splitlines()
     start = next(i for i, l in enumerate(lines) if l.startswith("groups:"))
-    body = "\n".join(("  " + l) if l.strip() else "" for l in lines[start:])
-    return PROMRULE_HEAD + body + "\n"
+    body = lines[start + 1:]
+    heads = [i for i, l in enumerate(body) if re.match(r"^  - name: ", l)]
+    cuts = []
+    for h in heads:
+        while h > 0 and (body[h - 1].startswith("  #") or not body[h - 1].strip()):
+            h -= 1
+        cuts.append(h)
+    chunks = []
+    for n, c in enumerate(cuts):
+        end = cuts[n + 1] if n + 1 < len(cuts) else len(body)
+        name = body[heads[n]].split("name:", 1)[1].strip()
+        chunks.append((name, body[c:end]))
+    return chunks
+
+def render_promrule(witness=False):
+    """monitoring/prometheusrule.yaml: every group but the witness's;
+    witness/prometheusrule.yaml: the witness's group only."""
+    head = WITNESS_PROMRULE_HEAD if witness else PROMRULE_HEAD
+    lines = ["groups:"]
+    for name, chunk in rule_groups_text():
+        if (name == WITNESS_GROUP) == witness:
+            lines += chunk
+    while len(lines) > 1 and not lines[1].strip():
+        del lines[1]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    body = "\n".join(("  " + l) if l.strip() else "" for l in lines)
+    return head + body + "\n"
+
+def expected_specs():
+    rules = yaml.safe_load(open(RULES))
+    dr = {"groups": [g for g in rules["groups"] if g["name"] != WITNESS_GROUP]}
+    wi = {"groups": [g for g in rules["groups"] if g["name"] == WITNESS_GROUP]}
+    return dr, wi
 
 def used_metric_names():
     """Metric names in the rules and the dashboard, as exposed."""
@@ -238,23 +298,36 @@ def fix():
     import shutil
     shutil.copyfile(os.path.join(M, "rbac.yaml"), os.path.join(M, "base/rbac.yaml"))
     open(PROMRULE, "w").write(render_promrule())
+    open(WITNESS_PROMRULE, "w").write(render_promrule(witness=True))
     open(NAMES, "w").write("\n".join(used_metric_names()) + "\n")
-    print("regenerated base/rbac.yaml, monitoring/prometheusrule.yaml, monitoring/metric-names.txt")
+    print("regenerated base/rbac.yaml, monitoring/prometheusrule.yaml, witness/prometheusrule.yaml, monitoring/metric-names.txt")
 
 def check_promrule_sync():
     rules = yaml.safe_load(open(RULES))
-    docs = load_all(PROMRULE)
-    if len(docs) != 1 or docs[0].get("kind") != "PrometheusRule":
-        print(f"{rel(PROMRULE)}: expected exactly one PrometheusRule")
-        detail("prometheusrule.yaml is not a single PrometheusRule")
+    names = [g["name"] for g in rules["groups"]]
+    if WITNESS_GROUP not in names or len(names) < 2:
+        print(f"{rel(RULES)}: expected the DR watchdog's group(s) and the group {WITNESS_GROUP}")
+        detail("rules.yaml groups unexpected")
         return 1
-    if docs[0].get("spec") != rules:
-        print(f"{rel(PROMRULE)}: spec differs from {rel(RULES)}; run scripts/check-manifests.sh --fix")
-        detail("PrometheusRule spec differs from rules.yaml (run --fix)")
+    bad = 0
+    counts = []
+    for path, want in zip((PROMRULE, WITNESS_PROMRULE), expected_specs()):
+        docs = load_all(path)
+        if len(docs) != 1 or docs[0].get("kind") != "PrometheusRule":
+            print(f"{rel(path)}: expected exactly one PrometheusRule")
+            bad = 1
+            continue
+        if docs[0].get("spec") != want:
+            print(f"{rel(path)}: spec differs from its groups in {rel(RULES)}; run scripts/check-manifests.sh --fix")
+            bad = 1
+            continue
+        n = sum(len(g["rules"]) for g in want["groups"])
+        counts.append(n)
+        print(f"{rel(path)}: spec == groups {[g['name'] for g in want['groups']]} of rules.yaml ({n} rules)")
+    if bad:
+        detail("a PrometheusRule spec differs from rules.yaml (run --fix)")
         return 1
-    n = sum(len(g["rules"]) for g in rules["groups"])
-    print(f"PrometheusRule spec == rules.yaml ({n} rules)")
-    detail(f"PrometheusRule spec identical to rules.yaml ({n} rules)")
+    detail(f"PrometheusRule specs identical to rules.yaml's groups (DR watchdog {counts[0]} rules, witness {counts[1]})")
     return 0
 
 # ----------------------------------------------------------- rule tests ---
@@ -379,23 +452,29 @@ def check_dashboard(promtool):
 
 # --------------------------------------------------------- metric names ---
 def readme_metric_names():
-    """Names as exposed, from README.md's Metrics table."""
-    text = open(README).read()
-    sec = text.split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    """Names as exposed, from the Metrics tables of README.md and
+    docs/quorum.md (the witness's and the quorum's families)."""
     names = set()
-    for line in sec.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) < 2 or not cells[0].startswith("`"):
+    for doc in (README, QUORUM_DOC):
+        if not os.path.exists(doc):
             continue
-        kind = cells[1]
-        for fam in re.findall(r"`([a-z0-9_]+)", cells[0]):
-            base = PREFIX + fam
-            if kind == "counter":
-                names.add(base if base.endswith("_total") else base + "_total")
-            elif kind == "histogram":
-                names.update(base + s for s in ("_bucket", "_sum", "_count"))
-            else:
-                names.add(base)
+        text = open(doc).read()
+        if "## Metrics" not in text:
+            continue
+        sec = text.split("## Metrics", 1)[1].split("\n## ", 1)[0]
+        for line in sec.splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) < 2 or not cells[0].startswith("`"):
+                continue
+            kind = cells[1]
+            for fam in re.findall(r"`([a-z0-9_]+)", cells[0]):
+                base = PREFIX + fam
+                if kind == "counter":
+                    names.add(base if base.endswith("_total") else base + "_total")
+                elif kind == "histogram":
+                    names.update(base + s for s in ("_bucket", "_sum", "_count"))
+                else:
+                    names.add(base)
     return names
 
 def check_metric_names():
@@ -415,7 +494,7 @@ def check_metric_names():
     documented = readme_metric_names()
     for n in used:
         if n not in documented:
-            print(f"not a metric of README.md's Metrics table: {n}")
+            print(f"not a metric of the Metrics tables of README.md or docs/quorum.md: {n}")
             bad = 1
     # Families the watchdog creates only when something happens: a fresh
     # process has no series for them, so alerts and the dashboard stay off
@@ -425,8 +504,8 @@ def check_metric_names():
         print(f"{n} has no series until it happens: do not use it")
         bad = 1
     if not bad:
-        print(f"{len(used)} names, all in README.md's Metrics table")
-    detail(f"metric-names.txt lists exactly the {len(used)} names used, all documented in README.md"
+        print(f"{len(used)} names, all in the Metrics tables of README.md / docs/quorum.md")
+    detail(f"metric-names.txt lists exactly the {len(used)} names used, all documented (README.md, docs/quorum.md)"
            if not bad else "metric names out of sync (see log)")
     return bad
 
@@ -890,13 +969,16 @@ check helm-post-render check_post_render
 # against the Prometheus Operator models).
 check schemas helper validate "$build"
 
-# 3. promtool: the rules file, the PrometheusRule's spec, the unit tests.
+# 3. promtool: the rules file, the PrometheusRules' specs, the unit tests.
 check_promtool_rules() {
     promtool check rules "$manifests/monitoring/rules.yaml" || return 1
     "$python" -c 'import sys, yaml; d = yaml.safe_load(open(sys.argv[1])); yaml.safe_dump(d["spec"], open(sys.argv[2], "w"))' \
         "$manifests/monitoring/prometheusrule.yaml" "$work/promrule-spec.yaml" || return 1
     promtool check rules "$work/promrule-spec.yaml" || return 1
-    echo "rules.yaml and the PrometheusRule's spec pass $(promtool --version 2>&1 | head -n 1 | cut -d' ' -f1-3)" >&3
+    "$python" -c 'import sys, yaml; d = yaml.safe_load(open(sys.argv[1])); yaml.safe_dump(d["spec"], open(sys.argv[2], "w"))' \
+        "$manifests/witness/prometheusrule.yaml" "$work/witness-promrule-spec.yaml" || return 1
+    promtool check rules "$work/witness-promrule-spec.yaml" || return 1
+    echo "rules.yaml and both PrometheusRules' specs pass $(promtool --version 2>&1 | head -n 1 | cut -d' ' -f1-3)" >&3
 }
 check promtool-check-rules check_promtool_rules
 
@@ -910,7 +992,7 @@ check_promtool_tests() {
 }
 check promtool-test-rules check_promtool_tests
 
-# 4. The PrometheusRule's spec is rules.yaml.
+# 4. The PrometheusRules' specs are rules.yaml's groups.
 check prometheusrule-sync helper promrule-sync
 
 # 5. The dashboard.
