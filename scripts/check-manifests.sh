@@ -7,8 +7,10 @@
 #   scripts/check-manifests.sh --fix    first regenerate what is derived:
 #                                       manifests/base/rbac.yaml (copy of
 #                                       manifests/rbac.yaml),
-#                                       monitoring/prometheusrule.yaml (from
-#                                       rules.yaml), monitoring/metric-names.txt
+#                                       monitoring/prometheusrule.yaml and
+#                                       witness/prometheusrule.yaml (from
+#                                       rules.yaml's groups),
+#                                       monitoring/metric-names.txt
 #
 # Installs what it needs when missing (idempotent): the Debian packages of
 # scripts/packages/manifests.txt (`prometheus` for promtool, whose server is
@@ -166,6 +168,7 @@ OPS = os.path.join(REPO, "docs/operations.md")
 SMP = os.path.join(M, "base/sidecar/patroni-dr-watchdog.yaml")
 HELM_VALUES = os.path.join(M, "helm/values-golddr-watchdog.yaml")
 README = os.path.join(REPO, "README.md")
+QUORUM_DOC = os.path.join(REPO, "docs/quorum.md")
 PREFIX = "patroni_dr_watchdog_"
 
 def detail(msg):
@@ -183,6 +186,9 @@ def load_all(path):
         return [d for d in yaml.safe_load_all(f) if d is not None]
 
 # ------------------------------------------------------- PrometheusRule ---
+WITNESS_GROUP = "patroni-dr-witness"
+WITNESS_PROMRULE = os.path.join(M, "witness/prometheusrule.yaml")
+
 PROMRULE_HEAD = """\
 # GENERATED from rules.yaml by `scripts/check-manifests.sh --fix`: edit
 # rules.yaml (promtool checks and unit-tests it), never this file;
@@ -201,11 +207,65 @@ metadata:
 spec:
 """
 
-def render_promrule():
+WITNESS_PROMRULE_HEAD = """\
+# GENERATED from the group "patroni-dr-witness" of
+# ../monitoring/rules.yaml by `scripts/check-manifests.sh --fix`: edit that
+# file (promtool checks and unit-tests it), never this one;
+# scripts/check-manifests.sh fails when this spec differs from it.
+#
+# The witness's own alerts, for the Prometheus that scrapes the witness
+# (podmonitor.yaml, job="patroni-dr-witness"): create it in the witness's
+# namespace. The DR watchdog's alerts (../monitoring) belong in GoldDR's.
+apiVersion: monitoring.coreos.com/v1
+kind: PrometheusRule
+metadata:
+  name: patroni-dr-witness
+  labels:
+    app.kubernetes.io/name: patroni-dr-witness
+    app.kubernetes.io/part-of: patroni-dr-watchdog
+spec:
+"""
+
+def rule_groups_text():
+    """rules.yaml's `groups:` list as text, one chunk per group (the
+    comment lines right above a group's `- name:` belong to that group), so
+    the PrometheusRules keep rules.yaml's comments."""
     lines = open(RULES).read().splitlines()
     start = next(i for i, l in enumerate(lines) if l.startswith("groups:"))
-    body = "\n".join(("  " + l) if l.strip() else "" for l in lines[start:])
-    return PROMRULE_HEAD + body + "\n"
+    body = lines[start + 1:]
+    heads = [i for i, l in enumerate(body) if re.match(r"^  - name: ", l)]
+    cuts = []
+    for h in heads:
+        while h > 0 and (body[h - 1].startswith("  #") or not body[h - 1].strip()):
+            h -= 1
+        cuts.append(h)
+    chunks = []
+    for n, c in enumerate(cuts):
+        end = cuts[n + 1] if n + 1 < len(cuts) else len(body)
+        name = body[heads[n]].split("name:", 1)[1].strip()
+        chunks.append((name, body[c:end]))
+    return chunks
+
+def render_promrule(witness=False):
+    """monitoring/prometheusrule.yaml: every group but the witness's;
+    witness/prometheusrule.yaml: the witness's group only."""
+    head = WITNESS_PROMRULE_HEAD if witness else PROMRULE_HEAD
+    lines = ["groups:"]
+    for name, chunk in rule_groups_text():
+        if (name == WITNESS_GROUP) == witness:
+            lines += chunk
+    while len(lines) > 1 and not lines[1].strip():
+        del lines[1]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    body = "\n".join(("  " + l) if l.strip() else "" for l in lines)
+    return head + body + "\n"
+
+def expected_specs():
+    rules = yaml.safe_load(open(RULES))
+    dr = {"groups": [g for g in rules["groups"] if g["name"] != WITNESS_GROUP]}
+    wi = {"groups": [g for g in rules["groups"] if g["name"] == WITNESS_GROUP]}
+    return dr, wi
 
 def used_metric_names():
     """Metric names in the rules and the dashboard, as exposed."""
@@ -238,23 +298,36 @@ def fix():
     import shutil
     shutil.copyfile(os.path.join(M, "rbac.yaml"), os.path.join(M, "base/rbac.yaml"))
     open(PROMRULE, "w").write(render_promrule())
+    open(WITNESS_PROMRULE, "w").write(render_promrule(witness=True))
     open(NAMES, "w").write("\n".join(used_metric_names()) + "\n")
-    print("regenerated base/rbac.yaml, monitoring/prometheusrule.yaml, monitoring/metric-names.txt")
+    print("regenerated base/rbac.yaml, monitoring/prometheusrule.yaml, witness/prometheusrule.yaml, monitoring/metric-names.txt")
 
 def check_promrule_sync():
     rules = yaml.safe_load(open(RULES))
-    docs = load_all(PROMRULE)
-    if len(docs) != 1 or docs[0].get("kind") != "PrometheusRule":
-        print(f"{rel(PROMRULE)}: expected exactly one PrometheusRule")
-        detail("prometheusrule.yaml is not a single PrometheusRule")
+    names = [g["name"] for g in rules["groups"]]
+    if WITNESS_GROUP not in names or len(names) < 2:
+        print(f"{rel(RULES)}: expected the DR watchdog's group(s) and the group {WITNESS_GROUP}")
+        detail("rules.yaml groups unexpected")
         return 1
-    if docs[0].get("spec") != rules:
-        print(f"{rel(PROMRULE)}: spec differs from {rel(RULES)}; run scripts/check-manifests.sh --fix")
-        detail("PrometheusRule spec differs from rules.yaml (run --fix)")
+    bad = 0
+    counts = []
+    for path, want in zip((PROMRULE, WITNESS_PROMRULE), expected_specs()):
+        docs = load_all(path)
+        if len(docs) != 1 or docs[0].get("kind") != "PrometheusRule":
+            print(f"{rel(path)}: expected exactly one PrometheusRule")
+            bad = 1
+            continue
+        if docs[0].get("spec") != want:
+            print(f"{rel(path)}: spec differs from its groups in {rel(RULES)}; run scripts/check-manifests.sh --fix")
+            bad = 1
+            continue
+        n = sum(len(g["rules"]) for g in want["groups"])
+        counts.append(n)
+        print(f"{rel(path)}: spec == groups {[g['name'] for g in want['groups']]} of rules.yaml ({n} rules)")
+    if bad:
+        detail("a PrometheusRule spec differs from rules.yaml (run --fix)")
         return 1
-    n = sum(len(g["rules"]) for g in rules["groups"])
-    print(f"PrometheusRule spec == rules.yaml ({n} rules)")
-    detail(f"PrometheusRule spec identical to rules.yaml ({n} rules)")
+    detail(f"PrometheusRule specs identical to rules.yaml's groups (DR watchdog {counts[0]} rules, witness {counts[1]})")
     return 0
 
 # ----------------------------------------------------------- rule tests ---
@@ -379,23 +452,29 @@ def check_dashboard(promtool):
 
 # --------------------------------------------------------- metric names ---
 def readme_metric_names():
-    """Names as exposed, from README.md's Metrics table."""
-    text = open(README).read()
-    sec = text.split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    """Names as exposed, from the Metrics tables of README.md and
+    docs/quorum.md (the witness's and the quorum's families)."""
     names = set()
-    for line in sec.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) < 2 or not cells[0].startswith("`"):
+    for doc in (README, QUORUM_DOC):
+        if not os.path.exists(doc):
             continue
-        kind = cells[1]
-        for fam in re.findall(r"`([a-z0-9_]+)", cells[0]):
-            base = PREFIX + fam
-            if kind == "counter":
-                names.add(base if base.endswith("_total") else base + "_total")
-            elif kind == "histogram":
-                names.update(base + s for s in ("_bucket", "_sum", "_count"))
-            else:
-                names.add(base)
+        text = open(doc).read()
+        if "## Metrics" not in text:
+            continue
+        sec = text.split("## Metrics", 1)[1].split("\n## ", 1)[0]
+        for line in sec.splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) < 2 or not cells[0].startswith("`"):
+                continue
+            kind = cells[1]
+            for fam in re.findall(r"`([a-z0-9_]+)", cells[0]):
+                base = PREFIX + fam
+                if kind == "counter":
+                    names.add(base if base.endswith("_total") else base + "_total")
+                elif kind == "histogram":
+                    names.update(base + s for s in ("_bucket", "_sum", "_count"))
+                else:
+                    names.add(base)
     return names
 
 def check_metric_names():
@@ -415,7 +494,7 @@ def check_metric_names():
     documented = readme_metric_names()
     for n in used:
         if n not in documented:
-            print(f"not a metric of README.md's Metrics table: {n}")
+            print(f"not a metric of the Metrics tables of README.md or docs/quorum.md: {n}")
             bad = 1
     # Families the watchdog creates only when something happens: a fresh
     # process has no series for them, so alerts and the dashboard stay off
@@ -425,8 +504,8 @@ def check_metric_names():
         print(f"{n} has no series until it happens: do not use it")
         bad = 1
     if not bad:
-        print(f"{len(used)} names, all in README.md's Metrics table")
-    detail(f"metric-names.txt lists exactly the {len(used)} names used, all documented in README.md"
+        print(f"{len(used)} names, all in the Metrics tables of README.md / docs/quorum.md")
+    detail(f"metric-names.txt lists exactly the {len(used)} names used, all documented (README.md, docs/quorum.md)"
            if not bad else "metric names out of sync (see log)")
     return bad
 
@@ -476,6 +555,128 @@ def check_example(build_dir):
     if env.get("WATCHDOG_MODE", {}).get("value") != "dry-run":
         print("example build: WATCHDOG_MODE is not dry-run")
         bad = 1
+    return bad
+
+# Settings the `witness` subcommand accepts; it refuses the others (those of
+# the DR watchdog's role) at start-up, so the manifest must not carry them.
+WITNESS_SETTINGS = {"WATCHDOG_" + n for n in (
+    "GOLD_HOST", "GOLD_PORT", "GOLD_USER", "GOLD_PASSWORD", "GOLD_PASSWORD_FILE",
+    "GOLD_DATABASE", "GOLD_SSLMODE", "GOLD_SSLROOTCERT", "GOLD_HEARTBEAT",
+    "PROBE_INTERVAL", "PROBE_TIMEOUT", "FALL", "RISE", "PROMOTE_AFTER",
+    "LISTEN_ADDR", "LOG_FORMAT")}
+
+def check_witness(build_dir):
+    """The witness build: one replica of the sidecar's image running
+    `witness`, with no Kubernetes API access (no token, no RBAC), only the
+    witness's settings, the password from a read-only mounted Secret, and
+    the restricted security settings."""
+    docs = load_all(os.path.join(build_dir, "witness.yaml"))
+    bad = 0
+    def fail(msg):
+        nonlocal bad
+        print(f"witness build: {msg}")
+        bad = 1
+    kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in docs)
+    for k in kinds:
+        if k.split("/")[0] in ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding", "Secret"):
+            fail(f"must not contain {k} (no RBAC; Secrets are created by hand)")
+    deps = [d for d in docs if d["kind"] == "Deployment"]
+    if len(deps) != 1:
+        fail(f"expected one Deployment, got {len(deps)}")
+        return 1
+    dep = deps[0]
+    pod = dep["spec"]["template"]["spec"]
+    if dep["spec"].get("replicas") != 1:
+        fail("replicas must be 1 (one observer, one vote)")
+    if pod.get("automountServiceAccountToken") is not False:
+        fail("automountServiceAccountToken must be false")
+    sas = [d for d in docs if d["kind"] == "ServiceAccount"]
+    if any(sa.get("automountServiceAccountToken") is not False for sa in sas):
+        fail("its ServiceAccount must not mount a token either")
+    if len(pod["containers"]) != 1:
+        fail("expected exactly one container")
+    c = pod["containers"][0]
+    sidecar = yaml.safe_load(open(SMP))["spec"]["template"]["spec"]["containers"][0]
+    if c.get("image") != sidecar["image"]:
+        fail(f"image {c.get('image')} differs from the sidecar's {sidecar['image']}")
+    if c.get("args") != ["witness"]:
+        fail(f"args must be [witness], got {c.get('args')}")
+    env = {e["name"]: e for e in c.get("env", [])}
+    for n in sorted(set(env) - WITNESS_SETTINGS):
+        fail(f"{n} is not a witness setting (the witness refuses it at start-up)")
+    if not env.get("WATCHDOG_GOLD_HEARTBEAT", {}).get("value"):
+        fail("WATCHDOG_GOLD_HEARTBEAT (required) is not set")
+    for n in ("WATCHDOG_GOLD_PASSWORD",):
+        if "value" in env.get(n, {}):
+            fail(f"{n} has a literal value: use a Secret")
+    pw = env.get("WATCHDOG_GOLD_PASSWORD_FILE", {}).get("value", "")
+    mounts = [m for m in c.get("volumeMounts", []) if pw.startswith(m["mountPath"].rstrip("/") + "/")]
+    vols = {v["name"]: v for v in pod.get("volumes", [])}
+    if not pw or not mounts:
+        fail("WATCHDOG_GOLD_PASSWORD_FILE must name a file in a mounted volume")
+    else:
+        m = mounts[0]
+        if not m.get("readOnly") or "secret" not in vols.get(m["name"], {}):
+            fail(f"{m['mountPath']} must be a read-only Secret volume")
+    sc, psc = c.get("securityContext", {}), pod.get("securityContext", {})
+    want = {"runAsNonRoot": True, "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False}
+    for k, v in want.items():
+        if sc.get(k, psc.get(k)) != v:
+            fail(f"securityContext.{k} must be {v}")
+    if sc.get("capabilities", {}).get("drop") != ["ALL"]:
+        fail("capabilities must drop ALL")
+    if (sc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
+        fail("seccompProfile must be RuntimeDefault")
+    if "runAsUser" in sc or "runAsUser" in psc:
+        fail("no fixed runAsUser (OpenShift assigns the UID)")
+    probes = {k: c.get(k, {}).get("httpGet", {}).get("path") for k in ("livenessProbe", "readinessProbe")}
+    if probes != {"livenessProbe": "/livez", "readinessProbe": "/readyz"}:
+        fail(f"probes: {probes}")
+    port = [p for p in c.get("ports", []) if p.get("containerPort") == 9808]
+    svc = [d for d in docs if d["kind"] == "Service"]
+    if not port or not svc or [p["port"] for p in svc[0]["spec"]["ports"]] != [9808]:
+        fail("container and Service must serve port 9808")
+    pms = [d for d in docs if d["kind"] == "PodMonitor"]
+    jobs = [r.get("replacement") for p in pms for e in p["spec"]["podMetricsEndpoints"]
+            for r in e.get("relabelings", []) if r.get("targetLabel") == "job"]
+    if jobs != ["patroni-dr-witness"]:
+        fail(f"the PodMonitor must set job=patroni-dr-witness, sets {jobs}")
+    print("witness objects:", ", ".join(kinds))
+    if not bad:
+        print("witness: args [witness], the sidecar's image, 1 replica, no token, no RBAC, only witness settings, "
+              "password from a read-only Secret file, restricted security, /livez and /readyz, port 9808, job patroni-dr-witness")
+    return bad
+
+def check_quorum_example(build_dir):
+    """examples/golddr-quorum: the base's sidecar plus WATCHDOG_WITNESSES and
+    WATCHDOG_QUORUM only; witnesses as base URLs (the watchdog refuses
+    tcp:// and URLs with a path, the old WATCHDOG_WITNESSES style), a quorum
+    between 1 and their number."""
+    docs = load_all(os.path.join(build_dir, "examples-golddr-quorum.yaml"))
+    sts = [d for d in docs if d["kind"] == "StatefulSet"][0]
+    c = [c for c in sts["spec"]["template"]["spec"]["containers"] if c["name"] == "patroni-dr-watchdog"][0]
+    base = yaml.safe_load(open(SMP))["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in c["env"]}
+    base_env = {e["name"]: e for e in base["env"]}
+    bad = 0
+    extra = sorted(set(env) - set(base_env))
+    if extra != ["WATCHDOG_QUORUM", "WATCHDOG_WITNESSES"] or any(env[n] != e for n, e in base_env.items()):
+        print(f"quorum example: env differs from the base's by more than the witnesses: {extra}")
+        bad = 1
+    if {k: v for k, v in c.items() if k != "env"} != {k: v for k, v in base.items() if k != "env"}:
+        print("quorum example: the sidecar differs from the base's outside env")
+        bad = 1
+    urls = env.get("WATCHDOG_WITNESSES", {}).get("value", "").split(",")
+    for u in urls:
+        if not re.fullmatch(r"https?://[A-Za-z0-9.-]+:[0-9]+/?", u.strip()):
+            print(f"quorum example: {u!r} is not a witness base URL http(s)://host:port (no path)")
+            bad = 1
+    q = env.get("WATCHDOG_QUORUM", {}).get("value", "")
+    if not q.isdigit() or not 1 <= int(q) <= len(urls):
+        print(f"quorum example: WATCHDOG_QUORUM={q!r} is not between 1 and {len(urls)}")
+        bad = 1
+    if not bad:
+        print(f"quorum example: the base's sidecar plus {len(urls)} witnesses, quorum {q}")
     return bad
 
 def check_enforce_switch(build_file):
@@ -663,6 +864,10 @@ if __name__ == "__main__":
         sys.exit(check_helm_values())
     if cmd == "example":
         sys.exit(check_example(sys.argv[2]))
+    if cmd == "quorum-example":
+        sys.exit(check_quorum_example(sys.argv[2]))
+    if cmd == "witness":
+        sys.exit(check_witness(sys.argv[2]))
     if cmd == "enforce-switch":
         sys.exit(check_enforce_switch(sys.argv[2]))
     if cmd == "post-render":
@@ -693,10 +898,11 @@ check_rbac_copy() {
 }
 check rbac-copy check_rbac_copy
 
-# 1. kubectl kustomize builds the base, its parts and the example overlay.
+# 1. kubectl kustomize builds the base, its parts, the example overlay and
+# the witness (whose build must keep a witness's limits: see check_witness).
 build="$work/build"
 mkdir -p "$build"
-kustomizations=(base base/sidecar helm/rbac networkpolicy monitoring examples/golddr)
+kustomizations=(base base/sidecar helm/rbac networkpolicy monitoring examples/golddr examples/golddr-quorum witness)
 check_builds() {
     local k bad=0 n=0
     for k in "${kustomizations[@]}"; do
@@ -712,6 +918,8 @@ check_builds() {
     # keep it out of the schema step.
     [[ -s "$build/base-sidecar.yaml" ]] || rm -f "$build/base-sidecar.yaml"
     [[ $bad -eq 0 ]] && helper example "$build" 3> /dev/null || bad=1
+    [[ $bad -eq 0 ]] && helper witness "$build" 3> /dev/null || bad=1
+    [[ $bad -eq 0 ]] && helper quorum-example "$build" 3> /dev/null || bad=1
     # The WATCHDOG_MODE=enforce patch shown in the example's kustomization.
     mkdir -p "$work/enforce"
     cat > "$work/enforce/kustomization.yaml" << EOF
@@ -761,13 +969,16 @@ check helm-post-render check_post_render
 # against the Prometheus Operator models).
 check schemas helper validate "$build"
 
-# 3. promtool: the rules file, the PrometheusRule's spec, the unit tests.
+# 3. promtool: the rules file, the PrometheusRules' specs, the unit tests.
 check_promtool_rules() {
     promtool check rules "$manifests/monitoring/rules.yaml" || return 1
     "$python" -c 'import sys, yaml; d = yaml.safe_load(open(sys.argv[1])); yaml.safe_dump(d["spec"], open(sys.argv[2], "w"))' \
         "$manifests/monitoring/prometheusrule.yaml" "$work/promrule-spec.yaml" || return 1
     promtool check rules "$work/promrule-spec.yaml" || return 1
-    echo "rules.yaml and the PrometheusRule's spec pass $(promtool --version 2>&1 | head -n 1 | cut -d' ' -f1-3)" >&3
+    "$python" -c 'import sys, yaml; d = yaml.safe_load(open(sys.argv[1])); yaml.safe_dump(d["spec"], open(sys.argv[2], "w"))' \
+        "$manifests/witness/prometheusrule.yaml" "$work/witness-promrule-spec.yaml" || return 1
+    promtool check rules "$work/witness-promrule-spec.yaml" || return 1
+    echo "rules.yaml and both PrometheusRules' specs pass $(promtool --version 2>&1 | head -n 1 | cut -d' ' -f1-3)" >&3
 }
 check promtool-check-rules check_promtool_rules
 
@@ -781,7 +992,7 @@ check_promtool_tests() {
 }
 check promtool-test-rules check_promtool_tests
 
-# 4. The PrometheusRule's spec is rules.yaml.
+# 4. The PrometheusRules' specs are rules.yaml's groups.
 check prometheusrule-sync helper promrule-sync
 
 # 5. The dashboard.
