@@ -569,6 +569,7 @@ fn every_documented_configuration_is_accepted_by_its_command() {
     let dir = tempfile::tempdir().expect("tempdir");
     let secret = dir.path().join("secret");
     std::fs::write(&secret, "s3cret\n").expect("write secret");
+    let ca = crate::support::pg::generate_tls(&dir.path().join("tls"));
     for (file, at_least) in [("README.md", 2), ("docs/quorum.md", 1)] {
         let examples = documented_examples(file);
         assert!(examples.len() >= at_least, "{file}: {examples:?}");
@@ -579,6 +580,8 @@ fn every_documented_configuration_is_accepted_by_its_command() {
                 .map(|(k, v)| {
                     let v = if k.ends_with("_FILE") {
                         secret.display().to_string()
+                    } else if k.ends_with("_SSLROOTCERT") || k.ends_with("_CAFILE") {
+                        ca.display().to_string()
                     } else {
                         v
                     };
@@ -610,7 +613,8 @@ fn the_witness_refuses_bad_or_foreign_settings_before_any_network_io() {
     let mut base = gold_vars(&port);
     base.push(("WATCHDOG_LISTEN_ADDR", listen.as_str()));
     let heartbeat = ("WATCHDOG_GOLD_HEARTBEAT", "http://127.0.0.1:9/liveness");
-    let cases: &[(&[(&str, &str)], &str, &str)] = &[
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: &[Case] = &[
         (&[], "WATCHDOG_GOLD_HEARTBEAT", "is required"),
         (
             &[heartbeat, ("WATCHDOG_PROMOTER", "patroni-api")],

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::app;
-use crate::support::pg::{PgOptions, PgServer};
+use crate::support::pg::{PgOptions, PgServer, WATCHDOG_USER};
 use patroni_dr_watchdog::app::Watchdog;
 use patroni_dr_watchdog::observe::probe::{Probe, ProbeReport};
 use patroni_dr_watchdog::observe::target::{self, Endpoint};
@@ -342,11 +342,26 @@ async fn every_metric_the_alerts_and_dashboard_use_is_exported() {
         ..Default::default()
     });
     let local = standby.port().to_string();
+    // And a witness it lists, whose own series the witness alerts use.
+    let gold_port = gold.port().to_string();
+    let heartbeat = format!("tcp://{}", gold.addr());
+    let witness = app::spawn_witness(&[
+        ("WATCHDOG_GOLD_HOST", "127.0.0.1"),
+        ("WATCHDOG_GOLD_PORT", &gold_port),
+        ("WATCHDOG_GOLD_USER", WATCHDOG_USER),
+        ("WATCHDOG_GOLD_SSLMODE", "disable"),
+        ("WATCHDOG_GOLD_HEARTBEAT", &heartbeat),
+        ("WATCHDOG_PROBE_INTERVAL", "300ms"),
+        ("WATCHDOG_PROBE_TIMEOUT", "250ms"),
+    ])
+    .await;
+    let witnesses = witness.url();
     let w = app::spawn(fast(
         gold.addr(),
         &[
             ("WATCHDOG_PROMOTER", "pg-promote"),
             ("WATCHDOG_LOCAL_PG_PORT", &local),
+            ("WATCHDOG_WITNESSES", &witnesses),
         ],
     ))
     .await;
@@ -355,17 +370,20 @@ async fn every_metric_the_alerts_and_dashboard_use_is_exported() {
     })
     .await;
     let (_, body) = w.get("/metrics").await;
+    let (_, witness_body) = witness.get("/metrics").await;
     let exported: std::collections::BTreeSet<&str> = body
         .lines()
+        .chain(witness_body.lines())
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.split(['{', ' ']).next())
         .collect();
     let missing: Vec<&&str> = names.iter().filter(|n| !exported.contains(**n)).collect();
     assert!(
         missing.is_empty(),
-        "used by alerts or the dashboard but not exported: {missing:?}\n{body}"
+        "used by alerts or the dashboard but not exported: {missing:?}\n{body}\n{witness_body}"
     );
     w.stop().await;
+    witness.stop().await;
 }
 
 /// Every `state` and `verdict` series, as a scrape returns them: 1 for the

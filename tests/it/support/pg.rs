@@ -470,7 +470,7 @@ pub fn running_as_root() -> bool {
 
 /// Self-signed CA plus a server certificate for localhost/127.0.0.1 signed by
 /// it, all in `dir`. Returns the CA certificate path.
-fn generate_tls(dir: &Path) -> PathBuf {
+pub fn generate_tls(dir: &Path) -> PathBuf {
     fs::create_dir(dir).expect("create tls dir");
     let openssl = |args: &[&str]| {
         let out = run(Command::new("openssl").args(args).current_dir(dir));
