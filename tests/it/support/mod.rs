@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod gold_cluster;
 pub mod kube_api;
 pub mod kube_env;
 pub mod patroni_cluster;
