@@ -11,6 +11,7 @@ pub mod app;
 pub mod gold_cluster;
 pub mod kube_api;
 pub mod kube_env;
+pub mod leader_router;
 pub mod patroni_cluster;
 pub mod pg;
 pub mod proxy;
