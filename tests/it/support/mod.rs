@@ -17,6 +17,7 @@ pub mod pg;
 pub mod proxy;
 pub mod sampler;
 pub mod webhook;
+pub mod witness;
 
 use std::time::{Duration, Instant};
 
