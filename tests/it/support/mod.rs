@@ -1,15 +1,23 @@
 //! Shared support code for the integration tests: throwaway PostgreSQL
 //! servers ([`pg`]), a fault-injecting TCP proxy ([`proxy`]) and the
-//! watchdog wired up against them ([`app`]).
+//! watchdog wired up against them ([`app`]); for end to end with Patroni,
+//! etcd and GoldDR ([`patroni_cluster`]), Gold as a real Patroni cluster
+//! ([`gold_cluster`]) reached through a leader-following forwarder
+//! ([`leader_router`]), a split-brain sampler ([`sampler`]) and the witness
+//! as its own process ([`witness`]).
 #![allow(dead_code)]
 
 pub mod app;
+pub mod gold_cluster;
 pub mod kube_api;
 pub mod kube_env;
+pub mod leader_router;
 pub mod patroni_cluster;
 pub mod pg;
 pub mod proxy;
+pub mod sampler;
 pub mod webhook;
+pub mod witness;
 
 use std::time::{Duration, Instant};
 

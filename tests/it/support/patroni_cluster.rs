@@ -721,14 +721,14 @@ impl Drop for GoldDr {
 // helpers
 // ---------------------------------------------------------------------------
 
-struct OsUser {
-    uid: u32,
-    gid: u32,
-    home: String,
+pub(crate) struct OsUser {
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) home: String,
 }
 
 /// The `postgres` OS user if we are root (PostgreSQL refuses to run as root), else None.
-fn postgres_user() -> Option<&'static OsUser> {
+pub(crate) fn postgres_user() -> Option<&'static OsUser> {
     static USER: OnceLock<Option<OsUser>> = OnceLock::new();
     USER.get_or_init(|| {
         if !running_as_root() {
@@ -753,7 +753,7 @@ fn postgres_user() -> Option<&'static OsUser> {
 }
 
 /// `cmd`, set to run as the `postgres` OS user if we are root.
-fn as_postgres(mut cmd: Command) -> Command {
+pub(crate) fn as_postgres(mut cmd: Command) -> Command {
     if let Some(user) = postgres_user() {
         cmd.uid(user.uid)
             .gid(user.gid)
@@ -766,7 +766,7 @@ fn as_postgres(mut cmd: Command) -> Command {
 
 /// Removes inherited environment variables with these prefixes (they would
 /// configure Patroni, libpq or etcd behind the harness's back).
-fn clear_env(cmd: &mut Command, prefixes: &[&str]) {
+pub(crate) fn clear_env(cmd: &mut Command, prefixes: &[&str]) {
     for (key, _) in std::env::vars_os() {
         if let Some(k) = key.to_str()
             && prefixes.iter().any(|p| k.starts_with(p))
@@ -776,7 +776,7 @@ fn clear_env(cmd: &mut Command, prefixes: &[&str]) {
     }
 }
 
-fn temp_dir(prefix: &str) -> TempDir {
+pub(crate) fn temp_dir(prefix: &str) -> TempDir {
     // /tmp, not $TMPDIR: unix socket paths must stay short.
     tempfile::Builder::new()
         .prefix(prefix)
@@ -786,7 +786,7 @@ fn temp_dir(prefix: &str) -> TempDir {
 
 /// A blocking HTTP/1.0 GET on 127.0.0.1:`port`: (status, body), or None on
 /// any transport error.
-fn http_get(port: u16, path: &str, timeout: Duration) -> Option<(u16, String)> {
+pub(crate) fn http_get(port: u16, path: &str, timeout: Duration) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), timeout).ok()?;
     stream.set_read_timeout(Some(timeout)).ok()?;
     stream.set_write_timeout(Some(timeout)).ok()?;
@@ -804,7 +804,7 @@ fn http_get(port: u16, path: &str, timeout: Duration) -> Option<(u16, String)> {
 }
 
 /// Sends SIGname to one process, by PID (the shell's builtin `kill`).
-fn signal(pid: u32, name: &str) {
+pub(crate) fn signal(pid: u32, name: &str) {
     let _ = Command::new("sh")
         .args([
             "-c",
@@ -817,7 +817,7 @@ fn signal(pid: u32, name: &str) {
         .output();
 }
 
-fn read_lossy(path: &Path) -> String {
+pub(crate) fn read_lossy(path: &Path) -> String {
     fs::read(path)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default()

@@ -332,7 +332,15 @@ async fn blackhole(mut stream: TcpStream, cut: CancellationToken) {
     }
 }
 
-async fn forward(mut client: TcpStream, upstream: SocketAddr, delay: Option<Duration>) -> io::Result<()> {
+/// Connects to `upstream` and copies both ways until either side closes
+/// (every chunk held back `delay` if set). Shared by [`FaultProxy`] and
+/// [`LeaderRouter`](crate::support::leader_router::LeaderRouter), so the
+/// harness has one forwarding implementation.
+pub(crate) async fn forward(
+    mut client: TcpStream,
+    upstream: SocketAddr,
+    delay: Option<Duration>,
+) -> io::Result<()> {
     // If the upstream is down the client just sees its connection closed,
     // as through a tunnel whose far end is gone.
     let mut server = TcpStream::connect(upstream).await?;
