@@ -16,5 +16,6 @@ mod kube_api_double;
 mod logs;
 mod probe;
 mod quorum;
+mod quorum_e2e;
 mod secrets;
 mod webhook;

@@ -176,8 +176,18 @@ impl Running {
         what: &str,
         check: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
+        self.wait_status_for(Duration::from_secs(30), what, check).await
+    }
+
+    /// Polls `/status` until `check` holds (`timeout` at most).
+    pub async fn wait_status_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let mut last = serde_json::Value::Null;
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let deadline = std::time::Instant::now() + timeout;
         while std::time::Instant::now() < deadline {
             last = self.status().await;
             if check(&last) {
