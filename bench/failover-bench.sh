@@ -46,8 +46,10 @@ COMPLETE=0
 FAILED_RUNS=0
 T_START=$(date +%s)
 
-# Profiles: name interval_s timeout fall rise promote_after wal_receiver_fresh
-PROFILES=("fast 1 800ms 2 2 5 3s")
+# Profiles: name interval_s timeout fall rise promote_after wal_receiver_fresh.
+# quorum: the quorum-mode defaults, with one witness process; default: the
+# single-observer defaults.
+PROFILES=("fast 1 800ms 2 2 5 3s" "quorum 5 3s 2 2 4 15s")
 if [[ "$SKIP_DEFAULT" != 1 ]]; then
     PROFILES+=("default 10 5s 3 2 18 60s")
 fi
@@ -89,8 +91,34 @@ rep "- machine: $(machine_desc)"
 rep "- watchdog: $("$BIN" --version) (release build), commit $(commit_desc)"
 rep "- Gold: $PG_VERSION, plain primary on 127.0.0.1, \`wal_sender_timeout = 2s\`, killed with \`pg_ctl stop -m immediate\`"
 rep "- GoldDR: Patroni $(patroni --version 2>&1 | awk '{print $2}') one-member standby cluster (ttl 20, loop_wait 2, retry_timeout 9), DCS etcd $(etcd --version 2>&1 | awk '/etcd Version/{print $3}') (etcd3 API), same $PG_VERSION"
-rep "- watchdog beside GoldDR: \`WATCHDOG_PROMOTER=patroni-api\`, \`WATCHDOG_MODE=enforce\`, default \`WATCHDOG_MAX_DATA_AGE\` (5m), no witnesses"
+rep "- watchdog beside GoldDR: \`WATCHDOG_PROMOTER=patroni-api\`, \`WATCHDOG_MODE=enforce\`, default \`WATCHDOG_MAX_DATA_AGE\` (5m); no witnesses except in the \`quorum\` profile"
+rep "- \`quorum\` profile: one witness (\`patroni-dr-watchdog witness\`, the same release binary, its own defaults) probing Gold directly (its own route) with Gold's PostgreSQL port as the site heartbeat (\`WATCHDOG_GOLD_HEARTBEAT=tcp://…\`: the plain Gold of this harness has no Patroni API), listed in \`WATCHDOG_WITNESSES\`; the quorum is 1 of 1"
 rep "- runs: fast ×$FAST_RUNS$([[ "$SKIP_DEFAULT" == 1 ]] && echo ', default skipped (BENCH_SKIP_DEFAULT=1)' || echo ", default ×$DEFAULT_RUNS")"
+
+# witness_start LOG: a witness process with its defaults, observing Gold
+# directly; sets WITNESS_URL and WITNESS_PID (stopped like a watchdog).
+witness_start() {
+    local log=$1 port
+    free_port port
+    WITNESS_URL="http://127.0.0.1:$port"
+    env NO_COLOR=1 \
+        WATCHDOG_GOLD_HOST=127.0.0.1 \
+        WATCHDOG_GOLD_PORT="$GOLD_PORT" \
+        WATCHDOG_GOLD_USER=postgres \
+        WATCHDOG_GOLD_SSLMODE=disable \
+        WATCHDOG_GOLD_HEARTBEAT="tcp://127.0.0.1:$GOLD_PORT" \
+        WATCHDOG_LISTEN_ADDR="127.0.0.1:$port" \
+        "$BIN" witness >>"$log" 2>&1 &
+    WITNESS_PID=$!
+    LIB_WD_PIDS[$WITNESS_PID]=1
+    for _ in $(seq 200); do
+        curl -fsS --max-time 1 "$WITNESS_URL/readyz" >/dev/null 2>&1 && return 0
+        kill -0 "$WITNESS_PID" 2>/dev/null || { log_tail "$log" 40 "the witness's log"; die "the witness exited at start-up"; }
+        sleep 0.05
+    done
+    log_tail "$log" 40 "the witness's log"
+    die "the witness is not ready after 10 s"
+}
 
 # ============================================================ one run ====
 # run_once PROFILE RUN INTERVAL_S TIMEOUT FALL RISE PROMOTE_AFTER FRESH
@@ -102,11 +130,16 @@ run_once() {
     local profile=$1 run=$2 interval=$3 timeout=$4 fall=$5 rise=$6 promote_after=$7 fresh=$8
     local scope="golddr-$profile-$run" log="$WORK/watchdog-$profile-$run.log" res="$WORK/failover-$profile-$run.json"
     local phase t0 limit rows_gold rows_dr wal every
+    local witness_env=()
     say "$profile run $run: fresh GoldDR"
     gold_sql "INSERT INTO bench DEFAULT VALUES" >/dev/null
     golddr_start "$scope"
     info "GoldDR standby_leader after $(fmt '%.1f' "$GOLDDR_STARTUP_S") s (REST $GOLDDR_URL, PostgreSQL 127.0.0.1:$GOLDDR_PG_PORT)"
-    wd_start "$log" \
+    if [[ "$profile" == quorum ]]; then
+        witness_start "$WORK/witness-$profile-$run.log"
+        witness_env=(WATCHDOG_WITNESSES="$WITNESS_URL")
+    fi
+    wd_start "$log" "${witness_env[@]}" \
         WATCHDOG_PROBE_INTERVAL="${interval}s" \
         WATCHDOG_PROBE_TIMEOUT="$timeout" \
         WATCHDOG_FALL="$fall" \
@@ -175,6 +208,10 @@ print(json.dumps({"verdicts_seen": r["verdicts"], "writable_after_s": r["writabl
     fi
     wd_stop "$WD_PID"
     ((STOP_RC == 0)) || RUN_NOTES+=("$profile run $run: watchdog SIGTERM exit code $STOP_RC")
+    if [[ "$profile" == quorum ]]; then
+        wd_stop "$WITNESS_PID"
+        ((STOP_RC == 0)) || RUN_NOTES+=("$profile run $run: witness SIGTERM exit code $STOP_RC")
+    fi
     golddr_stop
     gold_start
 }

@@ -389,6 +389,23 @@ fn describe_status(body: &Value) -> String {
         }
         put("local", local);
     }
+    let q = &body["quorum"];
+    put("judging", s(&q["summary"]));
+    for v in q["votes"].as_array().into_iter().flatten() {
+        let age = match v["age_seconds"].as_f64() {
+            Some(a) => format!(", {a:.1}s old"),
+            None => String::new(),
+        };
+        put(
+            "witness",
+            format!(
+                "{}: {} ({}{age})",
+                s(&v["witness"]),
+                s(&v["vote"]),
+                s(&v["detail"])
+            ),
+        );
+    }
     put(
         "promotion",
         match (&p["result"], promoter.as_str(), s(&p["mode"]).as_str()) {

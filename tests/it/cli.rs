@@ -395,6 +395,31 @@ fn check_says_per_line_whether_gold_answers_and_exits_accordingly() {
     assert!(stdout.contains("ok   settings: valid"), "{stdout}");
     assert!(stdout.contains("ok   gold probe: up/writable"), "{stdout}");
     assert!(stdout.contains("promoter: none"), "{stdout}");
+    assert!(
+        stdout.contains("ok   judging gold: single observer: without witnesses this watchdog cannot tell"),
+        "{stdout}"
+    );
+    assert_no_debug_text(&stdout);
+
+    // A witness that does not answer fails the check; a silent signal is
+    // no failure (it says nothing until Gold is lost).
+    let witness = format!("http://{}", crate::support::closed_port());
+    let signal = format!("tcp://{}", crate::support::closed_port());
+    let mut quorum = gold_vars(&port);
+    quorum.extend([
+        ("WATCHDOG_WITNESSES", witness.as_str()),
+        ("WATCHDOG_GOLD_SIGNALS", signal.as_str()),
+    ]);
+    let (code, stdout, _) = output(watchdog(&quorum).arg("check"));
+    assert_eq!(code, Some(1), "{stdout}");
+    for line in [
+        "ok   judging gold: quorum: 1 of 1 witnesses must agree Gold's site is lost".to_string(),
+        format!("ok   gold signal: {signal}: silent"),
+        format!("FAIL witness: {witness}: unreachable"),
+        "FAIL quorum: 0 of 1 witnesses answer, 1 needed to promote".to_string(),
+    ] {
+        assert!(stdout.contains(&line), "{line:?} not in:\n{stdout}");
+    }
     assert_no_debug_text(&stdout);
 
     gold.stop();
@@ -446,6 +471,10 @@ async fn status_prints_a_running_watchdogs_state() {
     );
     assert!(stdout.contains("verdict      up"), "{stdout}");
     assert!(stdout.contains("last probe   up/writable"), "{stdout}");
+    assert!(
+        stdout.contains("judging      single observer: no witness is listed, so this watchdog cannot tell"),
+        "{stdout}"
+    );
     // Without --url, from the same settings the watchdog runs with.
     let (code, stdout, _) = output(watchdog(&[("WATCHDOG_LISTEN_ADDR", &listen)]).args(["status", "--json"]));
     assert_eq!(code, Some(0));
