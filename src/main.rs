@@ -206,12 +206,8 @@ where
 fn run(config: Config) -> ExitCode {
     logging::init(config.log_format);
     block_on(async {
-        let listener = match tokio::net::TcpListener::bind(config.listen_addr).await {
-            Ok(l) => l,
-            Err(e) => {
-                error!(error = %e, addr = %config.listen_addr, "WATCHDOG_LISTEN_ADDR: cannot listen");
-                return ExitCode::FAILURE;
-            }
+        let Some(listener) = listen(config.listen_addr).await else {
+            return ExitCode::FAILURE;
         };
         let kube = if config.uses_kubernetes() {
             match kube_client().await {
@@ -239,15 +235,22 @@ fn run(config: Config) -> ExitCode {
     })
 }
 
+/// The HTTP listener, or one line saying why not.
+async fn listen(addr: std::net::SocketAddr) -> Option<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            error!(error = %e, %addr, "WATCHDOG_LISTEN_ADDR: cannot listen");
+            None
+        }
+    }
+}
+
 fn witness(config: config::WitnessConfig) -> ExitCode {
     logging::init(config.log_format);
     block_on(async {
-        let listener = match tokio::net::TcpListener::bind(config.listen_addr).await {
-            Ok(l) => l,
-            Err(e) => {
-                error!(error = %e, addr = %config.listen_addr, "WATCHDOG_LISTEN_ADDR: cannot listen");
-                return ExitCode::FAILURE;
-            }
+        let Some(listener) = listen(config.listen_addr).await else {
+            return ExitCode::FAILURE;
         };
         let shutdown = CancellationToken::new();
         tokio::spawn(wait_for_signal(shutdown.clone()));

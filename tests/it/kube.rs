@@ -45,6 +45,7 @@ contract!(
     a_malformed_config_is_reported_never_overwritten,
     a_replica_sidecar_never_writes,
     a_paused_cluster_is_not_promoted,
+    without_a_quorum_an_event_says_so_and_nothing_is_written,
     a_disarmed_watchdog_observes_only_and_says_so,
     three_sidecars_write_exactly_once,
 );
@@ -412,6 +413,17 @@ async fn a_replica_sidecar_never_writes(env: &KubeEnv) {
         .await;
     let w = scene.spawn(env, &[]).await;
     assert_vetoed_and_unwritten(env, &scene, &w, "not_standby_leader").await;
+    w.stop().await;
+}
+
+async fn without_a_quorum_an_event_says_so_and_nothing_is_written(env: &KubeEnv) {
+    let scene = Scene::new(env, dead_port(), "standby_leader").await;
+    env.create_patroni_config(&scene.configmap, STANDBY_CONFIG, &[])
+        .await;
+    let witness = format!("http://{}", crate::support::closed_port());
+    let w = scene.spawn(env, &[("WATCHDOG_WITNESSES", &witness)]).await;
+    assert_vetoed_and_unwritten(env, &scene, &w, "no_quorum").await;
+    wait_events(env, &scene.configmap, "NoQuorum").await;
     w.stop().await;
 }
 

@@ -205,6 +205,21 @@ impl Places {
     }
 }
 
+impl Places {
+    /// One witness (`timing`), the DR watchdog listing it (fast, `extra`),
+    /// and the sampler, started last.
+    async fn one_witness(
+        &self,
+        timing: &[(&str, &str)],
+        extra: &[(&str, &str)],
+    ) -> (Witness, Running, WriteSampler) {
+        let witness = self.witness("witness-a", timing).await;
+        let w = self.spawn_watchdog(&[&witness], FAST, extra).await;
+        let sampler = self.sampler();
+        (witness, w, sampler)
+    }
+}
+
 fn has_veto(s: &Value, guard: &str) -> bool {
     s["promotion"]["vetoes"]
         .as_array()
@@ -238,12 +253,10 @@ async fn held_back(places: &Places, w: &Running, guard: &str) -> Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn gold_site_killed_the_witness_agrees_and_golddr_is_promoted_with_every_row() {
     let places = Places::start(GoldClusterOptions::members(1)).await;
-    let witness = places.witness("witness-a", FAST).await;
     let sink = WebhookSink::start().await;
-    let w = places
-        .spawn_watchdog(&[&witness], FAST, &[("WATCHDOG_WEBHOOK_URL", sink.url.as_str())])
+    let (witness, w, sampler) = places
+        .one_witness(FAST, &[("WATCHDOG_WEBHOOK_URL", sink.url.as_str())])
         .await;
-    let sampler = places.sampler();
 
     places.gold.kill_site();
     let st = w
@@ -273,9 +286,7 @@ async fn gold_site_killed_the_witness_agrees_and_golddr_is_promoted_with_every_r
 #[tokio::test(flavor = "multi_thread")]
 async fn the_ts_cut_while_the_witness_sees_gold_never_promotes() {
     let places = Places::start(GoldClusterOptions::members(1)).await;
-    let witness = places.witness("witness-a", FAST).await;
-    let w = places.spawn_watchdog(&[&witness], FAST, &[]).await;
-    let sampler = places.sampler();
+    let (_witness, w, sampler) = places.one_witness(FAST, &[]).await;
 
     places.ts.set(Fault::Blackhole).await;
     let st = held_back(&places, &w, "witness_sees_gold").await;
@@ -337,12 +348,10 @@ async fn a_failover_inside_gold_with_the_quorum_defaults_never_promotes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn without_the_witness_gold_killed_is_not_promoted_but_an_operator_can() {
     let places = Places::start(GoldClusterOptions::members(1)).await;
-    let witness = places.witness("witness-a", FAST).await;
     let sink = WebhookSink::start().await;
-    let w = places
-        .spawn_watchdog(&[&witness], FAST, &[("WATCHDOG_WEBHOOK_URL", sink.url.as_str())])
+    let (witness, w, sampler) = places
+        .one_witness(FAST, &[("WATCHDOG_WEBHOOK_URL", sink.url.as_str())])
         .await;
-    let sampler = places.sampler();
 
     witness.process.kill();
     places.gold.kill_site();
@@ -387,9 +396,7 @@ async fn without_the_witness_gold_killed_is_not_promoted_but_an_operator_can() {
 #[tokio::test(flavor = "multi_thread")]
 async fn golddr_cut_off_from_gold_and_the_witness_never_promotes() {
     let places = Places::start(GoldClusterOptions::members(1)).await;
-    let witness = places.witness("witness-a", FAST).await;
-    let w = places.spawn_watchdog(&[&witness], FAST, &[]).await;
-    let sampler = places.sampler();
+    let (witness, w, sampler) = places.one_witness(FAST, &[]).await;
 
     places.ts.set(Fault::Blackhole).await;
     witness.route.set(Fault::Blackhole).await;
@@ -418,9 +425,7 @@ async fn a_gold_site_restarting_after_its_death_is_never_promoted_into() {
     let mut slow = FAST.to_vec();
     slow.retain(|(k, _)| *k != "WATCHDOG_PROMOTE_AFTER");
     slow.push(("WATCHDOG_PROMOTE_AFTER", "100"));
-    let witness = places.witness("witness-a", &slow).await;
-    let w = places.spawn_watchdog(&[&witness], FAST, &[]).await;
-    let sampler = places.sampler();
+    let (witness, w, sampler) = places.one_witness(&slow, &[]).await;
 
     places.gold.kill_site();
     held_back(&places, &w, "no_quorum").await;

@@ -99,22 +99,10 @@ pub async fn spawn(config: Config) -> Running {
 
 /// With a Kubernetes client, for discovery and promotion.
 pub async fn spawn_with(config: Config, kube: Option<kube::Client>) -> Running {
-    let listener = tokio::net::TcpListener::bind(config.listen_addr)
-        .await
-        .expect("bind loopback");
-    let addr = listener.local_addr().expect("local addr");
-    let shutdown = CancellationToken::new();
-    let handle = tokio::spawn(app::run(config, listener, kube.map(Into::into), shutdown.clone()));
-    Running {
-        addr,
-        shutdown,
-        handle: Some(handle),
-        http: reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .expect("http client"),
-    }
+    Running::start(config.listen_addr, |listener, shutdown| {
+        app::run(config, listener, kube.map(Into::into), shutdown)
+    })
+    .await
 }
 
 /// A witness (`patroni-dr-watchdog witness`) in this process, from
@@ -126,29 +114,37 @@ pub async fn spawn_witness(vars: &[(&str, &str)]) -> Running {
         .chain([("WATCHDOG_LISTEN_ADDR".to_string(), "127.0.0.1:0".to_string())])
         .collect();
     let config = patroni_dr_watchdog::config::WitnessConfig::load(vars).expect("witness config is valid");
-    let listener = tokio::net::TcpListener::bind(config.listen_addr)
-        .await
-        .expect("bind loopback");
-    let addr = listener.local_addr().expect("local addr");
-    let shutdown = CancellationToken::new();
-    let handle = tokio::spawn(patroni_dr_watchdog::witness::run(
-        config,
-        listener,
-        shutdown.clone(),
-    ));
-    Running {
-        addr,
-        shutdown,
-        handle: Some(handle),
-        http: reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .expect("http client"),
-    }
+    Running::start(config.listen_addr, |listener, shutdown| {
+        patroni_dr_watchdog::witness::run(config, listener, shutdown)
+    })
+    .await
 }
 
 impl Running {
+    /// Binds `addr` and runs what `run` returns on it until stopped.
+    async fn start<F>(
+        addr: SocketAddr,
+        run: impl FnOnce(tokio::net::TcpListener, CancellationToken) -> F,
+    ) -> Running
+    where
+        F: Future<Output = Result<(), app::Error>> + Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(run(listener, shutdown.clone()));
+        Running {
+            addr,
+            shutdown,
+            handle: Some(handle),
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("http client"),
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
