@@ -555,15 +555,26 @@ impl GoldDr {
 
     /// `PATCH /config` with `body`; returns the HTTP status. E.g.
     /// `json!({"standby_cluster": null})` promotes the standby leader.
+    /// `PATCH /config`, its HTTP status. Patroni answers 503 while the DCS
+    /// has no config yet (just after bootstrap) and 409 when another write
+    /// raced it: both are tried again, for up to 10 s, as an operator would.
     pub async fn patch_config(&self, body: Value) -> u16 {
-        self.http
-            .patch(format!("{}/config", self.patroni_url))
-            .json(&body)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("PATCH /config {body}: {e}"))
-            .status()
-            .as_u16()
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = self
+                .http
+                .patch(format!("{}/config", self.patroni_url))
+                .json(&body)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("PATCH /config {body}: {e}"))
+                .status()
+                .as_u16();
+            if !matches!(status, 503 | 409) || Instant::now() > deadline {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// A superuser connection over the unix socket; its connection task is spawned.
