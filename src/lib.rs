@@ -10,6 +10,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod decide;
+pub mod guard;
 pub mod logging;
 pub mod observe;
 pub mod report;

@@ -27,6 +27,14 @@ enum Command {
     /// (its Patroni REST API), at /v1/observation for the DR watchdogs that
     /// list it in WATCHDOG_WITNESSES. Never writes anything.
     Witness,
+    /// Beside Gold's Patroni: probe GoldDR through the reverse Transport
+    /// Service, ask the witnesses, and fence Gold (make it a standby cluster
+    /// following GoldDR) when GoldDR was promoted or Gold is isolated.
+    Guard,
+    /// Patroni's postgresql.pre_promote at Gold: exit 0 allows the promotion,
+    /// 1 refuses it (GoldDR writable, Gold fenced, or Gold isolated). Reads
+    /// the guard's settings.
+    Gate,
     /// Validate the settings and reach Gold, the Kubernetes API, the local
     /// Patroni and PostgreSQL, and the witnesses; one line per check, exit
     /// code 0 only if all pass.
@@ -88,6 +96,29 @@ fn main() -> ExitCode {
             Ok(config) => witness(config),
             Err(e) => {
                 eprintln!("patroni-dr-watchdog witness: configuration error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Guard => match config::GuardConfig::load_env() {
+            Ok(config) => guard(config),
+            Err(e) => {
+                eprintln!("patroni-dr-watchdog guard: configuration error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Gate => match config::GuardConfig::load_env() {
+            Ok(config) => {
+                logging::init(config.log_format);
+                block_on(async move {
+                    if patroni_dr_watchdog::guard::gate(config).await {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                })
+            }
+            Err(e) => {
+                eprintln!("patroni-dr-watchdog gate: configuration error: {e}");
                 ExitCode::from(2)
             }
         },
@@ -244,6 +275,24 @@ async fn listen(addr: std::net::SocketAddr) -> Option<tokio::net::TcpListener> {
             None
         }
     }
+}
+
+fn guard(config: config::GuardConfig) -> ExitCode {
+    logging::init(config.log_format);
+    block_on(async {
+        let Some(listener) = listen(config.listen_addr).await else {
+            return ExitCode::FAILURE;
+        };
+        let shutdown = CancellationToken::new();
+        tokio::spawn(wait_for_signal(shutdown.clone()));
+        match patroni_dr_watchdog::guard::run(config, listener, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                error!(error = %e, "guard failed");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }
 
 fn witness(config: config::WitnessConfig) -> ExitCode {

@@ -2,4 +2,5 @@
 //! the DR cluster by editing its dynamic config.
 
 pub mod dynamic_config;
+pub mod fence;
 pub mod promoter;

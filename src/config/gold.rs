@@ -131,34 +131,110 @@ impl GoldConcern for NoGold {
 
 impl GoldConcern for GoldConn {
     fn load(raw: &mut Raw) -> Result<Self, ConfigError> {
-        let address = address(raw)?;
-        login(raw, address)
+        let mut site = SiteRaw::gold(raw);
+        let address = address(&mut site)?;
+        login(site, address)
     }
     fn uses_kubernetes(&self) -> bool {
         self.address.service().is_some()
     }
 }
 
-fn address(raw: &mut Raw) -> Result<GoldAddress, ConfigError> {
-    let service = non_empty("TS_SERVICE", raw.ts_service.take())?;
-    let port_name = non_empty("TS_PORT_NAME", raw.ts_port_name.take())?;
-    let host = non_empty("GOLD_HOST", raw.gold_host.take())?;
-    let port = raw
-        .gold_port
+/// GoldDR as the guard at Gold probes it (`WATCHDOG_GOLDDR_*`): the same
+/// kinds of address and login as Gold's, under their own names. `None` when
+/// no GoldDR setting is given.
+pub(super) fn load_golddr(raw: &mut Raw) -> Result<Option<GoldConn>, ConfigError> {
+    let mut site = SiteRaw::golddr(raw);
+    if site.service.is_none() && site.host.is_none() && site.port.is_none() {
+        return Ok(None);
+    }
+    let address = address(&mut site)?;
+    login(site, address).map(Some)
+}
+
+/// One site's address and login settings, taken out of [`Raw`], with the
+/// names to report them by.
+struct SiteRaw {
+    /// `GOLD` or `GOLDDR`: the prefix of host, port, user, ...
+    prefix: &'static str,
+    /// The Transport Service settings' names.
+    service_var: &'static str,
+    port_name_var: &'static str,
+    service: Option<String>,
+    port_name: Option<String>,
+    host: Option<String>,
+    port: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+    password_file: Option<String>,
+    database: Option<String>,
+    sslmode: Option<String>,
+    sslrootcert: Option<String>,
+}
+
+impl SiteRaw {
+    fn gold(raw: &mut Raw) -> Self {
+        SiteRaw {
+            prefix: "GOLD",
+            service_var: "TS_SERVICE",
+            port_name_var: "TS_PORT_NAME",
+            service: raw.ts_service.take(),
+            port_name: raw.ts_port_name.take(),
+            host: raw.gold_host.take(),
+            port: raw.gold_port.take(),
+            user: raw.gold_user.take(),
+            password: raw.gold_password.take(),
+            password_file: raw.gold_password_file.take(),
+            database: raw.gold_database.take(),
+            sslmode: raw.gold_sslmode.take(),
+            sslrootcert: raw.gold_sslrootcert.take(),
+        }
+    }
+
+    fn golddr(raw: &mut Raw) -> Self {
+        SiteRaw {
+            prefix: "GOLDDR",
+            service_var: "GOLDDR_TS_SERVICE",
+            port_name_var: "GOLDDR_TS_PORT_NAME",
+            service: raw.golddr_ts_service.take(),
+            port_name: raw.golddr_ts_port_name.take(),
+            host: raw.golddr_host.take(),
+            port: raw.golddr_port.take(),
+            user: raw.golddr_user.take(),
+            password: raw.golddr_password.take(),
+            password_file: raw.golddr_password_file.take(),
+            database: raw.golddr_database.take(),
+            sslmode: raw.golddr_sslmode.take(),
+            sslrootcert: raw.golddr_sslrootcert.take(),
+        }
+    }
+
+    /// `GOLD_HOST`, `GOLDDR_PORT`, ...: a setting's name without `WATCHDOG_`.
+    fn name(&self, what: &str) -> String {
+        format!("{}_{what}", self.prefix)
+    }
+}
+
+fn address(r: &mut SiteRaw) -> Result<GoldAddress, ConfigError> {
+    let service = non_empty(r.service_var, r.service.take())?;
+    let port_name = non_empty(r.port_name_var, r.port_name.take())?;
+    let host = non_empty(&r.name("HOST"), r.host.take())?;
+    let port = r
+        .port
         .take()
-        .map(|v| parse::port("GOLD_PORT", &v))
+        .map(|v| parse::port(&r.name("PORT"), &v))
         .transpose()?;
     if let Some(name) = &port_name {
         if service.is_none() || port.is_some() {
             return Err(ConfigError::Conflict {
-                var: var("TS_PORT_NAME"),
-                other: var("GOLD_PORT"),
-                reason: "a port name picks a port of WATCHDOG_TS_SERVICE; it means nothing with a static WATCHDOG_GOLD_PORT or without a service",
+                var: var(r.port_name_var),
+                other: var(&r.name("PORT")),
+                reason: "a port name picks a port of the Transport Service; it means nothing with a static port or without a service",
             });
         }
         if name.parse::<u16>().is_ok() {
             return Err(invalid(
-                "TS_PORT_NAME",
+                r.port_name_var,
                 name,
                 "must be the port's name, not its number",
             ));
@@ -166,15 +242,19 @@ fn address(raw: &mut Raw) -> Result<GoldAddress, ConfigError> {
     }
     match (service, host) {
         (None, None) => Err(ConfigError::Missing {
-            var: var("GOLD_HOST"),
-            hint: "Gold's PostgreSQL as seen from this site; or set WATCHDOG_TS_SERVICE to find it through the Transport Service",
+            var: var(&r.name("HOST")),
+            hint: if r.prefix == "GOLD" {
+                "Gold's PostgreSQL as seen from this site; or set WATCHDOG_TS_SERVICE to find it through the Transport Service"
+            } else {
+                "GoldDR's PostgreSQL as seen from Gold; or set WATCHDOG_GOLDDR_TS_SERVICE to find it through the reverse Transport Service"
+            },
         }),
         (None, Some(host)) => Ok(GoldAddress::Static {
             host,
             port: port.unwrap_or(defaults::GOLD_PORT),
         }),
         (Some(name), host_override) => {
-            parse::k8s_name("TS_SERVICE", &name)?;
+            parse::k8s_name(r.service_var, &name)?;
             Ok(GoldAddress::Service {
                 name,
                 port: match port {
@@ -187,44 +267,47 @@ fn address(raw: &mut Raw) -> Result<GoldAddress, ConfigError> {
     }
 }
 
-/// How the probe logs in to Gold at `address`.
-fn login(raw: &mut Raw, address: GoldAddress) -> Result<GoldConn, ConfigError> {
-    let password_file = raw.gold_password_file.take();
-    let password = parse::password("GOLD", raw.gold_password.take(), password_file.as_deref())?;
-    let sslmode = match raw.gold_sslmode.take().as_deref().map(str::trim) {
+/// How the probe logs in to the site at `address`.
+fn login(r: SiteRaw, address: GoldAddress) -> Result<GoldConn, ConfigError> {
+    let password = parse::password(r.prefix, r.password.clone(), r.password_file.as_deref())?;
+    let sslmode_var = r.name("SSLMODE");
+    let sslmode = match r.sslmode.as_deref().map(str::trim) {
         None | Some("prefer") => SslMode::Prefer,
         Some("disable") => SslMode::Disable,
         Some("require") => SslMode::Require,
         Some("verify-full") => SslMode::VerifyFull,
         Some(other) => {
             return Err(invalid(
-                "GOLD_SSLMODE",
+                &sslmode_var,
                 other,
                 "must be one of disable, prefer, require, verify-full",
             ));
         }
     };
-    let sslrootcert = parse::path("GOLD_SSLROOTCERT", raw.gold_sslrootcert.take())?;
+    let ca_var = r.name("SSLROOTCERT");
+    let sslrootcert = parse::path(&ca_var, r.sslrootcert.clone())?;
     if sslmode == SslMode::VerifyFull {
         let Some(ca) = &sslrootcert else {
             return Err(ConfigError::Missing {
-                var: var("GOLD_SSLROOTCERT"),
-                hint: "verify-full needs the CA certificate (PEM) that signed Gold's server certificate",
+                var: var(&ca_var),
+                hint: "verify-full needs the CA certificate (PEM) that signed the server's certificate",
             });
         };
         std::fs::metadata(ca).map_err(|e| ConfigError::File {
-            var: var("GOLD_SSLROOTCERT"),
+            var: var(&ca_var),
             path: ca.display().to_string(),
             reason: e.to_string(),
         })?;
     }
+    let (user_var, database_var) = (r.name("USER"), r.name("DATABASE"));
+    let user = non_empty(&user_var, r.user)?.unwrap_or_else(|| defaults::GOLD_USER.into());
+    let database = non_empty(&database_var, r.database)?.unwrap_or_else(|| defaults::GOLD_DATABASE.into());
     Ok(GoldConn {
         address,
-        user: non_empty("GOLD_USER", raw.gold_user.take())?.unwrap_or_else(|| defaults::GOLD_USER.into()),
+        user,
         password,
-        password_file: password_file.map(PathBuf::from),
-        database: non_empty("GOLD_DATABASE", raw.gold_database.take())?
-            .unwrap_or_else(|| defaults::GOLD_DATABASE.into()),
+        password_file: r.password_file.map(PathBuf::from),
+        database,
         sslmode,
         sslrootcert,
     })

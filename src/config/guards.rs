@@ -38,8 +38,9 @@ pub(super) struct Guards {
     pub allow_stale_promotion: bool,
 }
 
-pub(super) fn load(raw: &mut Raw, timing: &Timing, by_mode: &TimingDefaults) -> Result<Guards, ConfigError> {
-    let mode = parse::choice(
+/// `WATCHDOG_MODE`, the same for every role that acts.
+pub(super) fn mode(raw: &mut Raw) -> Result<Mode, ConfigError> {
+    parse::choice(
         "MODE",
         raw.mode.take(),
         Mode::Enforce,
@@ -48,7 +49,11 @@ pub(super) fn load(raw: &mut Raw, timing: &Timing, by_mode: &TimingDefaults) -> 
             ("dry-run", Mode::DryRun),
             ("observe", Mode::Observe),
         ],
-    )?;
+    )
+}
+
+pub(super) fn load(raw: &mut Raw, timing: &Timing, by_mode: &TimingDefaults) -> Result<Guards, ConfigError> {
+    let mode = mode(raw)?;
     let wal_receiver_fresh = parse::duration(
         "WAL_RECEIVER_FRESH",
         raw.wal_receiver_fresh.take(),

@@ -5,6 +5,7 @@
 //! command loads only what it needs: `Config` (with Gold) for the commands
 //! that probe Gold, `Config<NoGold>` for those that do not.
 
+mod fence;
 mod gold;
 mod guards;
 mod local_pg;
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use fence::{Fencing, PAIRING_MARGIN};
 pub use gold::{GoldAddress, GoldConcern, GoldConn, NoGold, ServicePort, SslMode};
 pub use guards::Mode;
 pub use local_pg::LocalPgConn;
@@ -100,6 +102,9 @@ pub struct Config<G = GoldConn> {
     pub allow_stale_promotion: bool,
     /// The witnesses, the quorum, Gold's signals.
     pub quorum: Quorum,
+    /// The guard at Gold's `WATCHDOG_FENCE_AFTER`, when one is paired.
+    #[serde(with = "humantime_serde_opt")]
+    pub guard_fence_after: Option<Duration>,
     pub webhook_url: Option<WebhookUrl>,
 }
 
@@ -146,6 +151,7 @@ impl<G: GoldConcern> Config<G> {
         };
         let timing = probe::load(&mut raw, &mode_defaults)?;
         let guards = guards::load(&mut raw, &timing, &mode_defaults)?;
+        let guard_fence_after = fence::pairing(&mut raw, &timing)?;
         let reporting = reporting::load(&mut raw)?;
         Ok(Config {
             gold,
@@ -165,6 +171,7 @@ impl<G: GoldConcern> Config<G> {
             max_data_age: guards.max_data_age,
             allow_stale_promotion: guards.allow_stale_promotion,
             quorum,
+            guard_fence_after,
             webhook_url: reporting.webhook_url,
         })
     }
@@ -319,6 +326,96 @@ fn wrong_role(name: &str, hint: &'static str) -> ConfigError {
     }
 }
 
+/// The settings of the `guard` command, beside Gold's Patroni: GoldDR over
+/// the reverse Transport Service, the witnesses, how and when to fence Gold
+/// (through the local Patroni's REST API), and where to serve.
+#[derive(Debug, Clone, Serialize)]
+pub struct GuardConfig {
+    pub golddr: GoldConn,
+    pub patroni: PatroniApi,
+    pub quorum: Quorum,
+    pub fencing: Fencing,
+    pub mode: Mode,
+    #[serde(with = "humantime_serde_compat")]
+    pub probe_interval: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub probe_timeout: Duration,
+    pub thresholds: Thresholds,
+    pub listen_addr: SocketAddr,
+    pub log_format: LogFormat,
+    pub webhook_url: Option<WebhookUrl>,
+    /// Who fenced, in the audit trail: the pod name.
+    pub identity: String,
+}
+
+impl GuardConfig {
+    pub fn load_env() -> Result<Self, ConfigError> {
+        Self::load(std::env::vars())
+    }
+
+    pub fn load<I>(vars: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let Env {
+            mut raw, identity, ..
+        } = Env::read(vars)?;
+        let Some(golddr) = gold::load_golddr(&mut raw)? else {
+            return Err(ConfigError::Missing {
+                var: parse::var("GOLDDR_HOST"),
+                hint: "GoldDR's PostgreSQL as seen from Gold (the reverse Transport Service's address)",
+            });
+        };
+        if let Some(service) = golddr.address.service() {
+            return Err(parse::invalid(
+                "GOLDDR_TS_SERVICE",
+                service,
+                "the guard takes GoldDR's static address for now: set WATCHDOG_GOLDDR_HOST and \
+                 WATCHDOG_GOLDDR_PORT to the reverse Transport Service's address",
+            ));
+        }
+        let patroni = promoter::patroni_api(&mut raw)?;
+        let quorum = quorum::load(&mut raw)?;
+        let fencing = fence::load(&mut raw)?;
+        let mode = guards::mode(&mut raw)?;
+        let timing = probe::load(&mut raw, &defaults::GUARD)?;
+        let reporting = reporting::load(&mut raw)?;
+        if let Some(var) = raw.left().into_iter().next() {
+            return Err(ConfigError::WrongRole {
+                var,
+                role: "run",
+                command: "guard",
+                hint: "the guard probes GoldDR and fences Gold through its own Patroni's REST API",
+            });
+        }
+        Ok(GuardConfig {
+            golddr,
+            patroni,
+            quorum,
+            fencing,
+            mode,
+            probe_interval: timing.interval,
+            probe_timeout: timing.timeout,
+            thresholds: timing.thresholds,
+            listen_addr: reporting.listen_addr,
+            log_format: reporting.log_format,
+            webhook_url: reporting.webhook_url,
+            identity,
+        })
+    }
+}
+
+mod humantime_serde_opt {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+}
+
 mod humantime_serde_compat {
     use std::time::Duration;
 
@@ -363,6 +460,19 @@ pub mod defaults {
         promote_after: 4,
         wal_receiver_fresh: Duration::from_secs(15),
     };
+    /// The guard at Gold probes GoldDR every 2 s and fences 5 s into an
+    /// isolation: with its detection (≤ 3 s), the write and Patroni's
+    /// demotion, Gold is read-only well before GoldDR may promote with the
+    /// quorum defaults (15 s at the earliest; see `PAIRING_MARGIN`).
+    pub const GUARD: TimingDefaults = TimingDefaults {
+        interval: Duration::from_secs(2),
+        timeout: Duration::from_secs(1),
+        fall: 2,
+        rise: 2,
+        promote_after: 4,
+        wal_receiver_fresh: Duration::from_secs(15),
+    };
+    pub const FENCE_AFTER: Duration = Duration::from_secs(5);
     /// A witness serves its observation every interval (5 s by default); an
     /// older one may no longer be true.
     pub const WITNESS_MAX_AGE: Duration = Duration::from_secs(15);

@@ -88,7 +88,7 @@ pub(super) fn load(raw: &mut Raw, in_cluster: bool) -> Result<Promotion, ConfigE
     })
 }
 
-fn patroni_api(raw: &mut Raw) -> Result<PatroniApi, ConfigError> {
+pub(super) fn patroni_api(raw: &mut Raw) -> Result<PatroniApi, ConfigError> {
     let url = non_empty("PATRONI_URL", raw.patroni_url.take())?
         .unwrap_or_else(|| defaults::PATRONI_URL.to_string());
     let parsed = match reqwest::Url::parse(&url) {

@@ -626,3 +626,60 @@ fn the_witness_needs_a_heartbeat_and_refuses_what_writes() {
     let e = witness_cfg(&[("WATCHDOG_GOLD_HEARTBEAT", "http://u:pw@gold-api:8008/")]).unwrap_err();
     assert_eq!(err_var(e.clone()), "WATCHDOG_GOLD_HEARTBEAT");
 }
+
+fn guard_cfg(pairs: &[(&str, &str)]) -> Result<GuardConfig, ConfigError> {
+    let mut vars: Vec<(String, String)> = vec![("WATCHDOG_GOLDDR_HOST".into(), "golddr-reverse-ts".into())];
+    vars.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    GuardConfig::load(vars)
+}
+
+#[test]
+fn the_guard_needs_golddr_and_refuses_what_is_not_its_own() {
+    let e = GuardConfig::load(Vec::<(String, String)>::new()).unwrap_err();
+    assert_eq!(err_var(e), "WATCHDOG_GOLDDR_HOST");
+    let g = guard_cfg(&[(
+        "WATCHDOG_FENCE_STANDBY_CLUSTER",
+        r#"{"primary_slot_name":"gold"}"#,
+    )])
+    .unwrap();
+    assert_eq!(g.golddr.address.fixed_port(), Some(5432));
+    assert_eq!(g.fencing.fence_after, Duration::from_secs(5));
+    assert_eq!(g.probe_interval, Duration::from_secs(2));
+    assert_eq!(g.fencing.standby_cluster["primary_slot_name"], "gold");
+    for (var, value) in [
+        ("WATCHDOG_FENCE_STANDBY_CLUSTER", r#"{"host":"elsewhere"}"#),
+        ("WATCHDOG_FENCE_STANDBY_CLUSTER", "[1]"),
+        ("WATCHDOG_FENCE_AFTER", "soon"),
+        ("WATCHDOG_GOLDDR_SSLMODE", "verify-ca"),
+        ("WATCHDOG_GOLDDR_PORT", "0"),
+        ("WATCHDOG_GOLDDR_TS_SERVICE", "patroni-master-golddr"),
+    ] {
+        let e = guard_cfg(&[(var, value)]).unwrap_err();
+        assert_eq!(err_var(e), var, "{var}={value}");
+    }
+    let e = guard_cfg(&[("WATCHDOG_PROMOTER", "configmap")]).unwrap_err();
+    assert!(
+        matches!(&e, ConfigError::WrongRole { var, .. } if var == "WATCHDOG_PROMOTER"),
+        "{e}"
+    );
+}
+
+/// GoldDR may promote only later than the guard fences: the earliest
+/// (promote_after - 1) x interval must exceed the guard's deadline by the
+/// margin.
+#[test]
+fn the_dr_watchdog_refuses_a_promote_bound_that_does_not_outlast_the_guards_fence() {
+    let witnesses = ("WATCHDOG_WITNESSES", "http://w:9808");
+    // Quorum defaults: (4 - 1) x 5 s = 15 s >= 5 s + 10 s.
+    let c = cfg(&[witnesses, ("WATCHDOG_GUARD_FENCE_AFTER", "5s")]).unwrap();
+    assert_eq!(c.guard_fence_after, Some(Duration::from_secs(5)));
+    let e = cfg(&[witnesses, ("WATCHDOG_GUARD_FENCE_AFTER", "6s")]).unwrap_err();
+    assert_eq!(err_var(e.clone()), "WATCHDOG_GUARD_FENCE_AFTER");
+    assert!(e.to_string().contains("raise WATCHDOG_PROMOTE_AFTER"), "{e}");
+    let ok = cfg(&[
+        witnesses,
+        ("WATCHDOG_GUARD_FENCE_AFTER", "6s"),
+        ("WATCHDOG_PROMOTE_AFTER", "5"),
+    ]);
+    assert!(ok.is_ok(), "(5 - 1) x 5 s = 20 s >= 16 s");
+}

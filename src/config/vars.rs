@@ -55,6 +55,12 @@ variables! {
     "Guards": [mode, wal_receiver_fresh, max_data_age, allow_stale_promotion],
     "Quorum": [witnesses, quorum, witness_max_age, gold_signals],
     "Witness": [gold_heartbeat],
+    "Guard at Gold": [
+        golddr_host, golddr_port, golddr_ts_service, golddr_ts_port_name, golddr_user, golddr_password,
+        golddr_password_file, golddr_database, golddr_sslmode, golddr_sslrootcert, fence_after,
+        fence_standby_cluster,
+    ],
+    "Pairing": [guard_fence_after],
     "Local PostgreSQL": [
         local_pg_host, local_pg_port, local_pg_user, local_pg_password, local_pg_password_file,
         local_pg_database,

@@ -3,6 +3,8 @@
 //! states.
 
 pub mod detector;
+pub mod fence;
+pub mod guard;
 pub mod guards;
 pub mod quorum;
 pub mod state;

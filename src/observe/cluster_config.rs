@@ -237,7 +237,8 @@ impl PatroniConfigReader {
         }
     }
 
-    pub async fn read(&self) -> Result<ClusterConfig, ApiError> {
+    /// `GET /config` as Patroni serves it.
+    pub async fn read_text(&self) -> Result<String, ApiError> {
         let op = "GET /config";
         let resp = self
             .patroni
@@ -254,6 +255,11 @@ impl PatroniConfigReader {
             let refusal = self.patroni.describe_refusal(status, &text);
             return Err(self.error(op, Some(status.as_u16()), refusal));
         }
+        Ok(text)
+    }
+
+    pub async fn read(&self) -> Result<ClusterConfig, ApiError> {
+        let text = self.read_text().await?;
         let facts = dynamic_config::facts(&text).map_err(|source| ApiError::Malformed {
             object: self.object(),
             source,

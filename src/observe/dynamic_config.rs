@@ -66,6 +66,41 @@ fn is_true(v: &Value) -> bool {
     }
 }
 
+/// The guard's own record of a fence it wrote: `{"patroni_dr_watchdog":
+/// {"fence": {"reason": …, "by": …, "at": …}}}` beside the `standby_cluster`
+/// it added. Only a `standby_cluster` with this record is the guard's to
+/// remove.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FenceMark {
+    pub reason: String,
+    pub by: String,
+    pub at: String,
+}
+
+/// Whether this cluster is fenced, and by whom.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "fenced", rename_all = "snake_case")]
+pub enum Fence {
+    /// No `standby_cluster`: the cluster may have a primary.
+    No,
+    /// A `standby_cluster` the guard wrote, with its record.
+    Ours(FenceMark),
+    /// A `standby_cluster` someone else wrote: never ours to remove.
+    Foreign,
+}
+
+pub fn fence(text: &str) -> Result<Fence, DynamicConfigError> {
+    let map = parse(text)?;
+    if !map.get("standby_cluster").is_some_and(is_standby_section) {
+        return Ok(Fence::No);
+    }
+    let mark = map
+        .get(OWN_KEY)
+        .and_then(|v| v.get("fence"))
+        .and_then(|v| serde_json::from_value::<FenceMark>(v.clone()).ok());
+    Ok(mark.map_or(Fence::Foreign, Fence::Ours))
+}
+
 pub fn facts(text: &str) -> Result<Facts, DynamicConfigError> {
     let map = parse(text)?;
     Ok(Facts {

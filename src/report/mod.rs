@@ -4,6 +4,7 @@
 
 pub mod events;
 pub mod exposition;
+pub mod guard;
 pub mod http;
 pub mod metrics;
 pub mod status;

@@ -1,0 +1,350 @@
+//! The guard role's shell, beside Gold's Patroni: every interval one round —
+//! a probe of GoldDR through the reverse Transport Service, the local
+//! Patroni's role and Gold's dynamic config, every witness — fed to the pure
+//! [`GuardState`]; the fence it decides is written through the local
+//! Patroni's REST API. Only the guard beside Gold's leader ever writes.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use futures::future::join_all;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::act::fence::Fencer;
+use crate::app::Error;
+use crate::config::GuardConfig;
+use crate::decide::fence::{Action, FenceReason, Gate, Sight};
+use crate::decide::guard::{GuardEffect, GuardRound, GuardState};
+use crate::decide::quorum::{self, Vote};
+use crate::observe::cluster_config::PatroniConfigReader;
+use crate::observe::dynamic_config::{self, Fence, FenceMark};
+use crate::observe::patroni::{PatroniClient, Role};
+use crate::observe::probe::{PgProbe, Probe, ProbeReport};
+use crate::observe::target::Endpoint;
+use crate::observe::witness;
+use crate::report::guard::{GuardMetrics, GuardView};
+use crate::report::http;
+use crate::report::webhook::Webhook;
+
+/// Gold's config as the guard needs it: the fence and the disarm switch.
+async fn read_fence(reader: &PatroniConfigReader) -> (Result<Fence, String>, bool) {
+    match reader.read_text().await {
+        Err(e) => (Err(e.to_string()), false),
+        Ok(text) => {
+            let disarmed = dynamic_config::facts(&text).is_ok_and(|f| f.disarmed);
+            (dynamic_config::fence(&text).map_err(|e| e.to_string()), disarmed)
+        }
+    }
+}
+
+/// What the guard (and the gate) ask each round.
+pub struct GuardObserver {
+    config: Arc<GuardConfig>,
+    probe: PgProbe,
+    golddr: Endpoint,
+    patroni: PatroniClient,
+    fencer: Fencer,
+    witness_http: reqwest::Client,
+}
+
+impl GuardObserver {
+    pub fn new(config: Arc<GuardConfig>) -> Result<Self, Error> {
+        let timeout = config.probe_timeout;
+        let probe = PgProbe::new(config.golddr.clone(), timeout)?;
+        let golddr = Endpoint {
+            host: config.golddr.address.host(""),
+            port: config.golddr.address.fixed_port().unwrap_or_default(),
+        };
+        let patroni = PatroniClient::new(&config.patroni, timeout).map_err(Error::HttpClient)?;
+        let mut section = config.fencing.standby_cluster.clone();
+        section.insert("host".into(), Value::from(golddr.host.clone()));
+        section.insert("port".into(), Value::from(golddr.port));
+        let fencer = Fencer {
+            reader: PatroniConfigReader {
+                patroni: patroni.clone(),
+            },
+            section,
+        };
+        Ok(GuardObserver {
+            probe,
+            golddr,
+            patroni,
+            fencer,
+            witness_http: witness::http_client(timeout).map_err(Error::HttpClient)?,
+            config,
+        })
+    }
+
+    /// GoldDR's probe, the local role, Gold's fence and disarm switch, and
+    /// every witness's vote, all at once, each within the timeout.
+    pub async fn observe(&self) -> (ProbeReport, Sight) {
+        let timeout = self.config.probe_timeout;
+        let (report, role, (fence, disarmed), ballots) = tokio::join!(
+            self.probe.probe(&self.golddr),
+            self.patroni.role(),
+            read_fence(&self.fencer.reader),
+            join_all(self.config.quorum.witnesses.iter().map(|w| async move {
+                quorum::vote(
+                    w,
+                    &witness::ask(w, &self.witness_http, timeout).await,
+                    self.config.quorum.witness_max_age,
+                )
+            }))
+        );
+        let sight = Sight {
+            // Fenced, Gold's leader is a standby leader: still the one to act.
+            leader: matches!(role, Role::Primary | Role::StandbyLeader),
+            golddr: report.outcome.into(),
+            witnesses_seeing_gold: ballots.iter().filter(|b| b.vote == Vote::SeesGold).count(),
+            fence,
+            disarmed,
+        };
+        (report, sight)
+    }
+}
+
+pub async fn run(
+    config: GuardConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let config = Arc::new(config);
+    let observer = GuardObserver::new(config.clone())?;
+    let golddr = observer.golddr.clone();
+    let mut state = GuardState::new(
+        config.thresholds,
+        config.fencing.fence_after,
+        config.mode,
+        Instant::now(),
+    );
+    let (published, view_state) = watch::channel(state.clone());
+    let metrics = Arc::new(GuardMetrics::new(view_state.clone()));
+    let webhook = match &config.webhook_url {
+        Some(url) => Some(
+            Webhook::spawn(
+                url.expose().to_string(),
+                &config.identity,
+                metrics.webhook.clone(),
+            )
+            .map_err(Error::HttpClient)?,
+        ),
+        None => None,
+    };
+    let view = GuardView {
+        state: view_state,
+        metrics: metrics.clone(),
+        config: config.clone(),
+    };
+    let stale = http::stale_after(config.probe_interval, config.probe_timeout);
+    let listen_addr = listener.local_addr().unwrap_or(config.listen_addr);
+    let server = tokio::spawn(
+        axum::serve(listener, http::routes(view, stale))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .into_future(),
+    );
+    info!(
+        golddr = %golddr,
+        patroni = %config.patroni.url,
+        witnesses = config.quorum.witnesses.len(),
+        fence_after = %humantime::format_duration(config.fencing.fence_after),
+        mode = config.mode.as_str(),
+        identity = %config.identity,
+        listen_addr = %listen_addr,
+        interval = %humantime::format_duration(config.probe_interval),
+        "guard started"
+    );
+    let mut interval = tokio::time::interval(config.probe_interval);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = interval.tick() => {}
+        }
+        let started = Instant::now();
+        let (report, sight) = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            observed = observer.observe() => observed,
+        };
+        metrics.probe.observe_probe(&report);
+        let effects = state.round(
+            GuardRound {
+                started,
+                probe: report,
+                sight,
+            },
+            SystemTime::now(),
+        );
+        for effect in effects {
+            match effect {
+                GuardEffect::Verdict(t) => {
+                    metrics.probe.verdict_entered(t.to);
+                    info!(from = %t.from, to = %t.to, %golddr, "golddr verdict changed");
+                }
+                GuardEffect::Saw => log_sight(&state),
+                GuardEffect::Withheld(action) => {
+                    let text = format!(
+                        "{}: would {} Gold now; nothing written",
+                        config.mode.as_str().to_uppercase(),
+                        action.describe()
+                    );
+                    warn!(action = %action.describe(), mode = config.mode.as_str(), "{text}");
+                    if let Some(w) = &webhook {
+                        w.send(&text);
+                    }
+                }
+                GuardEffect::Write(action) => {
+                    let result = write(&observer.fencer, &action, &config.identity).await;
+                    let now = SystemTime::now();
+                    report_write(&action, &result, &golddr, webhook.as_ref());
+                    if let (Action::Fence(r) | Action::Remark(r), Ok(())) = (&action, &result) {
+                        metrics.fenced(*r);
+                    }
+                    state.written(action, result, now);
+                }
+            }
+        }
+        published.send_replace(state.clone());
+    }
+    state.stop();
+    published.send_replace(state);
+    info!("guard stopped");
+    match server.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Error::Http(e)),
+        Err(join) => Err(Error::Http(std::io::Error::other(join))),
+    }
+}
+
+async fn write(fencer: &Fencer, action: &Action, identity: &str) -> Result<(), String> {
+    let mark = |reason: FenceReason| FenceMark {
+        reason: <&str>::from(reason).to_string(),
+        by: identity.to_string(),
+        at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+    };
+    let result = match action {
+        Action::Fence(r) | Action::Remark(r) => fencer.fence(*r, mark(*r)).await,
+        Action::Unfence => fencer.unfence().await,
+        Action::Nothing => Ok(()),
+    };
+    result.map_err(|e| crate::error_chain(&e))
+}
+
+/// One line per write, and the alert.
+fn report_write(action: &Action, result: &Result<(), String>, golddr: &Endpoint, webhook: Option<&Webhook>) {
+    let text = match (action, result) {
+        (Action::Fence(reason), Ok(())) => {
+            let why = match reason {
+                FenceReason::GolddrPromoted => "GoldDR answers as a writable primary",
+                FenceReason::Isolated => "Gold is cut off from GoldDR and every witness",
+            };
+            error!(action = %action.describe(), reason = <&str>::from(reason), golddr = %golddr,
+                "FENCED: Gold is now a standby cluster following GoldDR");
+            format!(
+                "FENCED Gold: {why}; Gold is now a standby cluster following GoldDR at {golddr}: no Gold member takes writes"
+            )
+        }
+        (Action::Remark(_), Ok(())) => {
+            warn!(action = %action.describe(), "GoldDR was promoted while Gold was fenced for isolation: the fence stays");
+            "GoldDR was promoted while Gold was fenced: Gold stays a standby that follows GoldDR".to_string()
+        }
+        (Action::Unfence, Ok(())) => {
+            info!(action = %action.describe(), golddr = %golddr,
+                "UNFENCED: the links are back and GoldDR is still a standby; Gold may take writes again");
+            "UNFENCED Gold: the links are back and GoldDR was never promoted; Gold is the primary site again"
+                .to_string()
+        }
+        (_, Err(e)) => {
+            error!(action = %action.describe(), error = %e, "fencing write failed; will try again next round");
+            format!("could not {} Gold: {e}", action.describe())
+        }
+        (Action::Nothing, Ok(())) => return,
+    };
+    if let Some(w) = webhook {
+        w.send(&text);
+    }
+}
+
+/// One line when what the guard sees changes.
+fn log_sight(state: &GuardState) {
+    let Some((round, _)) = state.last() else {
+        return;
+    };
+    let s = &round.sight;
+    let fence = match &s.fence {
+        Ok(Fence::No) => "none",
+        Ok(Fence::Ours(_)) => "ours",
+        Ok(Fence::Foreign) => "foreign",
+        Err(_) => "unreadable",
+    };
+    let isolated = crate::decide::fence::isolated(s);
+    let golddr: &str = s.golddr.into();
+    if isolated {
+        warn!(
+            leader = s.leader,
+            golddr,
+            witnesses_seeing_gold = s.witnesses_seeing_gold,
+            fence,
+            disarmed = s.disarmed,
+            "gold is isolated: GoldDR out of reach and no witness sees Gold"
+        );
+    } else {
+        info!(
+            leader = s.leader,
+            golddr,
+            witnesses_seeing_gold = s.witnesses_seeing_gold,
+            fence,
+            disarmed = s.disarmed,
+            "what the guard sees changed"
+        );
+    }
+}
+
+/// `gate`, Patroni's `postgresql.pre_promote` at Gold: may a Gold member be
+/// promoted now? One round of the guard's observation, within one probe
+/// timeout and a half, one line saying why; `true` allows.
+pub async fn gate(config: GuardConfig) -> bool {
+    let bound = config.probe_timeout.mul_f64(1.5);
+    let observer = match GuardObserver::new(Arc::new(config)) {
+        Ok(o) => o,
+        Err(e) => {
+            error!(error = %crate::error_chain(&e), "gate: refusing the promotion: cannot set up");
+            return false;
+        }
+    };
+    let started = Instant::now();
+    let decision = match tokio::time::timeout(bound, observer.observe()).await {
+        Err(_) => Gate::Refuse("no answer within the gate's bound"),
+        Ok((_, sight)) => match &sight.fence {
+            Err(_) => Gate::Refuse("Gold's dynamic config cannot be read: the fence is unknown"),
+            Ok(fence) => crate::decide::fence::gate(sight.golddr, fence, sight.witnesses_seeing_gold),
+        },
+    };
+    let ms = started.elapsed().as_millis() as u64;
+    match decision {
+        Gate::Allow(why) => {
+            info!(
+                decision = "allow",
+                reason = why,
+                duration_ms = ms,
+                "gate: promotion allowed"
+            );
+            true
+        }
+        Gate::Refuse(why) => {
+            warn!(
+                decision = "refuse",
+                reason = why,
+                duration_ms = ms,
+                "gate: promotion refused"
+            );
+            false
+        }
+    }
+}
