@@ -9,6 +9,7 @@ mod cli;
 mod detection;
 mod e2e;
 mod e2e_harness;
+mod fence_e2e;
 mod harness;
 mod http;
 mod kube;

@@ -27,7 +27,7 @@ const ROWS: i64 = 20;
 const BIN: &str = env!("CARGO_BIN_EXE_patroni-dr-watchdog");
 
 /// Fast timing for the witness and the DR watchdog: lost after 5 × 300 ms.
-const FAST: &[(&str, &str)] = &[
+pub(crate) const FAST: &[(&str, &str)] = &[
     ("WATCHDOG_PROBE_INTERVAL", "300ms"),
     ("WATCHDOG_PROBE_TIMEOUT", "250ms"),
     ("WATCHDOG_FALL", "2"),
@@ -37,38 +37,42 @@ const FAST: &[(&str, &str)] = &[
 
 /// Gold, GoldDR and the routes between them and to a witness's place.
 /// Fields drop in order: GoldDR first, etcd last.
-struct Places {
-    dr: GoldDr,
+pub(crate) struct Places {
+    pub(crate) dr: GoldDr,
     /// GoldDR → Gold: the Transport Service.
-    ts: FaultProxy,
+    pub(crate) ts: FaultProxy,
+    /// Gold → GoldDR: the reverse Transport Service (the guard's probe, and
+    /// Gold's replication once it follows GoldDR).
+    pub(crate) rts: FaultProxy,
     /// Witness → Gold's PostgreSQL.
-    w_pg: FaultProxy,
+    pub(crate) w_pg: FaultProxy,
     /// Witness → each Gold member's Patroni REST API.
-    w_api: Vec<FaultProxy>,
+    pub(crate) w_api: Vec<FaultProxy>,
     _router: LeaderRouter,
-    gold: GoldCluster,
+    pub(crate) gold: GoldCluster,
     _etcd: Etcd,
 }
 
 /// A witness and the route GoldDR reaches it by.
-struct Witness {
+pub(crate) struct Witness {
     /// GoldDR → this witness.
-    route: FaultProxy,
-    process: WitnessProcess,
+    pub(crate) route: FaultProxy,
+    pub(crate) process: WitnessProcess,
 }
 
 impl Witness {
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.route.addr())
     }
 }
 
 impl Places {
-    async fn start(opts: GoldClusterOptions) -> Places {
+    pub(crate) async fn start(opts: GoldClusterOptions) -> Places {
         let etcd = Etcd::start();
         let gold = GoldCluster::start(&etcd, opts);
         gold.execute(&format!(
-            "CREATE TABLE orders (id int PRIMARY KEY, item text); \
+            "CREATE TABLE pgtest_sampler (at timestamptz DEFAULT now()); \
+             CREATE TABLE orders (id int PRIMARY KEY, item text); \
              INSERT INTO orders SELECT g, 'item ' || g FROM generate_series(1, {}) g",
             ROWS - 1
         ))
@@ -89,9 +93,11 @@ impl Places {
             dr.try_query_i64("SELECT count(*) FROM orders").await == Ok(ROWS)
         })
         .await;
+        let rts = FaultProxy::start(dr.pg_addr()).await;
         Places {
             dr,
             ts,
+            rts,
             w_pg,
             w_api,
             _router: router,
@@ -103,7 +109,7 @@ impl Places {
     /// A witness process observing Gold through its own routes, with
     /// `timing` (empty: its defaults), reachable from GoldDR through a
     /// proxy of its own.
-    async fn witness(&self, name: &str, timing: &[(&str, &str)]) -> Witness {
+    pub(crate) async fn witness(&self, name: &str, timing: &[(&str, &str)]) -> Witness {
         let port = self.w_pg.port().to_string();
         let heartbeat: Vec<String> = self
             .w_api
@@ -132,7 +138,7 @@ impl Places {
     }
 
     /// The DR watchdog's settings, as an operator would give them.
-    fn dr_vars(&self, witnesses: &[&Witness], timing: &[(&str, &str)]) -> Vec<(String, String)> {
+    pub(crate) fn dr_vars(&self, witnesses: &[&Witness], timing: &[(&str, &str)]) -> Vec<(String, String)> {
         let list: Vec<String> = witnesses.iter().map(|w| w.url()).collect();
         let mut vars: Vec<(&str, String)> = vec![
             ("WATCHDOG_GOLD_HOST", "127.0.0.1".into()),
@@ -151,14 +157,15 @@ impl Places {
         vars.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     }
 
-    fn sampler(&self) -> WriteSampler {
+    pub(crate) fn sampler(&self) -> WriteSampler {
         WriteSampler::builder()
+            .insert_into("pgtest_sampler")
             .postgres_all("gold", self.gold.pg_addrs())
             .postgres("golddr", self.dr.pg_addr())
             .start()
     }
 
-    async fn assert_golddr_standby(&self, w: &Running) {
+    pub(crate) async fn assert_golddr_standby(&self, w: &Running) {
         assert_eq!(self.dr.role().await, "standby_leader");
         assert!(self.dr.is_in_recovery().await);
         assert_eq!(
@@ -170,7 +177,7 @@ impl Places {
     }
 
     /// Every row Gold had is on the promoted GoldDR, which takes writes.
-    async fn assert_promoted_with_every_row(&self) {
+    pub(crate) async fn assert_promoted_with_every_row(&self) {
         crate::support::wait_for("GoldDR writable", Duration::from_secs(30), async || {
             !self.dr.is_in_recovery().await
         })
@@ -182,14 +189,14 @@ impl Places {
     }
 }
 
-fn config_pairs(vars: &[(String, String)]) -> Vec<(&str, &str)> {
+pub(crate) fn config_pairs(vars: &[(String, String)]) -> Vec<(&str, &str)> {
     vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
 impl Places {
     /// The DR watchdog beside GoldDR, listing `witnesses`, with `timing`
     /// (empty: the quorum defaults) and `extra`.
-    async fn spawn_watchdog(
+    pub(crate) async fn spawn_watchdog(
         &self,
         witnesses: &[&Witness],
         timing: &[(&str, &str)],
@@ -220,13 +227,13 @@ impl Places {
     }
 }
 
-fn has_veto(s: &Value, guard: &str) -> bool {
+pub(crate) fn has_veto(s: &Value, guard: &str) -> bool {
     s["promotion"]["vetoes"]
         .as_array()
         .is_some_and(|v| v.iter().any(|v| v["guard"] == guard))
 }
 
-fn finish(report: SamplerReport) {
+pub(crate) fn finish(report: SamplerReport) {
     eprintln!("{}", report.summary());
     report.assert_never_two_writable();
 }

@@ -588,6 +588,12 @@ impl GoldCluster {
     }
 
     /// The same over TCP on 127.0.0.1 as `user`.
+    /// Runs `sql` on member `i` as the superuser over TCP (psql -At): its
+    /// output, or why it failed.
+    pub fn psql_member(&self, i: usize, sql: &str) -> Result<String, String> {
+        blocking(|| self.psql_tcp(i, "postgres", sql))
+    }
+
     fn psql_tcp(&self, i: usize, user: &str, sql: &str) -> Result<String, String> {
         let mut cmd = Command::new(find_bin_dir().join("psql"));
         cmd.args(["-h", "127.0.0.1"]);

@@ -504,7 +504,9 @@ impl GoldDr {
                     "unix_socket_directories": self.socket_dir,
                     "fsync": "off",
                     "synchronous_commit": "off",
-                    "full_page_writes": "off",
+                    // full_page_writes stays on: once promoted, GoldDR is
+                    // the source a fenced Gold rewinds from, and pg_rewind
+                    // requires it of its source.
                     "shared_buffers": "16MB",
                     "max_wal_size": "64MB",
                     "wal_receiver_status_interval": "1s",

@@ -88,6 +88,7 @@ pub struct Round {
 #[derive(Default)]
 pub struct SamplerBuilder {
     endpoints: Vec<Endpoint>,
+    insert: Option<String>,
 }
 
 impl SamplerBuilder {
@@ -122,6 +123,14 @@ impl SamplerBuilder {
         self
     }
 
+    /// A PostgreSQL endpoint counts as writable only if an `INSERT INTO
+    /// table DEFAULT VALUES` also succeeds there (the table must exist on
+    /// every site, e.g. created on Gold before GoldDR was built).
+    pub fn insert_into(mut self, table: &str) -> Self {
+        self.insert = Some(format!("INSERT INTO {table} DEFAULT VALUES"));
+        self
+    }
+
     /// Starts sampling now (inside a tokio runtime); the first round starts at once.
     pub fn start(self) -> WriteSampler {
         assert!(
@@ -144,6 +153,7 @@ impl SamplerBuilder {
             Arc::clone(&endpoints),
             Arc::clone(&rounds),
             http,
+            self.insert.map(Arc::<str>::from),
             stop.clone(),
         ));
         WriteSampler {
@@ -214,6 +224,7 @@ async fn sample(
     endpoints: Arc<Vec<Endpoint>>,
     rounds: Arc<Mutex<Vec<Round>>>,
     http: reqwest::Client,
+    insert: Option<Arc<str>>,
     stop: CancellationToken,
 ) {
     let mut ticks = tokio::time::interval(PERIOD);
@@ -225,10 +236,17 @@ async fn sample(
             _ = stop.cancelled() => break,
             _ = ticks.tick() => {}
         }
-        let (endpoints, rounds, http) = (Arc::clone(&endpoints), Arc::clone(&rounds), http.clone());
+        let (endpoints, rounds, http, insert) = (
+            Arc::clone(&endpoints),
+            Arc::clone(&rounds),
+            http.clone(),
+            insert.clone(),
+        );
         in_flight.spawn(async move {
             let at = Instant::now();
-            let probes = endpoints.iter().map(|e| probe(&http, &e.target));
+            let probes = endpoints
+                .iter()
+                .map(|e| probe(&http, &e.target, insert.as_deref()));
             let outcomes = futures::future::join_all(probes).await;
             rounds.lock().unwrap().push(Round {
                 at,
@@ -242,9 +260,9 @@ async fn sample(
     while in_flight.join_next().await.is_some() {}
 }
 
-async fn probe(http: &reqwest::Client, target: &Target) -> Outcome {
+async fn probe(http: &reqwest::Client, target: &Target, insert: Option<&str>) -> Outcome {
     match target {
-        Target::Postgres(addr) => match probe_writable(*addr, PROBE_TIMEOUT).await {
+        Target::Postgres(addr) => match accepts_writes(*addr, PROBE_TIMEOUT, insert).await {
             Ok(true) => Outcome::Writable,
             Ok(false) => Outcome::ReadOnly,
             Err(e) => Outcome::NoAnswer(e),
@@ -259,6 +277,16 @@ async fn probe(http: &reqwest::Client, target: &Target) -> Outcome {
 /// `SELECT NOT pg_is_in_recovery()` on `addr` over a fresh connection as
 /// `postgres`, sslmode disable, connecting and querying within `timeout`.
 pub async fn probe_writable(addr: SocketAddr, timeout: Duration) -> Result<bool, String> {
+    accepts_writes(addr, timeout, None).await
+}
+
+/// [`probe_writable`], and when it says writable and `insert` is given,
+/// that statement must succeed too.
+pub async fn accepts_writes(
+    addr: SocketAddr,
+    timeout: Duration,
+    insert: Option<&str>,
+) -> Result<bool, String> {
     let work = async {
         let (client, connection) = tokio_postgres::Config::new()
             .host(addr.ip().to_string())
@@ -276,9 +304,16 @@ pub async fn probe_writable(addr: SocketAddr, timeout: Duration) -> Result<bool,
             .query_one("SELECT NOT pg_is_in_recovery()", &[])
             .await
             .map_err(|e| format!("query: {e}"));
+        let writable = match row.and_then(|r| r.try_get::<_, bool>(0).map_err(|e| e.to_string())) {
+            Ok(true) => match insert {
+                Some(sql) => Ok(client.batch_execute(sql).await.is_ok()),
+                None => Ok(true),
+            },
+            other => other,
+        };
         drop(client);
         let _ = connection.await;
-        row?.try_get::<_, bool>(0).map_err(|e| e.to_string())
+        writable
     };
     tokio::time::timeout(timeout, work)
         .await

@@ -34,6 +34,11 @@ impl WitnessProcess {
     /// to [`log`](Self::log). Waits up to 30 s for `GET /readyz` to answer
     /// 200; panics with the log if it does not or the process exits.
     pub async fn start(vars: &[(&str, &str)]) -> WitnessProcess {
+        Self::start_as("witness", vars).await
+    }
+
+    /// The same for another role of the binary (`guard`).
+    pub async fn start_as(role: &str, vars: &[(&str, &str)]) -> WitnessProcess {
         assert!(
             vars.iter().all(|(k, _)| *k != "WATCHDOG_LISTEN_ADDR"),
             "WitnessProcess picks WATCHDOG_LISTEN_ADDR itself"
@@ -47,7 +52,7 @@ impl WitnessProcess {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("WATCHDOG_LISTEN_ADDR", format!("127.0.0.1:{port}"))
             .envs(vars.iter().copied())
-            .arg("witness")
+            .arg(role)
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone witness log handle"))
@@ -57,7 +62,7 @@ impl WitnessProcess {
         }
         let child = cmd
             .spawn()
-            .unwrap_or_else(|e| panic!("spawning {BIN} witness: {e}"));
+            .unwrap_or_else(|e| panic!("spawning {BIN} {role}: {e}"));
         let witness = WitnessProcess {
             child: Mutex::new(Some(child)),
             port,

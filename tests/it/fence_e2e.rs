@@ -1,0 +1,337 @@
+//! Fencing end to end: the three places of `quorum_e2e`, plus the guard at
+//! Gold (a process of the product binary) probing GoldDR through the reverse
+//! Transport Service and asking the witness through a route of its own. A
+//! sampler counts a site as taking writes only if it is out of recovery and
+//! an INSERT succeeds, and asks both sites several times a second.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::quorum_e2e::{FAST, Places, Witness, config_pairs, finish};
+use crate::support::gold_cluster::GoldClusterOptions;
+use crate::support::pg::WATCHDOG_USER;
+use crate::support::proxy::{Fault, FaultProxy};
+use crate::support::witness::WitnessProcess;
+
+const BIN: &str = env!("CARGO_BIN_EXE_patroni-dr-watchdog");
+const FENCE_AFTER: &str = "1500ms";
+
+/// The guard's fast timing: GoldDR probed every 300 ms.
+const GUARD_TIMING: &[(&str, &str)] = &[
+    ("WATCHDOG_PROBE_INTERVAL", "300ms"),
+    ("WATCHDOG_PROBE_TIMEOUT", "250ms"),
+    ("WATCHDOG_FALL", "2"),
+    ("WATCHDOG_RISE", "2"),
+];
+
+/// The DR watchdog's timing paired with the guard: Gold lost after 45 ×
+/// 300 ms (13.5 s), more than FENCE_AFTER plus the 10 s margin.
+fn dr_timing() -> Vec<(&'static str, &'static str)> {
+    let mut t: Vec<_> = FAST
+        .iter()
+        .copied()
+        .filter(|(k, _)| *k != "WATCHDOG_PROMOTE_AFTER")
+        .collect();
+    t.push(("WATCHDOG_PROMOTE_AFTER", "45"));
+    t.push(("WATCHDOG_GUARD_FENCE_AFTER", FENCE_AFTER));
+    t
+}
+
+/// The guard beside Gold's (one) member, and its route to the witness.
+struct Guard {
+    to_witness: FaultProxy,
+    process: WitnessProcess,
+    vars: Vec<(String, String)>,
+}
+
+impl Guard {
+    async fn start(places: &Places, witness: &Witness, extra: &[(&str, &str)]) -> Guard {
+        let upstream = format!("127.0.0.1:{}", witness.process.port())
+            .parse()
+            .expect("witness address");
+        let to_witness = FaultProxy::start(upstream).await;
+        let mut vars: Vec<(String, String)> = [
+            ("WATCHDOG_GOLDDR_HOST", "127.0.0.1".to_string()),
+            ("WATCHDOG_GOLDDR_PORT", places.rts.port().to_string()),
+            ("WATCHDOG_GOLDDR_USER", WATCHDOG_USER.to_string()),
+            ("WATCHDOG_GOLDDR_SSLMODE", "disable".to_string()),
+            ("WATCHDOG_PATRONI_URL", places.gold.api_url(0)),
+            ("WATCHDOG_WITNESSES", format!("http://{}", to_witness.addr())),
+            ("WATCHDOG_FENCE_AFTER", FENCE_AFTER.to_string()),
+            ("WATCHDOG_LOG_FORMAT", "json".to_string()),
+            ("HOSTNAME", "gold-0-guard".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .chain(GUARD_TIMING.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        .chain(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect();
+        vars.sort();
+        vars.dedup_by(|a, b| a.0 == b.0);
+        let process = WitnessProcess::start_as("guard", &config_pairs(&vars)).await;
+        Guard {
+            to_witness,
+            process,
+            vars,
+        }
+    }
+
+    async fn status(&self) -> Value {
+        self.process.get_json("/status").await.unwrap_or(Value::Null)
+    }
+
+    async fn wait(&self, what: &str, timeout: Duration, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        let mut last = Value::Null;
+        while Instant::now() < deadline {
+            last = self.status().await;
+            if check(&last) {
+                return last;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "guard: timed out waiting for {what}; last status: {last:#}\n--- log ---\n{}",
+            self.process.log()
+        );
+    }
+
+    /// `patroni-dr-watchdog gate` with the guard's settings: its exit code.
+    fn gate(&self) -> i32 {
+        let out = Command::new(BIN)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(config_pairs(&self.vars))
+            .arg("gate")
+            .output()
+            .expect("run gate");
+        out.status.code().unwrap_or(-1)
+    }
+}
+
+/// Cuts every route to and from Gold: the TS both ways, the witness's two
+/// routes to Gold, and the guard's route to the witness.
+async fn isolate_gold(places: &Places, guard: &Guard, fault: Fault) {
+    places.ts.set(fault).await;
+    places.rts.set(fault).await;
+    places.w_pg.set(fault).await;
+    for p in &places.w_api {
+        p.set(fault).await;
+    }
+    guard.to_witness.set(fault).await;
+}
+
+/// Gold's member follows GoldDR: a standby leader that replays what is
+/// written on GoldDR now (through the reverse TS).
+async fn wait_gold_follows_golddr(places: &Places, timeout: Duration) {
+    let id = 5000 + fastrand::i32(0..1000);
+    places
+        .dr
+        .execute(&format!("INSERT INTO orders VALUES ({id}, 'written on GoldDR')"))
+        .await;
+    let sql = format!("SELECT count(*) FROM orders WHERE id = {id}");
+    let deadline = Instant::now() + timeout;
+    loop {
+        let replayed = places.gold.psql_member(0, &sql).unwrap_or_default() == "1";
+        if replayed && places.gold.role(0) == "standby_leader" && !places.gold.is_writable(0).await {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "Gold never followed GoldDR (role {}, row {id} replayed: {replayed})\n{}",
+                places.gold.role(0),
+                places.gold.logs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The first moment after `from` (since the sampler started) when Gold was
+/// no longer writable, from the sampler's rounds.
+fn gold_read_only_after(report: &crate::support::sampler::SamplerReport, from: Duration) -> Option<Duration> {
+    report
+        .rounds
+        .iter()
+        .filter(|r| r.at.duration_since(report.started) >= from)
+        .find(|r| !report.site_writable(r, "gold"))
+        .map(|r| r.at.duration_since(report.started) - from)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gold_isolated_fences_itself_then_golddr_promotes_and_gold_follows_it() {
+    let places = Places::start(GoldClusterOptions::members(1)).await;
+    let witness = places.witness("witness-a", FAST).await;
+    let guard = Guard::start(&places, &witness, &[]).await;
+    let timing = dr_timing();
+    let w = places.spawn_watchdog(&[&witness], &timing, &[]).await;
+    guard
+        .wait("watching, Gold not fenced", Duration::from_secs(20), |s| {
+            s["state"] == "watching" && s["golddr"] == "standby" && s["fenced"] == false
+        })
+        .await;
+    let sampler = places.sampler();
+    let t0 = sampler.snapshot().lifetime;
+
+    isolate_gold(&places, &guard, Fault::Blackhole).await;
+    let st = guard
+        .wait("Gold fenced for isolation", Duration::from_secs(30), |s| {
+            s["fenced"] == true
+        })
+        .await;
+    assert_eq!(st["fence"]["reason"], "isolated", "{st:#}");
+    let st = w
+        .wait_status_for(Duration::from_secs(60), "GoldDR promoted", |s| {
+            s["promotion"]["result"] == "promoted"
+        })
+        .await;
+    assert!(
+        st["promotion"]["reason"].to_string().contains("witnesses agree"),
+        "{st:#}"
+    );
+    places.assert_promoted_with_every_row().await;
+    assert!(!places.gold.is_writable(0).await, "Gold stays fenced");
+
+    isolate_gold(&places, &guard, Fault::Forward).await;
+    let back = Instant::now();
+    wait_gold_follows_golddr(&places, Duration::from_secs(90)).await;
+    eprintln!("links back -> Gold streaming from GoldDR in {:?}", back.elapsed());
+    let st = guard
+        .wait(
+            "the fence re-marked: GoldDR was promoted",
+            Duration::from_secs(20),
+            |s| s["fence"]["reason"] == "golddr_promoted",
+        )
+        .await;
+    assert_eq!(st["fenced"], true, "{st:#}");
+    let report = sampler.stop().await;
+    if let Some(d) = gold_read_only_after(&report, t0) {
+        eprintln!("Gold isolated -> Gold read-only in {d:?}");
+    }
+    finish(report);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn golddr_promoted_by_hand_while_gold_is_alive_is_fenced_at_once() {
+    let places = Places::start(GoldClusterOptions::members(1)).await;
+    let witness = places.witness("witness-a", FAST).await;
+    let guard = Guard::start(&places, &witness, &[]).await;
+    guard
+        .wait("watching", Duration::from_secs(20), |s| s["golddr"] == "standby")
+        .await;
+    assert_eq!(guard.gate(), 0, "GoldDR a standby: a Gold promotion is allowed");
+    let sampler = places.sampler();
+
+    assert_eq!(
+        places.dr.patch_config(json!({"standby_cluster": null})).await,
+        200
+    );
+    let st = guard
+        .wait("Gold fenced: GoldDR writable", Duration::from_secs(30), |s| {
+            s["fenced"] == true
+        })
+        .await;
+    assert_eq!(st["fence"]["reason"], "golddr_promoted", "{st:#}");
+    assert_eq!(guard.gate(), 1, "GoldDR writable: the gate refuses");
+    crate::support::wait_for("Gold read-only", Duration::from_secs(30), async || {
+        !places.gold.is_writable(0).await
+    })
+    .await;
+    wait_gold_follows_golddr(&places, Duration::from_secs(90)).await;
+
+    // Nothing could stop Gold before the guard saw GoldDR writable: the
+    // overlap is bounded by a guard interval plus the demotion.
+    let report = sampler.stop().await;
+    report.assert_sampled();
+    let moments = report.two_writable_moments();
+    let overlap = match (moments.first(), moments.last()) {
+        (Some(a), Some(b)) => b.at - a.at + b.took,
+        _ => Duration::ZERO,
+    };
+    eprintln!(
+        "two writable sites for {overlap:?} ({} sampled rounds)",
+        moments.len()
+    );
+    assert!(overlap < Duration::from_secs(15), "{}", report.summary());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ts_cut_in_either_direction_fences_nothing_and_promotes_nothing() {
+    let places = Places::start(GoldClusterOptions::members(1)).await;
+    let witness = places.witness("witness-a", FAST).await;
+    let guard = Guard::start(&places, &witness, &[]).await;
+    let timing = dr_timing();
+    let w = places.spawn_watchdog(&[&witness], &timing, &[]).await;
+    let sampler = places.sampler();
+
+    // GoldDR → Gold cut: GoldDR sees Gold lost, the witness sees Gold.
+    places.ts.set(Fault::Blackhole).await;
+    w.wait_status_for(Duration::from_secs(60), "vetoed by the witness", |s| {
+        s["verdict"] == "lost" && crate::quorum_e2e::has_veto(s, "witness_sees_gold")
+    })
+    .await;
+    places.ts.set(Fault::Forward).await;
+    // Gold → GoldDR cut: the guard cannot reach GoldDR, the witness sees Gold.
+    places.rts.set(Fault::Blackhole).await;
+    guard
+        .wait(
+            "GoldDR out of reach, not isolated",
+            Duration::from_secs(20),
+            |s| s["golddr"] == "unreachable" && s["isolated"] == false,
+        )
+        .await;
+    assert_eq!(
+        guard.gate(),
+        0,
+        "a witness sees Gold: a failover inside Gold may promote"
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let st = guard.status().await;
+    assert_eq!(st["fenced"], false, "{st:#}");
+    places.rts.set(Fault::Forward).await;
+    assert!(places.gold.is_writable(0).await);
+    places.assert_golddr_standby(&w).await;
+    finish(sampler.stop().await);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gold_isolated_while_golddr_is_never_promoted_is_unfenced_when_the_links_return() {
+    let places = Places::start(GoldClusterOptions::members(1)).await;
+    let witness = places.witness("witness-a", FAST).await;
+    // No DR watchdog: GoldDR stays a standby whatever happens.
+    let guard = Guard::start(&places, &witness, &[]).await;
+    guard
+        .wait("watching", Duration::from_secs(20), |s| s["golddr"] == "standby")
+        .await;
+    let sampler = places.sampler();
+
+    isolate_gold(&places, &guard, Fault::Blackhole).await;
+    guard
+        .wait("Gold fenced for isolation", Duration::from_secs(30), |s| {
+            s["fenced"] == true
+        })
+        .await;
+    assert_eq!(guard.gate(), 1, "fenced and isolated: the gate refuses");
+    crate::support::wait_for("Gold read-only", Duration::from_secs(30), async || {
+        !places.gold.is_writable(0).await
+    })
+    .await;
+
+    isolate_gold(&places, &guard, Fault::Forward).await;
+    let st = guard
+        .wait("unfenced", Duration::from_secs(30), |s| {
+            s["fenced"] == false && s["last_write"]["action"] == "unfence"
+        })
+        .await;
+    assert_eq!(st["fence"]["fenced"], "no", "{st:#}");
+    crate::support::wait_for("Gold writable again", Duration::from_secs(60), async || {
+        places.gold.is_writable(0).await
+    })
+    .await;
+    assert_eq!(places.dr.role().await, "standby_leader");
+    finish(sampler.stop().await);
+}
