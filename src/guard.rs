@@ -84,9 +84,9 @@ impl GuardObserver {
     /// every witness's vote, all at once, each within the timeout.
     pub async fn observe(&self) -> (ProbeReport, Sight) {
         let timeout = self.config.probe_timeout;
-        let (report, role, (fence, disarmed), ballots) = tokio::join!(
+        let (report, (role, unlocked), (fence, disarmed), ballots) = tokio::join!(
             self.probe.probe(&self.golddr),
-            self.patroni.role(),
+            self.patroni.role_and_lock(),
             read_fence(&self.fencer.reader),
             join_all(self.config.quorum.witnesses.iter().map(|w| async move {
                 quorum::vote(
@@ -97,8 +97,12 @@ impl GuardObserver {
             }))
         );
         let sight = Sight {
-            // Fenced, Gold's leader is a standby leader: still the one to act.
-            leader: matches!(role, Role::Primary | Role::StandbyLeader),
+            // Fenced, Gold's leader is a standby leader: still the one to
+            // act. With no leader at all (the gate refusing every promotion
+            // while GoldDR is writable), any member's guard may: the write
+            // re-reads the config first and Patroni refuses a racing one.
+            leader: matches!(role, Role::Primary | Role::StandbyLeader)
+                || (role == Role::Replica && unlocked),
             golddr: report.outcome.into(),
             witnesses_seeing_gold: ballots.iter().filter(|b| b.vote == Vote::SeesGold).count(),
             fence,

@@ -54,7 +54,8 @@ pub enum FenceReason {
 /// One round of the guard.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sight {
-    /// The Patroni member beside this guard is Gold's leader: only it acts.
+    /// The Patroni member beside this guard is Gold's leader (or Gold has no
+    /// leader at all): only then does it act.
     pub leader: bool,
     pub golddr: GoldDrSeen,
     /// Fresh witnesses that reach Gold (they see its site or its primary).

@@ -123,20 +123,37 @@ impl PatroniClient {
 #[derive(Deserialize)]
 struct PatroniStatus {
     role: Option<String>,
+    /// Present (true) while no member holds the leader lock.
+    #[serde(default)]
+    cluster_unlocked: bool,
 }
 
 impl PatroniClient {
     /// `GET /patroni` answers 200 whatever the role (503 on some versions
     /// for replicas), so the body decides, never the status code.
     pub async fn role(&self) -> Role {
+        self.role_and_lock().await.0
+    }
+
+    /// The role, and whether the cluster has no leader at all (Patroni's
+    /// `cluster_unlocked`).
+    pub async fn role_and_lock(&self) -> (Role, bool) {
         let resp = match self.get("/patroni").send().await {
             Ok(r) => r,
-            Err(e) => return Role::Unreachable(crate::error_chain(&e.without_url())),
+            Err(e) => return (Role::Unreachable(crate::error_chain(&e.without_url())), false),
         };
         match resp.json::<PatroniStatus>().await {
-            Ok(PatroniStatus { role: Some(role) }) => Role::from_patroni(&role),
-            Ok(PatroniStatus { role: None }) => Role::Unreachable("GET /patroni has no role field".into()),
-            Err(e) => Role::Unreachable(format!("GET /patroni: {}", crate::error_chain(&e.without_url()))),
+            Ok(PatroniStatus {
+                role: Some(role),
+                cluster_unlocked,
+            }) => (Role::from_patroni(&role), cluster_unlocked),
+            Ok(PatroniStatus { role: None, .. }) => {
+                (Role::Unreachable("GET /patroni has no role field".into()), false)
+            }
+            Err(e) => (
+                Role::Unreachable(format!("GET /patroni: {}", crate::error_chain(&e.without_url()))),
+                false,
+            ),
         }
     }
 }

@@ -48,6 +48,11 @@ struct Guard {
 
 impl Guard {
     async fn start(places: &Places, witness: &Witness, extra: &[(&str, &str)]) -> Guard {
+        Self::beside(places, 0, witness, extra).await
+    }
+
+    /// The guard in Gold member `member`'s pod.
+    async fn beside(places: &Places, member: usize, witness: &Witness, extra: &[(&str, &str)]) -> Guard {
         let upstream = format!("127.0.0.1:{}", witness.process.port())
             .parse()
             .expect("witness address");
@@ -57,11 +62,11 @@ impl Guard {
             ("WATCHDOG_GOLDDR_PORT", places.rts.port().to_string()),
             ("WATCHDOG_GOLDDR_USER", WATCHDOG_USER.to_string()),
             ("WATCHDOG_GOLDDR_SSLMODE", "disable".to_string()),
-            ("WATCHDOG_PATRONI_URL", places.gold.api_url(0)),
+            ("WATCHDOG_PATRONI_URL", places.gold.api_url(member)),
             ("WATCHDOG_WITNESSES", format!("http://{}", to_witness.addr())),
             ("WATCHDOG_FENCE_AFTER", FENCE_AFTER.to_string()),
             ("WATCHDOG_LOG_FORMAT", "json".to_string()),
-            ("HOSTNAME", "gold-0-guard".to_string()),
+            ("HOSTNAME", format!("gold-{member}-guard")),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -98,6 +103,16 @@ impl Guard {
         );
     }
 
+    /// The gate as Gold's `pre_promote` runs it: with the guard's settings.
+    fn gate_command(&self) -> String {
+        let env: Vec<String> = self
+            .vars
+            .iter()
+            .map(|(k, v)| format!("{k}='{}'", v.replace('\'', "")))
+            .collect();
+        format!("exec env -i {} {BIN} gate", env.join(" "))
+    }
+
     /// `patroni-dr-watchdog gate` with the guard's settings: its exit code.
     fn gate(&self) -> i32 {
         let out = Command::new(BIN)
@@ -123,8 +138,8 @@ async fn isolate_gold(places: &Places, guard: &Guard, fault: Fault) {
     guard.to_witness.set(fault).await;
 }
 
-/// Gold's member follows GoldDR: a standby leader that replays what is
-/// written on GoldDR now (through the reverse TS).
+/// Gold's member follows GoldDR: it replays what is written on GoldDR now
+/// (through the reverse TS) and takes no writes.
 async fn wait_gold_follows_golddr(places: &Places, timeout: Duration) {
     let id = 5000 + fastrand::i32(0..1000);
     places
@@ -135,7 +150,15 @@ async fn wait_gold_follows_golddr(places: &Places, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
         let replayed = places.gold.psql_member(0, &sql).unwrap_or_default() == "1";
-        if replayed && places.gold.role(0) == "standby_leader" && !places.gold.is_writable(0).await {
+        // A standby leader of the fenced cluster, or — when Patroni will not
+        // take the lock with a position past the remote's (the member that
+        // came back after a crash) — a replica of GoldDR: either way it
+        // replays GoldDR and takes no writes.
+        let role = places.gold.role(0);
+        if replayed
+            && matches!(role.as_str(), "standby_leader" | "replica")
+            && !places.gold.is_writable(0).await
+        {
             return;
         }
         if Instant::now() >= deadline {
@@ -334,4 +357,137 @@ async fn gold_isolated_while_golddr_is_never_promoted_is_unfenced_when_the_links
     .await;
     assert_eq!(places.dr.role().await, "standby_leader");
     finish(sampler.stop().await);
+}
+
+/// Gold's site dies with its guard; GoldDR is promoted by the quorum; Gold's
+/// site comes back. Its Patroni would promote the member again: the gate
+/// (its `pre_promote`) refuses while GoldDR is writable, and the guard,
+/// back too, fences Gold so that it follows GoldDR.
+#[tokio::test(flavor = "multi_thread")]
+async fn gold_killed_and_brought_back_never_takes_writes_beside_the_promoted_golddr() {
+    let places = Places::start(GoldClusterOptions::members(1)).await;
+    let witness = places.witness("witness-a", FAST).await;
+    let guard = Guard::start(&places, &witness, &[]).await;
+    places.gold.set_pre_promote(&guard.gate_command());
+    let timing = dr_timing();
+    let w = places.spawn_watchdog(&[&witness], &timing, &[]).await;
+    let sampler = places.sampler();
+
+    guard.process.kill();
+    places.gold.kill_site();
+    w.wait_status_for(Duration::from_secs(60), "GoldDR promoted", |s| {
+        s["promotion"]["result"] == "promoted"
+    })
+    .await;
+    places.assert_promoted_with_every_row().await;
+
+    places.gold.restart_site();
+    // Patroni's leader race ends in pre_promote, which refuses.
+    crate::support::wait_for(
+        "the gate refusing Gold's promotion",
+        Duration::from_secs(60),
+        async || places.gold.log(0).contains("gate: promotion refused"),
+    )
+    .await;
+    assert!(!places.gold.is_writable(0).await);
+    let guard = Guard {
+        process: WitnessProcess::start_as("guard", &config_pairs(&guard.vars)).await,
+        ..guard
+    };
+    guard
+        .wait("Gold fenced: GoldDR writable", Duration::from_secs(30), |s| {
+            s["fence"]["reason"] == "golddr_promoted"
+        })
+        .await;
+    wait_gold_follows_golddr(&places, Duration::from_secs(90)).await;
+    finish(sampler.stop().await);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn golddr_isolated_or_the_witness_isolated_fences_nothing_and_promotes_nothing() {
+    let places = Places::start(GoldClusterOptions::members(1)).await;
+    let witness = places.witness("witness-a", FAST).await;
+    let guard = Guard::start(&places, &witness, &[]).await;
+    let timing = dr_timing();
+    let w = places.spawn_watchdog(&[&witness], &timing, &[]).await;
+    let sampler = places.sampler();
+
+    // GoldDR cut off from Gold (both ways) and from the witness.
+    places.ts.set(Fault::Blackhole).await;
+    places.rts.set(Fault::Blackhole).await;
+    witness.route.set(Fault::Blackhole).await;
+    w.wait_status_for(Duration::from_secs(60), "no quorum", |s| {
+        s["verdict"] == "lost" && crate::quorum_e2e::has_veto(s, "no_quorum")
+    })
+    .await;
+    let st = guard.status().await;
+    assert_eq!(
+        (st["isolated"].clone(), st["fenced"].clone()),
+        (json!(false), json!(false)),
+        "{st:#}"
+    );
+    places.ts.set(Fault::Forward).await;
+    places.rts.set(Fault::Forward).await;
+    witness.route.set(Fault::Forward).await;
+    w.wait_status("Gold up again", |s| s["verdict"] == "up").await;
+
+    // The witness cut off from everything.
+    places.w_pg.set(Fault::Blackhole).await;
+    for p in &places.w_api {
+        p.set(Fault::Blackhole).await;
+    }
+    witness.route.set(Fault::Blackhole).await;
+    guard.to_witness.set(Fault::Blackhole).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let st = guard.status().await;
+    assert_eq!(st["fenced"], false, "GoldDR still reachable: {st:#}");
+    assert!(places.gold.is_writable(0).await);
+    places.assert_golddr_standby(&w).await;
+    finish(sampler.stop().await);
+    w.stop().await;
+}
+
+/// A failover inside Gold during a Transport Service outage: the old
+/// leader's pod dies with its guard; the new leader's `pre_promote` cannot
+/// reach GoldDR, but the witness hears the surviving member's Patroni, so the
+/// gate allows it: Gold gets its primary. GoldDR is not promoted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failover_inside_gold_during_a_ts_outage_still_gets_a_primary() {
+    let places = Places::start(GoldClusterOptions::members(2)).await;
+    let witness = places.witness("witness-a", FAST).await;
+    let leader = places.gold.leader().expect("a Gold leader");
+    let other = 1 - leader;
+    let guards = [
+        Guard::beside(&places, leader, &witness, &[]).await,
+        Guard::beside(&places, other, &witness, &[]).await,
+    ];
+    // The gate reads Gold's config, the same through any member's API.
+    places.gold.set_pre_promote(&guards[1].gate_command());
+    let timing = dr_timing();
+    let w = places.spawn_watchdog(&[&witness], &timing, &[]).await;
+    let sampler = places.sampler();
+
+    places.ts.set(Fault::Blackhole).await;
+    places.rts.set(Fault::Blackhole).await;
+    guards[0].process.kill();
+    places.gold.kill_member(leader);
+    let new = places.gold.wait_for_leader(Duration::from_secs(90));
+    assert_eq!(new, other);
+    crate::support::wait_for(
+        "the gate allowing the promotion",
+        Duration::from_secs(15),
+        async || places.gold.log(other).contains("gate: promotion allowed"),
+    )
+    .await;
+    assert!(places.gold.is_writable(other).await);
+    let st = guards[1].status().await;
+    assert_eq!(st["fenced"], false, "{st:#}");
+    places.ts.set(Fault::Forward).await;
+    places.rts.set(Fault::Forward).await;
+    w.wait_status_for(Duration::from_secs(60), "Gold up again", |s| s["verdict"] == "up")
+        .await;
+    places.assert_golddr_standby(&w).await;
+    finish(sampler.stop().await);
+    w.stop().await;
 }

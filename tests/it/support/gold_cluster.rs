@@ -181,6 +181,7 @@ impl GoldCluster {
             dir,
         };
         for m in &gold.members {
+            gold.write_pre_promote(m, "exit 0");
             let config = m.config(etcd, &opts);
             fs::write(
                 &m.config_file,
@@ -588,6 +589,22 @@ impl GoldCluster {
     }
 
     /// The same over TCP on 127.0.0.1 as `user`.
+    /// Sets what every member's `postgresql.pre_promote` runs (a shell
+    /// script body, run as the postgres user), e.g. `exec … gate`.
+    pub fn set_pre_promote(&self, body: &str) {
+        for m in &self.members {
+            self.write_pre_promote(m, body);
+        }
+    }
+
+    fn write_pre_promote(&self, m: &Member, body: &str) {
+        let path = m.pre_promote_script();
+        fs::write(&path, format!("{body}\n")).expect("write pre_promote.sh");
+        if let Some(user) = postgres_user() {
+            std::os::unix::fs::chown(&path, Some(user.uid), Some(user.gid)).expect("chown pre_promote.sh");
+        }
+    }
+
     /// Runs `sql` on member `i` as the superuser over TCP (psql -At): its
     /// output, or why it failed.
     pub fn psql_member(&self, i: usize, sql: &str) -> Result<String, String> {
@@ -676,6 +693,10 @@ impl Drop for GoldCluster {
 }
 
 impl Member {
+    fn pre_promote_script(&self) -> PathBuf {
+        self.root.join("pre_promote.sh")
+    }
+
     fn config(&self, etcd: &Etcd, opts: &GoldClusterOptions) -> Value {
         let retry_timeout = ((opts.ttl - opts.loop_wait) / 2).clamp(1, 10);
         let restapi = format!("127.0.0.1:{}", self.api_port);
@@ -732,6 +753,9 @@ impl Member {
                 },
                 // Don't wait for a spread checkpoint on the leader.
                 "basebackup": [{ "checkpoint": "fast" }],
+                // Patroni runs it before promoting a member; a non-zero exit
+                // cancels the promotion. `exit 0` until a test sets it.
+                "pre_promote": format!("/bin/sh {}", self.pre_promote_script().display()),
                 "pg_hba": [
                     "local all all trust",
                     "host all all 127.0.0.1/32 trust",
