@@ -278,35 +278,44 @@ async fn listen(addr: std::net::SocketAddr) -> Option<tokio::net::TcpListener> {
 }
 
 fn guard(config: config::GuardConfig) -> ExitCode {
-    logging::init(config.log_format);
-    block_on(async {
-        let Some(listener) = listen(config.listen_addr).await else {
-            return ExitCode::FAILURE;
-        };
-        let shutdown = CancellationToken::new();
-        tokio::spawn(wait_for_signal(shutdown.clone()));
-        match patroni_dr_watchdog::guard::run(config, listener, shutdown).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                error!(error = %e, "guard failed");
-                ExitCode::FAILURE
-            }
-        }
-    })
+    serve_role(
+        "guard",
+        config.log_format,
+        config.listen_addr,
+        |listener, shutdown| patroni_dr_watchdog::guard::run(config, listener, shutdown),
+    )
 }
 
 fn witness(config: config::WitnessConfig) -> ExitCode {
-    logging::init(config.log_format);
+    serve_role(
+        "witness",
+        config.log_format,
+        config.listen_addr,
+        |listener, shutdown| patroni_dr_watchdog::witness::run(config, listener, shutdown),
+    )
+}
+
+/// A role that serves HTTP until SIGTERM: logs, the listener, the run.
+fn serve_role<F>(
+    role: &'static str,
+    log_format: config::LogFormat,
+    listen_addr: std::net::SocketAddr,
+    run: impl FnOnce(tokio::net::TcpListener, CancellationToken) -> F,
+) -> ExitCode
+where
+    F: Future<Output = Result<(), patroni_dr_watchdog::app::Error>>,
+{
+    logging::init(log_format);
     block_on(async {
-        let Some(listener) = listen(config.listen_addr).await else {
+        let Some(listener) = listen(listen_addr).await else {
             return ExitCode::FAILURE;
         };
         let shutdown = CancellationToken::new();
         tokio::spawn(wait_for_signal(shutdown.clone()));
-        match patroni_dr_watchdog::witness::run(config, listener, shutdown).await {
+        match run(listener, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                error!(error = %e, "witness failed");
+                error!(error = %e, role, "failed");
                 ExitCode::FAILURE
             }
         }

@@ -75,22 +75,6 @@ impl Fencer {
     }
 
     async fn patch(&self, body: Value) -> Result<(), FenceError> {
-        let op = "PATCH /config";
-        let patroni = &self.reader.patroni;
-        let resp = patroni
-            .patch("/config")
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| self.reader.error(op, None, crate::error_chain(&e.without_url())))?;
-        let status = resp.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let text = resp.text().await.unwrap_or_default();
-        Err(self
-            .reader
-            .error(op, Some(status.as_u16()), patroni.describe_refusal(status, &text))
-            .into())
+        Ok(crate::act::promoter::patch_config(&self.reader, &body).await?)
     }
 }

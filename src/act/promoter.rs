@@ -211,23 +211,28 @@ pub struct PatroniApiPromoter {
 
 impl PatroniApiPromoter {
     async fn patch_config(&self, body: serde_json::Value) -> Result<(), PromoteError> {
-        let op = "PATCH /config";
-        let resp = self
-            .reader
-            .patroni
-            .patch("/config")
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| self.reader.error(op, None, crate::error_chain(&e.without_url())))?;
-        let status = resp.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let text = resp.text().await.unwrap_or_default();
-        let refusal = self.reader.patroni.describe_refusal(status, &text);
-        Err(self.reader.error(op, Some(status.as_u16()), refusal).into())
+        Ok(patch_config(&self.reader, &body).await?)
     }
+}
+
+/// `PATCH /config`: Patroni merges `body` into its dynamic config (members
+/// set to null are removed). Shared by the promoter and the guard's fence.
+pub async fn patch_config(reader: &PatroniConfigReader, body: &serde_json::Value) -> Result<(), ApiError> {
+    let op = "PATCH /config";
+    let resp = reader
+        .patroni
+        .patch("/config")
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| reader.error(op, None, crate::error_chain(&e.without_url())))?;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let text = resp.text().await.unwrap_or_default();
+    let refusal = reader.patroni.describe_refusal(status, &text);
+    Err(reader.error(op, Some(status.as_u16()), refusal))
 }
 
 impl Promoter for PatroniApiPromoter {
