@@ -315,7 +315,10 @@ async fn the_ts_cut_in_either_direction_fences_nothing_and_promotes_nothing() {
     let st = guard.status().await;
     assert_eq!(st["fenced"], false, "{st:#}");
     places.rts.set(Fault::Forward).await;
-    assert!(places.gold.is_writable(0).await);
+    crate::support::wait_for("Gold writable", Duration::from_secs(30), async || {
+        places.gold.is_writable(0).await
+    })
+    .await;
     places.assert_golddr_standby(&w).await;
     finish(sampler.stop().await);
     w.stop().await;
@@ -442,7 +445,10 @@ async fn golddr_isolated_or_the_witness_isolated_fences_nothing_and_promotes_not
     tokio::time::sleep(Duration::from_secs(5)).await;
     let st = guard.status().await;
     assert_eq!(st["fenced"], false, "GoldDR still reachable: {st:#}");
-    assert!(places.gold.is_writable(0).await);
+    crate::support::wait_for("Gold writable", Duration::from_secs(30), async || {
+        places.gold.is_writable(0).await
+    })
+    .await;
     places.assert_golddr_standby(&w).await;
     finish(sampler.stop().await);
     w.stop().await;
@@ -480,7 +486,11 @@ async fn a_failover_inside_gold_during_a_ts_outage_still_gets_a_primary() {
         async || places.gold.log(other).contains("gate: promotion allowed"),
     )
     .await;
-    assert!(places.gold.is_writable(other).await);
+    // The lock is held before pre_promote runs; PostgreSQL is promoted after.
+    crate::support::wait_for("the new leader writable", Duration::from_secs(30), async || {
+        places.gold.is_writable(other).await
+    })
+    .await;
     let st = guards[1].status().await;
     assert_eq!(st["fenced"], false, "{st:#}");
     places.ts.set(Fault::Forward).await;
