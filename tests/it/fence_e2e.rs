@@ -195,7 +195,7 @@ async fn gold_isolated_fences_itself_then_golddr_promotes_and_gold_follows_it() 
             s["state"] == "watching" && s["golddr"] == "standby" && s["fenced"] == false
         })
         .await;
-    let sampler = places.sampler();
+    let sampler = places.sampler().await;
     let t0 = sampler.snapshot().lifetime;
 
     isolate_gold(&places, &guard, Fault::Blackhole).await;
@@ -246,7 +246,7 @@ async fn golddr_promoted_by_hand_while_gold_is_alive_is_fenced_at_once() {
         .wait("watching", Duration::from_secs(20), |s| s["golddr"] == "standby")
         .await;
     assert_eq!(guard.gate(), 0, "GoldDR a standby: a Gold promotion is allowed");
-    let sampler = places.sampler();
+    let sampler = places.sampler().await;
 
     assert_eq!(
         places.dr.patch_config(json!({"standby_cluster": null})).await,
@@ -288,7 +288,7 @@ async fn the_ts_cut_in_either_direction_fences_nothing_and_promotes_nothing() {
     let guard = Guard::start(&places, &witness, &[]).await;
     let timing = dr_timing();
     let w = places.spawn_watchdog(&[&witness], &timing, &[]).await;
-    let sampler = places.sampler();
+    let sampler = places.sampler().await;
 
     // GoldDR → Gold cut: GoldDR sees Gold lost, the witness sees Gold.
     places.ts.set(Fault::Blackhole).await;
@@ -333,7 +333,7 @@ async fn gold_isolated_while_golddr_is_never_promoted_is_unfenced_when_the_links
     guard
         .wait("watching", Duration::from_secs(20), |s| s["golddr"] == "standby")
         .await;
-    let sampler = places.sampler();
+    let sampler = places.sampler().await;
 
     isolate_gold(&places, &guard, Fault::Blackhole).await;
     guard
@@ -374,7 +374,7 @@ async fn gold_killed_and_brought_back_never_takes_writes_beside_the_promoted_gol
     places.gold.set_pre_promote(&guard.gate_command());
     let timing = dr_timing();
     let w = places.spawn_watchdog(&[&witness], &timing, &[]).await;
-    let sampler = places.sampler();
+    let sampler = places.sampler().await;
 
     guard.process.kill();
     places.gold.kill_site();
@@ -414,7 +414,7 @@ async fn golddr_isolated_or_the_witness_isolated_fences_nothing_and_promotes_not
     let guard = Guard::start(&places, &witness, &[]).await;
     let timing = dr_timing();
     let w = places.spawn_watchdog(&[&witness], &timing, &[]).await;
-    let sampler = places.sampler();
+    let sampler = places.sampler().await;
 
     // GoldDR cut off from Gold (both ways) and from the witness.
     places.ts.set(Fault::Blackhole).await;
@@ -472,7 +472,7 @@ async fn a_failover_inside_gold_during_a_ts_outage_still_gets_a_primary() {
     places.gold.set_pre_promote(&guards[1].gate_command());
     let timing = dr_timing();
     let w = places.spawn_watchdog(&[&witness], &timing, &[]).await;
-    let sampler = places.sampler();
+    let sampler = places.sampler().await;
 
     places.ts.set(Fault::Blackhole).await;
     places.rts.set(Fault::Blackhole).await;

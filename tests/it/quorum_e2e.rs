@@ -157,12 +157,21 @@ impl Places {
         vars.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     }
 
-    pub(crate) fn sampler(&self) -> WriteSampler {
-        WriteSampler::builder()
+    /// The sampler, once it has heard both sites: a scenario that kills Gold
+    /// right away must not leave it nothing to vouch for.
+    pub(crate) async fn sampler(&self) -> WriteSampler {
+        let sampler = WriteSampler::builder()
             .insert_into("pgtest_sampler")
             .postgres_all("gold", self.gold.pg_addrs())
             .postgres("golddr", self.dr.pg_addr())
-            .start()
+            .start();
+        crate::support::wait_for(
+            "the sampler's first rounds",
+            Duration::from_secs(20),
+            async || sampler.snapshot().every_endpoint_answered(),
+        )
+        .await;
+        sampler
     }
 
     pub(crate) async fn assert_golddr_standby(&self, w: &Running) {
@@ -222,7 +231,7 @@ impl Places {
     ) -> (Witness, Running, WriteSampler) {
         let witness = self.witness("witness-a", timing).await;
         let w = self.spawn_watchdog(&[&witness], FAST, extra).await;
-        let sampler = self.sampler();
+        let sampler = self.sampler().await;
         (witness, w, sampler)
     }
 }
@@ -327,7 +336,7 @@ async fn a_failover_inside_gold_with_the_quorum_defaults_never_promotes() {
         st["settings"]["probe_interval"], "5s",
         "the quorum defaults: {st:#}"
     );
-    let sampler = places.sampler();
+    let sampler = places.sampler().await;
 
     let leader = places.gold.leader().expect("a Gold leader");
     let killed = Instant::now();
@@ -475,7 +484,7 @@ async fn three_witnesses_promote_only_when_two_agree() {
     let late = places.witness("witness-late", &slower).await;
     let w = places.spawn_watchdog(&[&down, &quick, &late], FAST, &[]).await;
     assert_eq!(w.status().await["quorum"]["needed"], 2);
-    let sampler = places.sampler();
+    let sampler = places.sampler().await;
 
     down.process.kill();
     places.gold.kill_site();

@@ -437,6 +437,15 @@ impl SamplerReport {
 
     /// Panics unless the sampler ran at [`MIN_RATE`] rounds per second or
     /// more and every endpoint answered at least once.
+    /// Whether every endpoint has answered at least once.
+    pub fn every_endpoint_answered(&self) -> bool {
+        (0..self.endpoints.len()).all(|i| {
+            self.rounds
+                .iter()
+                .any(|r| !matches!(r.outcomes[i], Outcome::NoAnswer(_)))
+        })
+    }
+
     pub fn assert_sampled(&self) {
         assert!(
             self.rate() >= MIN_RATE,
