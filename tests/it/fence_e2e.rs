@@ -113,6 +113,19 @@ impl Guard {
         format!("exec env -i {} {BIN} gate", env.join(" "))
     }
 
+    /// The guard's series as Prometheus scrapes them (checked by promtool).
+    async fn series(&self) -> std::collections::BTreeMap<String, String> {
+        let addr = format!("127.0.0.1:{}", self.process.port())
+            .parse()
+            .expect("guard address");
+        let (code, _, body) = crate::http::scrape(addr, Some(crate::http::PROMETHEUS_ACCEPT)).await;
+        assert_eq!(code, 200, "{body}");
+        let (_, _, classic) = crate::http::scrape(addr, None).await;
+        let (ok, said) = crate::http::promtool_check(&classic);
+        assert!(ok, "promtool: {said}\n{classic}");
+        crate::http::series(&body)
+    }
+
     /// `patroni-dr-watchdog gate` with the guard's settings: its exit code.
     fn gate(&self) -> i32 {
         let out = Command::new(BIN)
@@ -205,6 +218,13 @@ async fn gold_isolated_fences_itself_then_golddr_promotes_and_gold_follows_it() 
         })
         .await;
     assert_eq!(st["fence"]["reason"], "isolated", "{st:#}");
+    let m = guard.series().await;
+    assert_eq!(m["patroni_dr_watchdog_fenced"], "1", "{m:#?}");
+    assert_eq!(m["patroni_dr_watchdog_isolated"], "1", "{m:#?}");
+    assert_eq!(
+        m["patroni_dr_watchdog_fences_total{reason=\"isolated\"}"], "1",
+        "{m:#?}"
+    );
     let st = w
         .wait_status_for(Duration::from_secs(60), "GoldDR promoted", |s| {
             s["promotion"]["result"] == "promoted"
@@ -258,6 +278,20 @@ async fn golddr_promoted_by_hand_while_gold_is_alive_is_fenced_at_once() {
         })
         .await;
     assert_eq!(st["fence"]["reason"], "golddr_promoted", "{st:#}");
+    let m = guard.series().await;
+    assert_eq!(m["patroni_dr_watchdog_fenced"], "1", "{m:#?}");
+    assert_eq!(
+        m["patroni_dr_watchdog_fences_total{reason=\"golddr_promoted\"}"], "1",
+        "{m:#?}"
+    );
+    assert_eq!(
+        m["patroni_dr_watchdog_fences_total{reason=\"isolated\"}"], "0",
+        "{m:#?}"
+    );
+    assert_eq!(
+        m["patroni_dr_watchdog_golddr_seen{golddr=\"writable\"}"], "1",
+        "{m:#?}"
+    );
     assert_eq!(guard.gate(), 1, "GoldDR writable: the gate refuses");
     crate::support::wait_for("Gold read-only", Duration::from_secs(30), async || {
         !places.gold.is_writable(0).await
