@@ -210,7 +210,7 @@ pub async fn run(
                     if let (Action::Fence(r) | Action::Remark(r), Ok(())) = (&action, &result) {
                         metrics.fenced(*r);
                     }
-                    state.written(action, result, now);
+                    state.written(action, result, now, Instant::now());
                 }
             }
         }

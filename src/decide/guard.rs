@@ -73,6 +73,10 @@ pub struct GuardState {
     /// Fences this process wrote, by reason.
     fences: Vec<(FenceReason, SystemTime)>,
     writing: bool,
+    /// A write that succeeded but that Gold's config (as Patroni serves it,
+    /// from its cached DCS view) does not show yet: not written again until
+    /// it shows, or for `fence_after`.
+    unconfirmed: Option<(Action, Instant)>,
     started: Instant,
 }
 
@@ -90,6 +94,7 @@ impl GuardState {
             last_write: None,
             fences: Vec::new(),
             writing: false,
+            unconfirmed: None,
             started,
         }
     }
@@ -108,7 +113,16 @@ impl GuardState {
             effects.push(GuardEffect::Verdict(t));
         }
         let before = self.last.as_ref().map(|(r, _)| seen(&r.sight));
-        let action = fence::decide(&round.sight, &mut self.isolation, self.fence_after, round.started);
+        let mut action = fence::decide(&round.sight, &mut self.isolation, self.fence_after, round.started);
+        if let Some((written, at)) = &self.unconfirmed {
+            if shown(&round.sight, written)
+                || round.started.saturating_duration_since(*at) >= self.fence_after
+            {
+                self.unconfirmed = None;
+            } else if *written == action {
+                action = Action::Nothing;
+            }
+        }
         if before != Some(seen(&round.sight)) {
             effects.push(GuardEffect::Saw);
         }
@@ -135,9 +149,12 @@ impl GuardState {
         effects
     }
 
-    /// A write finished.
-    pub fn written(&mut self, action: Action, result: Result<(), String>, now: SystemTime) {
+    /// A write finished; `mono` is when.
+    pub fn written(&mut self, action: Action, result: Result<(), String>, now: SystemTime, mono: Instant) {
         self.writing = false;
+        if result.is_ok() {
+            self.unconfirmed = Some((action.clone(), mono));
+        }
         if let (Action::Fence(reason) | Action::Remark(reason), Ok(())) = (&action, &result) {
             self.fences.push((*reason, now));
         }
@@ -182,6 +199,16 @@ impl GuardState {
             Some(Ok(f @ (Fence::Ours(_) | Fence::Foreign))) => Some(f),
             _ => None,
         }
+    }
+}
+
+/// Whether Gold's config, as this round read it, shows `action` done.
+fn shown(s: &Sight, action: &Action) -> bool {
+    match (action, &s.fence) {
+        (Action::Fence(r) | Action::Remark(r), Ok(Fence::Ours(mark))) => mark.reason == <&str>::from(*r),
+        (Action::Fence(_) | Action::Remark(_), Ok(Fence::Foreign)) => true,
+        (Action::Unfence, Ok(Fence::No)) => true,
+        _ => false,
     }
 }
 
@@ -232,8 +259,24 @@ mod tests {
             !e.iter().any(|e| matches!(e, GuardEffect::Write(_))),
             "a write is in flight"
         );
-        g.written(Action::Fence(FenceReason::GolddrPromoted), Ok(()), now);
+        g.written(Action::Fence(FenceReason::GolddrPromoted), Ok(()), now, t0);
         assert_eq!(g.fences().len(), 1);
+        // Patroni still serves its cached config without the fence: not
+        // written again.
+        let e = g.round(round(Outcome::Up, Fence::No, t0 + Duration::from_secs(1)), now);
+        assert!(
+            !e.iter().any(|e| matches!(e, GuardEffect::Write(_))),
+            "unconfirmed: {e:?}"
+        );
+        // Still not shown after fence_after: something undid it, write again.
+        let e = g.round(round(Outcome::Up, Fence::No, t0 + Duration::from_secs(6)), now);
+        assert!(e.contains(&GuardEffect::Write(Action::Fence(FenceReason::GolddrPromoted))));
+        g.written(
+            Action::Fence(FenceReason::GolddrPromoted),
+            Ok(()),
+            now,
+            t0 + Duration::from_secs(6),
+        );
         let mark = Fence::Ours(FenceMark {
             reason: "golddr_promoted".into(),
             by: "g".into(),
