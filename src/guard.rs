@@ -5,7 +5,9 @@
 //! Patroni's REST API. Only the guard beside Gold's leader ever writes.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
+
+use backon::{ConstantBuilder, Retryable};
 
 use futures::future::join_all;
 use serde_json::Value;
@@ -18,14 +20,16 @@ use tracing::{error, info, warn};
 use crate::act::fence::Fencer;
 use crate::app::Error;
 use crate::config::GuardConfig;
-use crate::decide::fence::{Action, FenceReason, Gate, Sight};
+use crate::decide::fence::{Action, FenceReason, Gate, GoldDrSeen, Sight};
 use crate::decide::guard::{GuardEffect, GuardRound, GuardState};
 use crate::decide::quorum::{self, Vote};
+use crate::decide::rejoin::{self, Rejoin};
 use crate::observe::cluster_config::PatroniConfigReader;
 use crate::observe::dynamic_config::{self, Fence, FenceMark};
-use crate::observe::patroni::{PatroniClient, Role};
+use crate::observe::patroni::{Member, PatroniClient, Role};
 use crate::observe::probe::{PgProbe, Probe, ProbeReport};
 use crate::observe::target::Endpoint;
+use crate::observe::wal::{self, HistoryError, Lsn, WalPoint};
 use crate::observe::witness;
 use crate::report::guard::{GuardMetrics, GuardView};
 use crate::report::http;
@@ -82,11 +86,11 @@ impl GuardObserver {
 
     /// GoldDR's probe, the local role, Gold's fence and disarm switch, and
     /// every witness's vote, all at once, each within the timeout.
-    pub async fn observe(&self) -> (ProbeReport, Sight) {
+    pub async fn observe(&self) -> (ProbeReport, Sight, Member) {
         let timeout = self.config.probe_timeout;
-        let (report, (role, unlocked), (fence, disarmed), ballots) = tokio::join!(
+        let (report, local, (fence, disarmed), ballots) = tokio::join!(
             self.probe.probe(&self.golddr),
-            self.patroni.role_and_lock(),
+            self.patroni.member(),
             read_fence(&self.fencer.reader),
             join_all(self.config.quorum.witnesses.iter().map(|w| async move {
                 quorum::vote(
@@ -101,14 +105,34 @@ impl GuardObserver {
             // act. With no leader at all (the gate refusing every promotion
             // while GoldDR is writable), any member's guard may: the write
             // re-reads the config first and Patroni refuses a racing one.
-            leader: matches!(role, Role::Primary | Role::StandbyLeader)
-                || (role == Role::Replica && unlocked),
+            leader: matches!(local.role, Role::Primary | Role::StandbyLeader)
+                || (local.role == Role::Replica && local.unlocked),
             golddr: report.outcome.into(),
             witnesses_seeing_gold: ballots.iter().filter(|b| b.vote == Vote::SeesGold).count(),
             fence,
             disarmed,
         };
-        (report, sight)
+        (report, sight, local)
+    }
+}
+
+impl GuardObserver {
+    /// The rejoin report: GoldDR's timeline history against Gold's last
+    /// position. A few tries: GoldDR has just been reached, a busy moment
+    /// must not cost the report.
+    async fn rejoin(&self, gold: WalPoint) -> Rejoin {
+        let bound = self.config.probe_timeout.max(Duration::from_secs(2));
+        let read = || wal::golddr_history(&self.probe, &self.golddr, bound);
+        let history = read
+            .retry(
+                ConstantBuilder::default()
+                    .with_delay(Duration::from_secs(1))
+                    .with_max_times(4),
+            )
+            .when(|e| matches!(e, HistoryError::Query(_)))
+            .await
+            .map_err(|e| e.to_string());
+        rejoin::assess(Some(gold), history)
     }
 }
 
@@ -118,7 +142,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let config = Arc::new(config);
-    let observer = GuardObserver::new(config.clone())?;
+    let observer = Arc::new(GuardObserver::new(config.clone())?);
+    // GoldDR's history is read off the loop: the guard keeps its rounds.
+    let (rejoin_tx, mut rejoin_rx) = tokio::sync::mpsc::channel::<Rejoin>(1);
     let golddr = observer.golddr.clone();
     let mut state = GuardState::new(
         config.thresholds,
@@ -168,10 +194,17 @@ pub async fn run(
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
+            Some(rejoin) = rejoin_rx.recv() => {
+                report_rejoin(&rejoin, webhook.as_ref());
+                metrics.rejoined();
+                state.rejoined(rejoin, SystemTime::now());
+                published.send_replace(state.clone());
+                continue;
+            }
             _ = interval.tick() => {}
         }
         let started = Instant::now();
-        let (report, sight) = tokio::select! {
+        let (report, sight, local) = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
             observed = observer.observe() => observed,
@@ -182,6 +215,7 @@ pub async fn run(
                 started,
                 probe: report,
                 sight,
+                local,
             },
             SystemTime::now(),
         );
@@ -192,6 +226,12 @@ pub async fn run(
                     info!(from = %t.from, to = %t.to, %golddr, "golddr verdict changed");
                 }
                 GuardEffect::Saw => log_sight(&state),
+                GuardEffect::Rejoined(gold) => {
+                    let (observer, tx) = (observer.clone(), rejoin_tx.clone());
+                    tokio::spawn(async move {
+                        let _ = tx.send(observer.rejoin(gold).await).await;
+                    });
+                }
                 GuardEffect::Withheld(action) => {
                     let text = format!(
                         "{}: would {} Gold now; nothing written",
@@ -275,6 +315,35 @@ fn report_write(action: &Action, result: &Result<(), String>, golddr: &Endpoint,
     }
 }
 
+/// One line and the alert: Gold follows GoldDR, and what only Gold had.
+fn report_rejoin(r: &Rejoin, webhook: Option<&Webhook>) {
+    let show = |l: Option<Lsn>| l.map(|l| l.to_string()).unwrap_or_else(|| "unknown".into());
+    match (&r.lost, &r.error) {
+        (Some(lost), _) => warn!(
+            gold_timeline = r.gold_timeline.unwrap_or_default(),
+            golddr_timeline = r.golddr_timeline.unwrap_or_default(),
+            lost_from = %lost.from,
+            lost_to = %lost.to,
+            lost_bytes = lost.bytes,
+            "REJOINED with lost writes: Gold follows GoldDR; WAL only on Gold's old timeline"
+        ),
+        (None, Some(e)) => warn!(
+            gold_last = %show(r.gold_last),
+            switchpoint = %show(r.switchpoint),
+            error = %e,
+            "REJOINED: Gold follows GoldDR; the writes only Gold had cannot be told"
+        ),
+        (None, None) => info!(
+            gold_last = %show(r.gold_last),
+            switchpoint = %show(r.switchpoint),
+            "REJOINED: Gold follows GoldDR; no write was lost"
+        ),
+    }
+    if let Some(w) = webhook {
+        w.send(format!("REJOINED: {}", r.summary));
+    }
+}
+
 /// One line when what the guard sees changes.
 fn log_sight(state: &GuardState) {
     let Some((round, _)) = state.last() else {
@@ -325,7 +394,7 @@ pub async fn gate(config: GuardConfig) -> bool {
     let started = Instant::now();
     let decision = match tokio::time::timeout(bound, observer.observe()).await {
         Err(_) => Gate::Refuse("no answer within the gate's bound"),
-        Ok((_, sight)) => match &sight.fence {
+        Ok((_, sight, _)) => match &sight.fence {
             Err(_) => Gate::Refuse("Gold's dynamic config cannot be read: the fence is unknown"),
             Ok(fence) => crate::decide::fence::gate(sight.golddr, fence, sight.witnesses_seeing_gold),
         },
@@ -351,4 +420,161 @@ pub async fn gate(config: GuardConfig) -> bool {
             false
         }
     }
+}
+
+/// `check --guard`: the guard's settings, and everything it relies on, one
+/// line each: GoldDR through the reverse Transport Service, the local
+/// Patroni, Gold's dynamic config (the fence and `use_pg_rewind`, without
+/// which a fenced Gold cannot follow a promoted GoldDR), the rewind's
+/// prerequisites, the lost-writes report's grant, and each witness.
+pub async fn check(config: GuardConfig) -> bool {
+    let line = |ok: bool, what: &str, detail: &str| {
+        println!("{} {what}: {detail}", if ok { "ok  " } else { "FAIL" });
+        ok
+    };
+    let observer = match GuardObserver::new(Arc::new(config)) {
+        Ok(o) => o,
+        Err(e) => return line(false, "set-up", &crate::error_chain(&e)),
+    };
+    let (report, sight, local) = observer.observe().await;
+    let golddr = &observer.golddr;
+    let why = report.error.as_deref().unwrap_or(report.outcome.reason());
+    let mut ok = match sight.golddr {
+        GoldDrSeen::Standby => line(
+            true,
+            "golddr",
+            &format!("a standby at {golddr} (reverse Transport Service)"),
+        ),
+        GoldDrSeen::Writable => line(
+            false,
+            "golddr",
+            &format!("{golddr} answers as a writable primary: the guard would fence Gold at once"),
+        ),
+        GoldDrSeen::Unreachable => line(false, "golddr", &format!("unreachable at {golddr}: {why}")),
+        GoldDrSeen::Blind => line(false, "golddr", &format!("cannot be judged at {golddr}: {why}")),
+    };
+    let url = observer.patroni.url();
+    ok &= match &local.role {
+        Role::Unreachable(e) => line(false, "patroni", &format!("unreachable at {url}: {e}")),
+        role => line(
+            true,
+            "patroni",
+            &format!(
+                "{} at {url}: this guard {}",
+                role.as_str(),
+                if sight.leader {
+                    "acts"
+                } else {
+                    "observes (only the leader's guard acts)"
+                }
+            ),
+        ),
+    };
+    ok &= match &sight.fence {
+        Err(e) => line(false, "gold config", e),
+        Ok(Fence::No) => line(true, "gold config", "no standby_cluster: Gold is not fenced"),
+        Ok(Fence::Ours(m)) => line(
+            true,
+            "gold config",
+            &format!("fenced by this tool ({} by {} at {})", m.reason, m.by, m.at),
+        ),
+        Ok(Fence::Foreign) => line(
+            true,
+            "gold config",
+            "an operator's standby_cluster is in force: the guard leaves it alone",
+        ),
+    };
+    if sight.disarmed {
+        line(
+            true,
+            "disarmed",
+            "patroni_dr_watchdog.disarmed is set: the guard writes nothing",
+        );
+    }
+    ok &= match observer
+        .fencer
+        .reader
+        .read_text()
+        .await
+        .map(|t| rewind_setting(&t))
+    {
+        Ok(Some(true)) => line(true, "use_pg_rewind", "true in Gold's dynamic config"),
+        Ok(_) => line(
+            false,
+            "use_pg_rewind",
+            "not true in Gold's dynamic config: a fenced Gold could not be rewound to follow a promoted \
+             GoldDR; set postgresql.use_pg_rewind: true (patronictl edit-config)",
+        ),
+        Err(e) => line(false, "use_pg_rewind", &crate::error_chain(&e)),
+    };
+    ok &= check_golddr_settings(&observer, &line).await;
+    for w in &observer.config.quorum.witnesses {
+        let b = quorum::vote(
+            w,
+            &witness::ask(w, &observer.witness_http, observer.config.probe_timeout).await,
+            observer.config.quorum.witness_max_age,
+        );
+        let answers = matches!(b.vote, Vote::SiteLost | Vote::SeesGold | Vote::Undecided);
+        ok &= line(
+            answers,
+            "witness",
+            &format!("{}: {} ({})", b.witness, b.vote, b.detail),
+        );
+    }
+    ok
+}
+
+/// `postgresql.use_pg_rewind` in a dynamic config document.
+fn rewind_setting(text: &str) -> Option<bool> {
+    serde_json::from_str::<Value>(text)
+        .ok()?
+        .pointer("/postgresql/use_pg_rewind")?
+        .as_bool()
+}
+
+/// What only GoldDR's server can say: data checksums (the same on Gold, of
+/// which GoldDR is a physical copy), `wal_log_hints`, and whether the
+/// guard's login may read GoldDR's timeline history for the lost-writes
+/// report.
+async fn check_golddr_settings(observer: &GuardObserver, line: &impl Fn(bool, &str, &str) -> bool) -> bool {
+    const SQL: &str = "SELECT current_setting('data_checksums'), current_setting('wal_log_hints'), \
+                       has_function_privilege('pg_read_file(text)', 'EXECUTE')";
+    let bound = observer.config.probe_timeout.max(Duration::from_secs(2));
+    let row = match observer.probe.query_one(&observer.golddr, SQL, bound).await {
+        Ok(row) => row,
+        Err(e) => return line(false, "rewind prerequisites", &format!("cannot ask GoldDR: {e}")),
+    };
+    let (checksums, hints, history) = (
+        row.try_get::<_, String>(0).unwrap_or_default() == "on",
+        row.try_get::<_, String>(1).unwrap_or_default() == "on",
+        row.try_get::<_, bool>(2).unwrap_or(false),
+    );
+    let rewind = match (checksums, hints) {
+        (true, _) => line(
+            true,
+            "rewind prerequisites",
+            "data checksums are on (Gold's too: GoldDR is its physical copy)",
+        ),
+        (false, true) => line(
+            true,
+            "rewind prerequisites",
+            "wal_log_hints is on (Patroni runs every member with it; data checksums are off)",
+        ),
+        (false, false) => line(
+            false,
+            "rewind prerequisites",
+            "neither data checksums nor wal_log_hints: pg_rewind cannot run; set wal_log_hints: on",
+        ),
+    };
+    let report = if history {
+        line(true, "lost-writes report", "may read GoldDR's timeline history")
+    } else {
+        line(
+            false,
+            "lost-writes report",
+            "WATCHDOG_GOLDDR_USER may not read GoldDR's timeline history: on Gold, GRANT EXECUTE ON \
+             FUNCTION pg_read_file(text) TO that role (it replicates to GoldDR)",
+        )
+    };
+    rewind && report
 }

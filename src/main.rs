@@ -38,7 +38,13 @@ enum Command {
     /// Validate the settings and reach Gold, the Kubernetes API, the local
     /// Patroni and PostgreSQL, and the witnesses; one line per check, exit
     /// code 0 only if all pass.
-    Check,
+    Check {
+        /// Check the guard's settings and what it relies on at Gold instead:
+        /// GoldDR through the reverse Transport Service, the local Patroni,
+        /// Gold's use_pg_rewind and the rewind's prerequisites, the witnesses.
+        #[arg(long)]
+        guard: bool,
+    },
     /// Print a running watchdog's /status.
     Status {
         /// Base URL of the watchdog, e.g. 127.0.0.1:9808 (http:// is
@@ -122,7 +128,20 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Check => with_config(|config: Config| {
+        Command::Check { guard: true } => match config::GuardConfig::load_env() {
+            Ok(config) => block_on(async move {
+                if patroni_dr_watchdog::guard::check(config).await {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }),
+            Err(e) => {
+                eprintln!("patroni-dr-watchdog check --guard: configuration error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Check { guard: false } => with_config(|config: Config| {
             with_kube(config, |c, k| async move { cli::check(&c, k.as_ref()).await })
         }),
         Command::Promote { reason, force: false } => with_config(|config: Config| {

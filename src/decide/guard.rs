@@ -9,9 +9,12 @@ use serde::Serialize;
 use crate::config::Mode;
 use crate::decide::detector::{Detector, Thresholds, Transition};
 use crate::decide::fence::{self, Action, FenceReason, GoldDrSeen, Isolation, Sight};
+use crate::decide::rejoin::{Rejoin, Trail};
 use crate::decide::state::Counters;
 use crate::observe::dynamic_config::Fence;
+use crate::observe::patroni::{Member, Role};
 use crate::observe::probe::{DownReason, Outcome, ProbeReport};
+use crate::observe::wal::WalPoint;
 
 impl From<Outcome> for GoldDrSeen {
     fn from(o: Outcome) -> Self {
@@ -33,6 +36,8 @@ pub struct GuardRound {
     pub started: Instant,
     pub probe: ProbeReport,
     pub sight: Sight,
+    /// The member beside this guard: its role and WAL position.
+    pub local: Member,
 }
 
 /// What the shell must do after a round.
@@ -47,6 +52,9 @@ pub enum GuardEffect {
     /// What the round saw changed: one log line (isolated or not, GoldDR's
     /// state, the fence).
     Saw,
+    /// Gold follows the promoted GoldDR on its new timeline: read GoldDR's
+    /// timeline history and report, with Gold's last position on its own.
+    Rejoined(WalPoint),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, strum::IntoStaticStr)]
@@ -78,6 +86,11 @@ pub struct GuardState {
     /// it shows, or for `fence_after`.
     unconfirmed: Option<(Action, Instant)>,
     started: Instant,
+    trail: Trail,
+    /// The last rejoin report, and when.
+    rejoin: Option<(Rejoin, SystemTime)>,
+    /// This fence's rejoin was (or is being) reported.
+    rejoin_said: bool,
 }
 
 impl GuardState {
@@ -96,6 +109,9 @@ impl GuardState {
             writing: false,
             unconfirmed: None,
             started,
+            trail: Trail::default(),
+            rejoin: None,
+            rejoin_said: false,
         }
     }
 
@@ -125,6 +141,24 @@ impl GuardState {
         }
         if before != Some(seen(&round.sight)) {
             effects.push(GuardEffect::Saw);
+        }
+        self.trail.saw(round.local.role == Role::Primary, round.local.wal);
+        match &round.sight.fence {
+            Ok(Fence::Ours(mark)) if mark.reason == <&str>::from(FenceReason::GolddrPromoted) => {
+                // The leader's guard, once its member leads Gold as a standby
+                // on a later timeline than Gold wrote on: rewound, following.
+                if let Some(gold) = self.trail.primary
+                    && !self.rejoin_said
+                    && round.sight.leader
+                    && round.local.role == Role::StandbyLeader
+                    && self.trail.moved_on(round.local.wal)
+                {
+                    self.rejoin_said = true;
+                    effects.push(GuardEffect::Rejoined(gold));
+                }
+            }
+            Ok(Fence::No) => self.rejoin_said = false,
+            _ => {}
         }
         if action != Action::Nothing && !self.writing {
             match self.mode {
@@ -159,6 +193,19 @@ impl GuardState {
             self.fences.push((*reason, now));
         }
         self.last_write = Some((action, now, result));
+    }
+
+    /// The rejoin report, once GoldDR's history was read (or could not be).
+    pub fn rejoined(&mut self, report: Rejoin, now: SystemTime) {
+        self.rejoin = Some((report, now));
+    }
+
+    pub fn rejoin(&self) -> Option<&(Rejoin, SystemTime)> {
+        self.rejoin.as_ref()
+    }
+
+    pub fn trail(&self) -> &Trail {
+        &self.trail
     }
 
     pub fn stop(&mut self) {
@@ -243,6 +290,107 @@ mod tests {
                 fence: Ok(fence),
                 disarmed: false,
             },
+            local: Member {
+                role: Role::Primary,
+                unlocked: false,
+                wal: None,
+            },
+        }
+    }
+
+    fn ours(reason: &str) -> Fence {
+        Fence::Ours(FenceMark {
+            reason: reason.into(),
+            by: "g".into(),
+            at: "t".into(),
+        })
+    }
+
+    /// The leader's member as Patroni reports it.
+    fn member(role: Role, timeline: u32, lsn: u64) -> Member {
+        Member {
+            role,
+            unlocked: false,
+            wal: Some(WalPoint {
+                timeline,
+                lsn: crate::observe::wal::Lsn(lsn),
+            }),
+        }
+    }
+
+    #[test]
+    fn the_rejoin_is_reported_once_gold_leads_as_a_standby_on_golddrs_timeline() {
+        let t0 = Instant::now();
+        let now = SystemTime::now();
+        let th = Thresholds::new(2, 2, 4).unwrap();
+        let mut g = GuardState::new(th, Duration::from_secs(5), Mode::Enforce, t0);
+        let rejoined = |e: &[GuardEffect]| {
+            e.iter().find_map(|e| match e {
+                GuardEffect::Rejoined(p) => Some(*p),
+                _ => None,
+            })
+        };
+        let mut at = |fence: Fence, local: Member| {
+            let mut r = round(Outcome::Down(DownReason::InRecovery), fence, t0);
+            r.local = local;
+            g.round(r, now)
+        };
+        assert_eq!(rejoined(&at(Fence::No, member(Role::Primary, 1, 100))), None);
+        assert_eq!(
+            rejoined(&at(ours("isolated"), member(Role::Primary, 1, 150))),
+            None
+        );
+        // Demoted, still on Gold's timeline: its shutdown checkpoint counts.
+        let fenced = ours("golddr_promoted");
+        assert_eq!(
+            rejoined(&at(fenced.clone(), member(Role::StandbyLeader, 1, 180))),
+            None
+        );
+        let e = at(fenced.clone(), member(Role::StandbyLeader, 2, 120));
+        assert_eq!(
+            rejoined(&e),
+            Some(WalPoint {
+                timeline: 1,
+                lsn: crate::observe::wal::Lsn(180)
+            })
+        );
+        assert_eq!(
+            rejoined(&at(fenced.clone(), member(Role::StandbyLeader, 2, 200))),
+            None,
+            "once"
+        );
+        // The fence lifted by an operator (failback), then a new episode.
+        assert_eq!(rejoined(&at(Fence::No, member(Role::Primary, 2, 300))), None);
+        assert_eq!(
+            rejoined(&at(fenced.clone(), member(Role::StandbyLeader, 2, 310))),
+            None
+        );
+        assert!(rejoined(&at(fenced, member(Role::StandbyLeader, 3, 50))).is_some());
+    }
+
+    #[test]
+    fn only_the_leaders_guard_reports_a_rejoin_and_only_for_a_promotion_fence() {
+        let t0 = Instant::now();
+        let now = SystemTime::now();
+        let th = Thresholds::new(2, 2, 4).unwrap();
+        for (leader, fence, role) in [
+            (false, ours("golddr_promoted"), Role::StandbyLeader),
+            (true, ours("isolated"), Role::StandbyLeader),
+            (true, Fence::Foreign, Role::StandbyLeader),
+            (true, ours("golddr_promoted"), Role::Replica),
+        ] {
+            let mut g = GuardState::new(th, Duration::from_secs(5), Mode::Enforce, t0);
+            let mut r = round(Outcome::Down(DownReason::InRecovery), Fence::No, t0);
+            r.local = member(Role::Primary, 1, 100);
+            g.round(r, now);
+            let mut r = round(Outcome::Down(DownReason::InRecovery), fence.clone(), t0);
+            r.sight.leader = leader;
+            r.local = member(role.clone(), 2, 10);
+            let e = g.round(r, now);
+            assert!(
+                !e.iter().any(|e| matches!(e, GuardEffect::Rejoined(_))),
+                "{leader} {fence:?} {role:?}: {e:?}"
+            );
         }
     }
 
@@ -277,12 +425,7 @@ mod tests {
             now,
             t0 + Duration::from_secs(6),
         );
-        let mark = Fence::Ours(FenceMark {
-            reason: "golddr_promoted".into(),
-            by: "g".into(),
-            at: "t".into(),
-        });
-        let e = g.round(round(Outcome::Up, mark, t0), now);
+        let e = g.round(round(Outcome::Up, ours("golddr_promoted"), t0), now);
         assert!(
             !e.iter().any(|e| matches!(e, GuardEffect::Write(_))),
             "latched: {e:?}"

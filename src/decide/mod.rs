@@ -7,5 +7,6 @@ pub mod fence;
 pub mod guard;
 pub mod guards;
 pub mod quorum;
+pub mod rejoin;
 pub mod state;
 pub mod witness;

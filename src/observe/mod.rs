@@ -11,4 +11,5 @@ pub mod patroni;
 pub mod probe;
 pub mod signal;
 pub mod target;
+pub mod wal;
 pub mod witness;

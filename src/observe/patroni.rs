@@ -9,6 +9,7 @@ use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{BasicAuth, PatroniApi};
+use crate::observe::wal::{Lsn, WalPoint};
 
 /// The local Patroni member's role, from `GET /patroni`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -126,34 +127,71 @@ struct PatroniStatus {
     /// Present (true) while no member holds the leader lock.
     #[serde(default)]
     cluster_unlocked: bool,
+    timeline: Option<u32>,
+    #[serde(default)]
+    xlog: Xlog,
+}
+
+/// `xlog` of `GET /patroni`: `location` on a primary, the received and
+/// replayed positions on a standby (as integers).
+#[derive(Deserialize, Default)]
+struct Xlog {
+    location: Option<u64>,
+    received_location: Option<u64>,
+    replayed_location: Option<u64>,
+}
+
+/// The local member as `GET /patroni` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub role: Role,
+    /// No member holds the leader lock.
+    pub unlocked: bool,
+    /// Where its WAL is: written (a primary) or received/replayed, whichever
+    /// is further (a standby), on its timeline.
+    pub wal: Option<WalPoint>,
 }
 
 impl PatroniClient {
     /// `GET /patroni` answers 200 whatever the role (503 on some versions
     /// for replicas), so the body decides, never the status code.
     pub async fn role(&self) -> Role {
-        self.role_and_lock().await.0
+        self.member().await.role
     }
 
-    /// The role, and whether the cluster has no leader at all (Patroni's
-    /// `cluster_unlocked`).
-    pub async fn role_and_lock(&self) -> (Role, bool) {
+    /// The role, whether the cluster has no leader at all (Patroni's
+    /// `cluster_unlocked`), and the member's WAL position.
+    pub async fn member(&self) -> Member {
+        let unreachable = |why: String| Member {
+            role: Role::Unreachable(why),
+            unlocked: false,
+            wal: None,
+        };
         let resp = match self.get("/patroni").send().await {
             Ok(r) => r,
-            Err(e) => return (Role::Unreachable(crate::error_chain(&e.without_url())), false),
+            Err(e) => return unreachable(crate::error_chain(&e.without_url())),
         };
         match resp.json::<PatroniStatus>().await {
+            Ok(PatroniStatus { role: None, .. }) => unreachable("GET /patroni has no role field".into()),
             Ok(PatroniStatus {
                 role: Some(role),
                 cluster_unlocked,
-            }) => (Role::from_patroni(&role), cluster_unlocked),
-            Ok(PatroniStatus { role: None, .. }) => {
-                (Role::Unreachable("GET /patroni has no role field".into()), false)
+                timeline,
+                xlog,
+            }) => {
+                let lsn = xlog
+                    .location
+                    .or(xlog.received_location.max(xlog.replayed_location));
+                Member {
+                    role: Role::from_patroni(&role),
+                    unlocked: cluster_unlocked,
+                    wal: timeline.zip(lsn).map(|(timeline, lsn)| WalPoint {
+                        timeline,
+                        lsn: Lsn(lsn),
+                    }),
+                }
             }
-            Err(e) => (
-                Role::Unreachable(format!("GET /patroni: {}", crate::error_chain(&e.without_url()))),
-                false,
-            ),
+            Err(e) => unreachable(format!("GET /patroni: {}", crate::error_chain(&e.without_url()))),
         }
     }
 }

@@ -271,6 +271,55 @@ impl PgProbe {
     }
 }
 
+/// Why a query over the probe's login failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("{0}")]
+    Connect(String),
+    #[error("{message}")]
+    Db { code: SqlState, message: String },
+    #[error("no answer within {0}")]
+    Timeout(String),
+}
+
+impl PgProbe {
+    /// One query over the probe's login and TLS settings, within `bound`:
+    /// for what the guard reads besides the probe itself.
+    pub async fn query_one(
+        &self,
+        target: &Endpoint,
+        sql: &str,
+        bound: Duration,
+    ) -> Result<tokio_postgres::Row, QueryError> {
+        let run = async {
+            let addrs = resolve(target)
+                .await
+                .map_err(|e| QueryError::Connect(format!("DNS lookup: {e}")))?;
+            let (client, connection) = self
+                .pg_config(target, &addrs)
+                .connect(self.tls.clone())
+                .await
+                .map_err(|e| QueryError::Connect(describe(&e)))?;
+            let query = async move {
+                let row = client.query_one(sql, &[]).await;
+                drop(client);
+                row
+            };
+            let (row, _) = tokio::join!(query, connection);
+            row.map_err(|e| match e.as_db_error() {
+                Some(db) => QueryError::Db {
+                    code: db.code().clone(),
+                    message: db.message().to_string(),
+                },
+                None => QueryError::Connect(describe(&e)),
+            })
+        };
+        tokio::time::timeout(bound, run)
+            .await
+            .map_err(|_| QueryError::Timeout(humantime::format_duration(bound).to_string()))?
+    }
+}
+
 impl Probe for PgProbe {
     async fn probe(&self, target: &Endpoint) -> ProbeReport {
         let start = Instant::now();

@@ -17,7 +17,9 @@ use tokio::sync::watch;
 use crate::config::GuardConfig;
 use crate::decide::fence::{self, FenceReason, GoldDrSeen};
 use crate::decide::guard::{GuardLifecycle, GuardState};
+use crate::decide::rejoin::Rejoin;
 use crate::observe::dynamic_config::Fence;
+use crate::observe::wal::WalPoint;
 use crate::report::http::View;
 use crate::report::metrics::{PREFIX, ProbeMetrics, encode_probe_gauges, gauge, one_hot};
 use crate::report::status::ProbeStatus;
@@ -29,6 +31,14 @@ pub struct LastWrite {
     #[serde(serialize_with = "crate::report::status::rfc3339")]
     pub at: SystemTime,
     pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RejoinStatus {
+    #[serde(serialize_with = "crate::report::status::rfc3339")]
+    pub at: SystemTime,
+    #[serde(flatten)]
+    pub report: Rejoin,
 }
 
 /// `/status` of the guard.
@@ -54,6 +64,11 @@ pub struct GuardStatus {
     pub last_write: Option<LastWrite>,
     /// Fences this process wrote, by reason and time.
     pub fences: Vec<(FenceReason, String)>,
+    /// Where Gold last wrote as a primary, as this member saw it.
+    pub gold_last_primary: Option<WalPoint>,
+    /// Gold following GoldDR after its promotion, and the writes only Gold
+    /// had.
+    pub rejoin: Option<RejoinStatus>,
     pub settings: Arc<GuardConfig>,
 }
 
@@ -85,6 +100,11 @@ fn status(state: &GuardState, settings: &Arc<GuardConfig>, now: Instant) -> Guar
             .iter()
             .map(|(r, at)| (*r, humantime::format_rfc3339_seconds(*at).to_string()))
             .collect(),
+        gold_last_primary: state.trail().primary,
+        rejoin: state.rejoin().map(|(report, at)| RejoinStatus {
+            at: *at,
+            report: report.clone(),
+        }),
         settings: settings.clone(),
     }
 }
@@ -113,6 +133,7 @@ pub struct GuardMetrics {
     pub probe: ProbeMetrics,
     pub webhook: WebhookMetrics,
     fences: Family<ReasonLabels, Counter>,
+    rejoins: Counter,
 }
 
 impl GuardMetrics {
@@ -129,12 +150,19 @@ impl GuardMetrics {
         for r in FenceReason::iter() {
             let _ = fences.get_or_create(&ReasonLabels { reason: r.into() });
         }
+        let rejoins = Counter::default();
+        registry.register(
+            "rejoins",
+            "Times Gold was seen following GoldDR after GoldDR's promotion (rewound onto GoldDR's timeline)",
+            rejoins.clone(),
+        );
         registry.register_collector(Box::new(GuardCollector { state }));
         GuardMetrics {
             registry,
             probe,
             webhook,
             fences,
+            rejoins,
         }
     }
 
@@ -144,6 +172,10 @@ impl GuardMetrics {
                 reason: reason.into(),
             })
             .inc();
+    }
+
+    pub fn rejoined(&self) {
+        self.rejoins.inc();
     }
 
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
@@ -187,7 +219,18 @@ impl Collector for GuardCollector {
             "golddr_seen",
             "GoldDR as the guard's last probe saw it: 1 for one of writable, standby, unreachable, blind",
             GoldDrSeen::iter().map(|g| (SeenLabels { golddr: g.into() }, seen == Some(g))),
-        )
+        )?;
+        // Only once a rejoin told the range: absent is "not known", never 0.
+        let told = state.rejoin().filter(|(r, _)| r.error.is_none());
+        if let Some((r, _)) = told {
+            gauge(
+                e,
+                "lost_wal_bytes",
+                "WAL that existed only on Gold's old timeline at the last rejoin: writes the split lost (0: none)",
+                r.lost.map_or(0, |l| l.bytes as i64),
+            )?;
+        }
+        Ok(())
     }
 }
 

@@ -126,6 +126,20 @@ impl Guard {
         crate::http::series(&body)
     }
 
+    /// `patroni-dr-watchdog check --guard` with the guard's settings: its
+    /// exit code and output.
+    fn check(&self) -> (i32, String) {
+        let out = Command::new(BIN)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(config_pairs(&self.vars))
+            .args(["check", "--guard"])
+            .output()
+            .expect("run check --guard");
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code().unwrap_or(-1), text)
+    }
+
     /// `patroni-dr-watchdog gate` with the guard's settings: its exit code.
     fn gate(&self) -> i32 {
         let out = Command::new(BIN)
@@ -210,8 +224,20 @@ async fn gold_isolated_fences_itself_then_golddr_promotes_and_gold_follows_it() 
         .await;
     let sampler = places.sampler().await;
     let t0 = sampler.snapshot().lifetime;
+    // Everything Gold wrote so far reached GoldDR.
+    let before = places.gold.query_i64(LSN_NOW).await;
+    crate::support::wait_for("GoldDR caught up", Duration::from_secs(30), async || {
+        places.dr.try_query_i64(REPLAYED).await.is_ok_and(|r| r >= before)
+    })
+    .await;
 
     isolate_gold(&places, &guard, Fault::Blackhole).await;
+    // A write Gold takes while cut off, before its fence: the split loses it.
+    places
+        .gold
+        .execute("INSERT INTO orders VALUES (9001, 'only on Gold')")
+        .await;
+    let written = places.gold.query_i64(LSN_NOW).await;
     let st = guard
         .wait("Gold fenced for isolation", Duration::from_secs(30), |s| {
             s["fenced"] == true
@@ -249,12 +275,67 @@ async fn gold_isolated_fences_itself_then_golddr_promotes_and_gold_follows_it() 
         )
         .await;
     assert_eq!(st["fenced"], true, "{st:#}");
+
+    // The report of what only Gold had: from where GoldDR left Gold's
+    // timeline (its history file says) to Gold's last position, holding the
+    // row written while cut off; and that row is on neither site now.
+    let st = guard
+        .wait("the rejoin reported", Duration::from_secs(30), |s| {
+            !s["rejoin"].is_null()
+        })
+        .await;
+    let r = &st["rejoin"];
+    assert!(r["error"].is_null(), "{r:#}");
+    let (from, to) = (lsn(&r["lost"]["from"]), lsn(&r["lost"]["to"]));
+    let switchpoint = places.dr.query_i64(SWITCHPOINT).await as u64;
+    assert_eq!(from, switchpoint, "{r:#}");
+    assert_eq!(lsn(&r["switchpoint"]), switchpoint, "{r:#}");
+    assert!(
+        from >= before as u64 && from < written as u64 && written as u64 <= to,
+        "{before} {written} {r:#}"
+    );
+    assert_eq!(r["lost"]["bytes"].as_u64(), Some(to - from), "{r:#}");
+    assert_eq!(
+        r["golddr_timeline"],
+        r["gold_timeline"].as_u64().unwrap_or(0) + 1,
+        "{r:#}"
+    );
+    assert!(
+        r["summary"].as_str().unwrap_or("").contains("pg_waldump"),
+        "{r:#}"
+    );
+    let gone = "SELECT count(*) FROM orders WHERE id = 9001";
+    assert_eq!(places.dr.query_i64(gone).await, 0);
+    assert_eq!(places.gold.psql_member(0, gone).as_deref(), Ok("0"));
+    let m = guard.series().await;
+    assert_eq!(
+        m["patroni_dr_watchdog_lost_wal_bytes"],
+        (to - from).to_string(),
+        "{m:#?}"
+    );
+    assert_eq!(m["patroni_dr_watchdog_rejoins_total"], "1", "{m:#?}");
+    assert!(guard.process.log().contains("REJOINED with lost writes"));
+
     let report = sampler.stop().await;
     if let Some(d) = gold_read_only_after(&report, t0) {
         eprintln!("Gold isolated -> Gold read-only in {d:?}");
     }
     finish(report);
     w.stop().await;
+}
+
+/// Positions as bytes, to compare them.
+/// The insert position: the write position may lag behind it.
+const LSN_NOW: &str = "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint";
+const REPLAYED: &str = "SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint";
+/// Where the promoted GoldDR left Gold's timeline, from its history file.
+const SWITCHPOINT: &str = "SELECT pg_wal_lsn_diff(split_part(pg_read_file('pg_wal/' || \
+     substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) || '.history'), E'\\t', 2)::pg_lsn, '0/0')::bigint";
+
+fn lsn(v: &Value) -> u64 {
+    let s = v.as_str().unwrap_or_else(|| panic!("not a WAL position: {v}"));
+    let (hi, lo) = s.split_once('/').expect("X/Y");
+    (u64::from_str_radix(hi, 16).expect("hex") << 32) | u64::from_str_radix(lo, 16).expect("hex")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -322,6 +403,19 @@ async fn the_ts_cut_in_either_direction_fences_nothing_and_promotes_nothing() {
     let guard = Guard::start(&places, &witness, &[]).await;
     let timing = dr_timing();
     let w = places.spawn_watchdog(&[&witness], &timing, &[]).await;
+    let (code, said) = guard.check();
+    assert_eq!(code, 0, "{said}");
+    for l in [
+        "ok   golddr: a standby at",
+        "ok   patroni: primary at",
+        "ok   gold config: no standby_cluster",
+        "ok   use_pg_rewind: true",
+        "ok   rewind prerequisites: wal_log_hints is on",
+        "ok   lost-writes report",
+        "ok   witness: http://",
+    ] {
+        assert!(said.contains(l), "{l:?} missing:\n{said}");
+    }
     let sampler = places.sampler().await;
 
     // GoldDR → Gold cut: GoldDR sees Gold lost, the witness sees Gold.
@@ -348,6 +442,9 @@ async fn the_ts_cut_in_either_direction_fences_nothing_and_promotes_nothing() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     let st = guard.status().await;
     assert_eq!(st["fenced"], false, "{st:#}");
+    let (code, said) = guard.check();
+    assert_eq!(code, 1, "{said}");
+    assert!(said.contains("FAIL golddr: unreachable at 127.0.0.1:"), "{said}");
     places.rts.set(Fault::Forward).await;
     crate::support::wait_for("Gold writable", Duration::from_secs(30), async || {
         places.gold.is_writable(0).await
@@ -356,6 +453,39 @@ async fn the_ts_cut_in_either_direction_fences_nothing_and_promotes_nothing() {
     places.assert_golddr_standby(&w).await;
     finish(sampler.stop().await);
     w.stop().await;
+
+    // What a fenced Gold needs to follow GoldDR, and the report's grant,
+    // taken away: `check --guard` names each.
+    let patched = reqwest::Client::new()
+        .patch(format!("{}/config", places.gold.api_url(0)))
+        .json(&json!({"postgresql": {"use_pg_rewind": false}}))
+        .send()
+        .await
+        .expect("PATCH Gold's config");
+    assert!(patched.status().is_success(), "{patched:?}");
+    places
+        .gold
+        .execute(&format!(
+            "REVOKE EXECUTE ON FUNCTION pg_read_file(text) FROM {WATCHDOG_USER}"
+        ))
+        .await;
+    let mut said = String::new();
+    crate::support::wait_for(
+        "check --guard to name both",
+        Duration::from_secs(30),
+        async || {
+            let (code, out) = guard.check();
+            said = out;
+            code == 1
+                && said.contains("FAIL use_pg_rewind: not true")
+                && said.contains("FAIL lost-writes report")
+        },
+    )
+    .await;
+    assert!(
+        said.contains("GRANT EXECUTE ON FUNCTION pg_read_file(text)"),
+        "{said}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

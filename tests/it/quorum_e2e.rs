@@ -73,7 +73,8 @@ impl Places {
         gold.execute(&format!(
             "CREATE TABLE pgtest_sampler (at timestamptz DEFAULT now()); \
              CREATE TABLE orders (id int PRIMARY KEY, item text); \
-             INSERT INTO orders SELECT g, 'item ' || g FROM generate_series(1, {}) g",
+             INSERT INTO orders SELECT g, 'item ' || g FROM generate_series(1, {}) g; \
+             GRANT EXECUTE ON FUNCTION pg_read_file(text) TO {WATCHDOG_USER}",
             ROWS - 1
         ))
         .await;
