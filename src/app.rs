@@ -50,6 +50,112 @@ pub enum Error {
     HttpClient(#[source] reqwest::Error),
 }
 
+/// A client from the pod's service account or `KUBECONFIG`; our own retries
+/// and backoff, not the client's.
+pub async fn kube_client() -> Result<Kube, kube::Error> {
+    let mut config = kube::Config::infer().await.map_err(kube::Error::InferConfig)?;
+    config.default_retry = false;
+    let server = Some(config.cluster_url.to_string());
+    Ok(Kube {
+        client: kube::Client::try_from(config)?,
+        server,
+    })
+}
+
+/// Discovery of a Transport Service's port, ready to start once its error
+/// counter exists.
+pub struct PendingDiscovery {
+    kube: Kube,
+    namespace: String,
+    service: String,
+    port_name: Option<String>,
+    host: String,
+}
+
+impl PendingDiscovery {
+    /// The Service's address now, read once (for one-shot commands).
+    pub async fn read_once(&self) -> Target {
+        let api = Api::<Service>::namespaced(self.kube.client.clone(), &self.namespace);
+        let object = format!("{}/{}", self.namespace, self.service);
+        match api.get_opt(&self.service).await {
+            Ok(service) => target::resolve(service.as_ref(), &object, self.port_name.as_deref(), &self.host),
+            Err(e) => Target::Unknown {
+                reason: format!("cannot read Service {object}: {}", crate::error_chain(&e)),
+            },
+        }
+    }
+
+    pub fn spawn(
+        self,
+        errors: prometheus_client::metrics::counter::Counter,
+        tx: watch::Sender<Target>,
+        shutdown: CancellationToken,
+    ) {
+        let discovery = target::Discovery {
+            api: Api::<Service>::namespaced(self.kube.client, &self.namespace),
+            service: self.service,
+            port_name: self.port_name,
+            host: self.host,
+            server: self.kube.server,
+            errors,
+        };
+        tokio::spawn(target::discover(discovery, tx, shutdown));
+    }
+}
+
+/// The probed address's channel, and the discovery to start when it follows
+/// a Service.
+pub type TargetChannel = (
+    watch::Sender<Target>,
+    watch::Receiver<Target>,
+    Option<PendingDiscovery>,
+);
+
+/// Where the site behind `address` is probed: fixed, or followed live on its
+/// Transport Service (unknown until the Service is read). Every role that
+/// probes a site through a Transport Service sets it up here.
+pub fn target_channel(
+    address: &GoldAddress,
+    namespace: &str,
+    kube: Option<&Kube>,
+) -> Result<TargetChannel, Error> {
+    let host = address.host(namespace);
+    match (address, kube) {
+        (
+            GoldAddress::Static { port, .. }
+            | GoldAddress::Service {
+                port: ServicePort::Static(port),
+                ..
+            },
+            _,
+        ) => {
+            let (tx, rx) = target::fixed(Endpoint { host, port: *port });
+            Ok((tx, rx, None))
+        }
+        (
+            GoldAddress::Service {
+                name,
+                port: ServicePort::Discovered { port_name },
+                ..
+            },
+            Some(kube),
+        ) => {
+            let (tx, rx) = watch::channel(Target::Unknown {
+                reason: format!("looking up Service {namespace}/{name}"),
+            });
+            let pending = PendingDiscovery {
+                kube: kube.clone(),
+                namespace: namespace.to_string(),
+                service: name.clone(),
+                port_name: port_name.clone(),
+                host,
+            };
+            Ok((tx, rx, Some(pending)))
+        }
+        (GoldAddress::Service { .. }, None) => Err(Error::NoKubernetes),
+    }
+}
+
 /// A Kubernetes client, and the API server it talks to for log lines (a
 /// `kube::Client` cannot say which one).
 #[derive(Clone)]
@@ -483,49 +589,11 @@ pub async fn run(
         .or_else(|| kube.as_ref().map(|k| k.client.default_namespace().to_string()))
         .unwrap_or_else(|| "default".to_string());
 
-    let address = &config.gold.address;
-    let host = address.host(&namespace);
-    let (target_tx, target_rx, discover) = match (address, &kube) {
-        (
-            GoldAddress::Static { port, .. }
-            | GoldAddress::Service {
-                port: ServicePort::Static(port),
-                ..
-            },
-            _,
-        ) => {
-            let (tx, rx) = target::fixed(Endpoint { host, port: *port });
-            (tx, rx, None)
-        }
-        (
-            GoldAddress::Service {
-                name,
-                port: ServicePort::Discovered { port_name },
-                ..
-            },
-            Some(kube),
-        ) => {
-            let (tx, rx) = watch::channel(Target::Unknown {
-                reason: format!("looking up Service {namespace}/{name}"),
-            });
-            let task = (kube.clone(), name.clone(), port_name.clone(), host);
-            (tx, rx, Some(task))
-        }
-        (GoldAddress::Service { .. }, None) => return Err(Error::NoKubernetes),
-    };
-
+    let (target_tx, target_rx, discovery) = target_channel(&config.gold.address, &namespace, kube.as_ref())?;
     let mut watchdog = Watchdog::new(config.clone(), probe, target_rx);
     let metrics = watchdog.metrics();
-    if let Some((kube, service, port_name, host)) = discover {
-        let discovery = target::Discovery {
-            api: Api::<Service>::namespaced(kube.client, &namespace),
-            service,
-            port_name,
-            host,
-            server: kube.server,
-            errors: metrics.discovery_errors(),
-        };
-        tokio::spawn(target::discover(discovery, target_tx.clone(), shutdown.clone()));
+    if let Some(d) = discovery {
+        d.spawn(metrics.discovery_errors(), target_tx.clone(), shutdown.clone());
     }
     if let Some(cluster) = build_cluster(&config, kube.as_ref().map(|k| &k.client), &namespace)? {
         watchdog = watchdog.with_cluster(cluster, kube.as_ref());

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use backon::{ConstantBuilder, Retryable};
 
 use futures::future::join_all;
+use k8s_openapi::api::core::v1::ObjectReference;
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -18,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::act::fence::Fencer;
-use crate::app::Error;
+use crate::app::{self, Error, Kube};
 use crate::config::GuardConfig;
 use crate::decide::fence::{Action, FenceReason, Gate, GoldDrSeen, Sight};
 use crate::decide::guard::{GuardEffect, GuardRound, GuardState};
@@ -27,10 +28,12 @@ use crate::decide::rejoin::{self, Rejoin};
 use crate::observe::cluster_config::PatroniConfigReader;
 use crate::observe::dynamic_config::{self, Fence, FenceMark};
 use crate::observe::patroni::{Member, PatroniClient, Role};
+use crate::observe::probe::{BlindReason, Outcome};
 use crate::observe::probe::{PgProbe, Probe, ProbeReport};
-use crate::observe::target::Endpoint;
+use crate::observe::target::{Endpoint, Target};
 use crate::observe::wal::{self, HistoryError, Lsn, WalPoint};
 use crate::observe::witness;
+use crate::report::events::Events;
 use crate::report::guard::{GuardMetrics, GuardView};
 use crate::report::http;
 use crate::report::webhook::Webhook;
@@ -50,33 +53,27 @@ async fn read_fence(reader: &PatroniConfigReader) -> (Result<Fence, String>, boo
 pub struct GuardObserver {
     config: Arc<GuardConfig>,
     probe: PgProbe,
-    golddr: Endpoint,
+    /// GoldDR's address: fixed, or followed on the reverse Transport Service.
+    target: watch::Receiver<Target>,
     patroni: PatroniClient,
     fencer: Fencer,
     witness_http: reqwest::Client,
 }
 
 impl GuardObserver {
-    pub fn new(config: Arc<GuardConfig>) -> Result<Self, Error> {
+    pub fn new(config: Arc<GuardConfig>, target: watch::Receiver<Target>) -> Result<Self, Error> {
         let timeout = config.probe_timeout;
         let probe = PgProbe::new(config.golddr.clone(), timeout)?;
-        let golddr = Endpoint {
-            host: config.golddr.address.host(""),
-            port: config.golddr.address.fixed_port().unwrap_or_default(),
-        };
         let patroni = PatroniClient::new(&config.patroni, timeout).map_err(Error::HttpClient)?;
-        let mut section = config.fencing.standby_cluster.clone();
-        section.insert("host".into(), Value::from(golddr.host.clone()));
-        section.insert("port".into(), Value::from(golddr.port));
         let fencer = Fencer {
             reader: PatroniConfigReader {
                 patroni: patroni.clone(),
             },
-            section,
+            section: config.fencing.standby_cluster.clone(),
         };
         Ok(GuardObserver {
             probe,
-            golddr,
+            target,
             patroni,
             fencer,
             witness_http: witness::http_client(timeout).map_err(Error::HttpClient)?,
@@ -88,8 +85,20 @@ impl GuardObserver {
     /// every witness's vote, all at once, each within the timeout.
     pub async fn observe(&self) -> (ProbeReport, Sight, Member) {
         let timeout = self.config.probe_timeout;
+        let target = self.golddr();
         let (report, local, (fence, disarmed), ballots) = tokio::join!(
-            self.probe.probe(&self.golddr),
+            async {
+                match &target {
+                    Ok(endpoint) => self.probe.probe(endpoint).await,
+                    // Never a guessed address: unknown is blind, so never
+                    // counted as GoldDR out of reach.
+                    Err(why) => ProbeReport {
+                        outcome: Outcome::Blind(BlindReason::ProbeConfig),
+                        duration: Duration::ZERO,
+                        error: Some(why.clone()),
+                    },
+                }
+            },
             self.patroni.member(),
             read_fence(&self.fencer.reader),
             join_all(self.config.quorum.witnesses.iter().map(|w| async move {
@@ -114,6 +123,14 @@ impl GuardObserver {
         };
         (report, sight, local)
     }
+
+    /// GoldDR's address now, or why it is unknown.
+    pub fn golddr(&self) -> Result<Endpoint, String> {
+        match &*self.target.borrow() {
+            Target::Known { endpoint, .. } => Ok(endpoint.clone()),
+            Target::Unknown { reason } => Err(format!("GoldDR's address is unknown: {reason}")),
+        }
+    }
 }
 
 impl GuardObserver {
@@ -122,7 +139,11 @@ impl GuardObserver {
     /// must not cost the report.
     async fn rejoin(&self, gold: WalPoint) -> Rejoin {
         let bound = self.config.probe_timeout.max(Duration::from_secs(2));
-        let read = || wal::golddr_history(&self.probe, &self.golddr, bound);
+        let golddr = match self.golddr() {
+            Ok(e) => e,
+            Err(why) => return rejoin::assess(Some(gold), Err(why)),
+        };
+        let read = || wal::golddr_history(&self.probe, &golddr, bound);
         let history = read
             .retry(
                 ConstantBuilder::default()
@@ -136,16 +157,59 @@ impl GuardObserver {
     }
 }
 
+/// The Kubernetes client the guard needs (the reverse Transport Service) or
+/// wants (Events, in a pod).
+pub async fn kube_for(config: &GuardConfig) -> Result<Option<Kube>, Error> {
+    if !config.uses_kubernetes() {
+        return Ok(None);
+    }
+    match app::kube_client().await {
+        Ok(kube) => Ok(Some(kube)),
+        Err(e) if config.golddr.address.service().is_none() => {
+            warn!(error = %crate::error_chain(&e), "no Kubernetes client: fences are not recorded as Events");
+            Ok(None)
+        }
+        Err(e) => {
+            error!(error = %crate::error_chain(&e),
+                "WATCHDOG_GOLDDR_TS_SERVICE needs the Kubernetes API: run in a pod with a service account, or set KUBECONFIG");
+            Err(Error::NoKubernetes)
+        }
+    }
+}
+
+fn namespace(config: &GuardConfig, kube: Option<&Kube>) -> String {
+    config
+        .namespace
+        .clone()
+        .or_else(|| kube.map(|k| k.client.default_namespace().to_string()))
+        .unwrap_or_else(|| "default".to_string())
+}
+
+/// GoldDR's address for a one-shot command (the gate, `check --guard`): the
+/// Service read once, or the static address.
+async fn target_once(config: &GuardConfig) -> Result<watch::Receiver<Target>, Error> {
+    let kube = kube_for(config).await?;
+    let namespace = namespace(config, kube.as_ref());
+    let (tx, rx, discovery) = app::target_channel(&config.golddr.address, &namespace, kube.as_ref())?;
+    if let Some(d) = discovery {
+        tx.send_replace(d.read_once().await);
+    }
+    Ok(rx)
+}
+
 pub async fn run(
     config: GuardConfig,
+    kube: Option<Kube>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let config = Arc::new(config);
-    let observer = Arc::new(GuardObserver::new(config.clone())?);
+    let namespace = namespace(&config, kube.as_ref());
+    let (target_tx, target_rx, discovery) =
+        app::target_channel(&config.golddr.address, &namespace, kube.as_ref())?;
+    let observer = Arc::new(GuardObserver::new(config.clone(), target_rx.clone())?);
     // GoldDR's history is read off the loop: the guard keeps its rounds.
     let (rejoin_tx, mut rejoin_rx) = tokio::sync::mpsc::channel::<Rejoin>(1);
-    let golddr = observer.golddr.clone();
     let mut state = GuardState::new(
         config.thresholds,
         config.fencing.fence_after,
@@ -154,19 +218,47 @@ pub async fn run(
     );
     let (published, view_state) = watch::channel(state.clone());
     let metrics = Arc::new(GuardMetrics::new(view_state.clone()));
-    let webhook = match &config.webhook_url {
-        Some(url) => Some(
-            Webhook::spawn(
-                url.expose().to_string(),
+    if let Some(d) = discovery {
+        d.spawn(
+            metrics.kube.discovery_errors(),
+            target_tx.clone(),
+            shutdown.clone(),
+        );
+    }
+    let notify = Notify {
+        webhook: match &config.webhook_url {
+            Some(url) => Some(
+                Webhook::spawn(
+                    url.expose().to_string(),
+                    &config.identity,
+                    metrics.webhook.clone(),
+                )
+                .map_err(Error::HttpClient)?,
+            ),
+            None => None,
+        },
+        // Events about this pod: the guard writes through Patroni, so the
+        // pod beside Gold's leader is where `kubectl describe` looks.
+        events: kube.map(|k| {
+            let pod = ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(config.identity.clone()),
+                namespace: Some(namespace.clone()),
+                ..Default::default()
+            };
+            Events::new(
+                k.client,
                 &config.identity,
-                metrics.webhook.clone(),
+                pod,
+                k.server,
+                metrics.kube.api_errors("create_event"),
             )
-            .map_err(Error::HttpClient)?,
-        ),
-        None => None,
+        }),
     };
     let view = GuardView {
         state: view_state,
+        target: target_rx.clone(),
         metrics: metrics.clone(),
         config: config.clone(),
     };
@@ -177,6 +269,7 @@ pub async fn run(
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .into_future(),
     );
+    let mut golddr = target_rx.borrow().clone();
     info!(
         golddr = %golddr,
         patroni = %config.patroni.url,
@@ -184,6 +277,7 @@ pub async fn run(
         fence_after = %humantime::format_duration(config.fencing.fence_after),
         mode = config.mode.as_str(),
         identity = %config.identity,
+        events = notify.events.is_some(),
         listen_addr = %listen_addr,
         interval = %humantime::format_duration(config.probe_interval),
         "guard started"
@@ -195,7 +289,7 @@ pub async fn run(
             biased;
             _ = shutdown.cancelled() => break,
             Some(rejoin) = rejoin_rx.recv() => {
-                report_rejoin(&rejoin, webhook.as_ref());
+                report_rejoin(&rejoin, &notify);
                 metrics.rejoined();
                 state.rejoined(rejoin, SystemTime::now());
                 published.send_replace(state.clone());
@@ -204,6 +298,10 @@ pub async fn run(
             _ = interval.tick() => {}
         }
         let started = Instant::now();
+        if *target_rx.borrow() != golddr {
+            golddr = target_rx.borrow().clone();
+            warn!(golddr = %golddr, "GoldDR's address changed: the reverse Transport Service was re-synced");
+        }
         let (report, sight, local) = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -239,14 +337,12 @@ pub async fn run(
                         action.describe()
                     );
                     warn!(action = %action.describe(), mode = config.mode.as_str(), "{text}");
-                    if let Some(w) = &webhook {
-                        w.send(&text);
-                    }
+                    notify.say(false, "FenceWithheld", "Withhold", text);
                 }
                 GuardEffect::Write(action) => {
-                    let result = write(&observer.fencer, &action, &config.identity).await;
+                    let result = write(&observer, &action, &config.identity).await;
                     let now = SystemTime::now();
-                    report_write(&action, &result, &golddr, webhook.as_ref());
+                    report_write(&action, &result, &golddr, &notify);
                     if let (Action::Fence(r) | Action::Remark(r), Ok(())) = (&action, &result) {
                         metrics.fenced(*r);
                     }
@@ -266,14 +362,36 @@ pub async fn run(
     }
 }
 
-async fn write(fencer: &Fencer, action: &Action, identity: &str) -> Result<(), String> {
+/// Where a decision is said besides the log: the webhook and an Event.
+struct Notify {
+    webhook: Option<Webhook>,
+    events: Option<Events>,
+}
+
+impl Notify {
+    fn say(&self, warning: bool, reason: &'static str, action: &'static str, text: String) {
+        if let Some(events) = &self.events {
+            let (events, note) = (events.clone(), text.clone());
+            tokio::spawn(async move { events.publish(warning, reason, action, note).await });
+        }
+        if let Some(w) = &self.webhook {
+            w.send(text);
+        }
+    }
+}
+
+async fn write(observer: &GuardObserver, action: &Action, identity: &str) -> Result<(), String> {
+    let fencer = &observer.fencer;
     let mark = |reason: FenceReason| FenceMark {
         reason: <&str>::from(reason).to_string(),
         by: identity.to_string(),
         at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
     };
     let result = match action {
-        Action::Fence(r) | Action::Remark(r) => fencer.fence(*r, mark(*r)).await,
+        Action::Fence(r) | Action::Remark(r) => {
+            let golddr = observer.golddr()?;
+            fencer.fence(*r, mark(*r), &golddr).await
+        }
         Action::Unfence => fencer.unfence().await,
         Action::Nothing => Ok(()),
     };
@@ -281,8 +399,8 @@ async fn write(fencer: &Fencer, action: &Action, identity: &str) -> Result<(), S
 }
 
 /// One line per write, and the alert.
-fn report_write(action: &Action, result: &Result<(), String>, golddr: &Endpoint, webhook: Option<&Webhook>) {
-    let text = match (action, result) {
+fn report_write(action: &Action, result: &Result<(), String>, golddr: &Target, notify: &Notify) {
+    let (warning, reason, text) = match (action, result) {
         (Action::Fence(reason), Ok(())) => {
             let why = match reason {
                 FenceReason::GolddrPromoted => "GoldDR answers as a writable primary",
@@ -290,33 +408,48 @@ fn report_write(action: &Action, result: &Result<(), String>, golddr: &Endpoint,
             };
             error!(action = %action.describe(), reason = <&str>::from(reason), golddr = %golddr,
                 "FENCED: Gold is now a standby cluster following GoldDR");
-            format!(
-                "FENCED Gold: {why}; Gold is now a standby cluster following GoldDR at {golddr}: no Gold member takes writes"
+            (
+                true,
+                "GoldFenced",
+                format!(
+                    "FENCED Gold: {why}; Gold is now a standby cluster following GoldDR at {golddr}: no Gold member takes writes"
+                ),
             )
         }
         (Action::Remark(_), Ok(())) => {
             warn!(action = %action.describe(), "GoldDR was promoted while Gold was fenced for isolation: the fence stays");
-            "GoldDR was promoted while Gold was fenced: Gold stays a standby that follows GoldDR".to_string()
+            (
+                true,
+                "GoldFenced",
+                "GoldDR was promoted while Gold was fenced: Gold stays a standby that follows GoldDR"
+                    .to_string(),
+            )
         }
         (Action::Unfence, Ok(())) => {
             info!(action = %action.describe(), golddr = %golddr,
                 "UNFENCED: the links are back and GoldDR is still a standby; Gold may take writes again");
-            "UNFENCED Gold: the links are back and GoldDR was never promoted; Gold is the primary site again"
-                .to_string()
+            (
+                false,
+                "GoldUnfenced",
+                "UNFENCED Gold: the links are back and GoldDR was never promoted; Gold is the primary site again"
+                    .to_string(),
+            )
         }
         (_, Err(e)) => {
             error!(action = %action.describe(), error = %e, "fencing write failed; will try again next round");
-            format!("could not {} Gold: {e}", action.describe())
+            (
+                true,
+                "FenceFailed",
+                format!("could not {} Gold: {e}", action.describe()),
+            )
         }
         (Action::Nothing, Ok(())) => return,
     };
-    if let Some(w) = webhook {
-        w.send(&text);
-    }
+    notify.say(warning, reason, "Fence", text);
 }
 
 /// One line and the alert: Gold follows GoldDR, and what only Gold had.
-fn report_rejoin(r: &Rejoin, webhook: Option<&Webhook>) {
+fn report_rejoin(r: &Rejoin, notify: &Notify) {
     let show = |l: Option<Lsn>| l.map(|l| l.to_string()).unwrap_or_else(|| "unknown".into());
     match (&r.lost, &r.error) {
         (Some(lost), _) => warn!(
@@ -339,9 +472,12 @@ fn report_rejoin(r: &Rejoin, webhook: Option<&Webhook>) {
             "REJOINED: Gold follows GoldDR; no write was lost"
         ),
     }
-    if let Some(w) = webhook {
-        w.send(format!("REJOINED: {}", r.summary));
-    }
+    notify.say(
+        r.lost.is_some() || r.error.is_some(),
+        "GoldRejoined",
+        "Rejoin",
+        format!("REJOINED: {}", r.summary),
+    );
 }
 
 /// One line when what the guard sees changes.
@@ -384,17 +520,19 @@ fn log_sight(state: &GuardState) {
 /// timeout and a half, one line saying why; `true` allows.
 pub async fn gate(config: GuardConfig) -> bool {
     let bound = config.probe_timeout.mul_f64(1.5);
-    let observer = match GuardObserver::new(Arc::new(config)) {
-        Ok(o) => o,
-        Err(e) => {
+    let started = Instant::now();
+    let observe = async {
+        let target = target_once(&config).await?;
+        let observer = GuardObserver::new(Arc::new(config), target)?;
+        Ok::<_, Error>(observer.observe().await)
+    };
+    let decision = match tokio::time::timeout(bound, observe).await {
+        Err(_) => Gate::Refuse("no answer within the gate's bound"),
+        Ok(Err(e)) => {
             error!(error = %crate::error_chain(&e), "gate: refusing the promotion: cannot set up");
             return false;
         }
-    };
-    let started = Instant::now();
-    let decision = match tokio::time::timeout(bound, observer.observe()).await {
-        Err(_) => Gate::Refuse("no answer within the gate's bound"),
-        Ok((_, sight, _)) => match &sight.fence {
+        Ok(Ok((_, sight, _))) => match &sight.fence {
             Err(_) => Gate::Refuse("Gold's dynamic config cannot be read: the fence is unknown"),
             Ok(fence) => crate::decide::fence::gate(sight.golddr, fence, sight.witnesses_seeing_gold),
         },
@@ -432,12 +570,18 @@ pub async fn check(config: GuardConfig) -> bool {
         println!("{} {what}: {detail}", if ok { "ok  " } else { "FAIL" });
         ok
     };
-    let observer = match GuardObserver::new(Arc::new(config)) {
+    let observer = match target_once(&config)
+        .await
+        .and_then(|target| GuardObserver::new(Arc::new(config), target))
+    {
         Ok(o) => o,
         Err(e) => return line(false, "set-up", &crate::error_chain(&e)),
     };
     let (report, sight, local) = observer.observe().await;
-    let golddr = &observer.golddr;
+    let golddr = match observer.golddr() {
+        Ok(e) => e.to_string(),
+        Err(why) => why,
+    };
     let why = report.error.as_deref().unwrap_or(report.outcome.reason());
     let mut ok = match sight.golddr {
         GoldDrSeen::Standby => line(
@@ -540,7 +684,11 @@ async fn check_golddr_settings(observer: &GuardObserver, line: &impl Fn(bool, &s
     const SQL: &str = "SELECT current_setting('data_checksums'), current_setting('wal_log_hints'), \
                        has_function_privilege('pg_read_file(text)', 'EXECUTE')";
     let bound = observer.config.probe_timeout.max(Duration::from_secs(2));
-    let row = match observer.probe.query_one(&observer.golddr, SQL, bound).await {
+    let golddr = match observer.golddr() {
+        Ok(e) => e,
+        Err(why) => return line(false, "rewind prerequisites", &why),
+    };
+    let row = match observer.probe.query_one(&golddr, SQL, bound).await {
         Ok(row) => row,
         Err(e) => return line(false, "rewind prerequisites", &format!("cannot ask GoldDR: {e}")),
     };

@@ -239,7 +239,7 @@ where
 {
     block_on(async move {
         let kube = if config.uses_kubernetes() {
-            match kube_client().await {
+            match patroni_dr_watchdog::app::kube_client().await {
                 Ok(kube) => Some(kube.client),
                 Err(e) => {
                     eprintln!("cannot set up the Kubernetes client: {e}");
@@ -260,7 +260,7 @@ fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         };
         let kube = if config.uses_kubernetes() {
-            match kube_client().await {
+            match patroni_dr_watchdog::app::kube_client().await {
                 Ok(client) => Some(client),
                 Err(e) => {
                     error!(error = %e, "cannot set up the Kubernetes client: run in a pod with a service account, or set KUBECONFIG");
@@ -301,7 +301,10 @@ fn guard(config: config::GuardConfig) -> ExitCode {
         "guard",
         config.log_format,
         config.listen_addr,
-        |listener, shutdown| patroni_dr_watchdog::guard::run(config, listener, shutdown),
+        |listener, shutdown| async move {
+            let kube = patroni_dr_watchdog::guard::kube_for(&config).await?;
+            patroni_dr_watchdog::guard::run(config, kube, listener, shutdown).await
+        },
     )
 }
 
@@ -343,16 +346,6 @@ where
 
 /// In-cluster config, or KUBECONFIG. kube's own retry of 429/503/504 is off:
 /// every caller here retries explicitly, with limits it chose.
-async fn kube_client() -> Result<patroni_dr_watchdog::app::Kube, kube::Error> {
-    let mut config = kube::Config::infer().await.map_err(kube::Error::InferConfig)?;
-    config.default_retry = false;
-    let server = Some(config.cluster_url.to_string());
-    Ok(patroni_dr_watchdog::app::Kube {
-        client: kube::Client::try_from(config)?,
-        server,
-    })
-}
-
 async fn wait_for_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {

@@ -9,6 +9,7 @@ use serde_json::{Map, Value, json};
 use crate::decide::fence::FenceReason;
 use crate::observe::cluster_config::{ApiError, PatroniConfigReader};
 use crate::observe::dynamic_config::{self, Fence, FenceMark, OWN_KEY};
+use crate::observe::target::Endpoint;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FenceError {
@@ -20,8 +21,8 @@ pub enum FenceError {
 
 pub struct Fencer {
     pub reader: PatroniConfigReader,
-    /// `standby_cluster` as written: GoldDR's host and port and the
-    /// operator's settings.
+    /// The operator's `standby_cluster` settings; GoldDR's host and port
+    /// are added when writing.
     pub section: Map<String, Value>,
 }
 
@@ -42,9 +43,19 @@ impl Fencer {
     /// Makes Gold a standby cluster of GoldDR, recording why. Re-reads
     /// first: a `standby_cluster` already there (ours or an operator's) is
     /// left as it is, only our record's reason may be raised.
-    pub async fn fence(&self, reason: FenceReason, mark: FenceMark) -> Result<(), FenceError> {
+    pub async fn fence(
+        &self,
+        reason: FenceReason,
+        mark: FenceMark,
+        golddr: &Endpoint,
+    ) -> Result<(), FenceError> {
         let body = match self.fence_state().await? {
-            Fence::No => json!({"standby_cluster": self.section, OWN_KEY: {"fence": mark}}),
+            Fence::No => {
+                let mut section = self.section.clone();
+                section.insert("host".into(), Value::from(golddr.host.clone()));
+                section.insert("port".into(), Value::from(golddr.port));
+                json!({"standby_cluster": section, OWN_KEY: {"fence": mark}})
+            }
             Fence::Ours(old) if old.reason != <&str>::from(reason) => json!({OWN_KEY: {"fence": mark}}),
             Fence::Ours(_) => return Ok(()),
             Fence::Foreign => {

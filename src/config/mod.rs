@@ -137,10 +137,7 @@ impl<G: GoldConcern> Config<G> {
             identity,
         } = Env::read(vars)?;
         let gold = G::load(&mut raw)?;
-        let namespace = parse::non_empty("NAMESPACE", raw.namespace.take())?;
-        if let Some(ns) = &namespace {
-            parse::k8s_name("NAMESPACE", ns)?;
-        }
+        let namespace = namespace(&mut raw)?;
         let promotion = promoter::load(&mut raw, in_cluster)?;
         let local_pg = local_pg::load(&mut raw)?;
         let quorum = quorum::load(&mut raw)?;
@@ -191,6 +188,15 @@ impl Config {
     {
         Self::load(vars)
     }
+}
+
+/// `WATCHDOG_NAMESPACE`: where the Transport Service (and the ConfigMap) are.
+fn namespace(raw: &mut vars::Raw) -> Result<Option<String>, ConfigError> {
+    let namespace = parse::non_empty("NAMESPACE", raw.namespace.take())?;
+    if let Some(ns) = &namespace {
+        parse::k8s_name("NAMESPACE", ns)?;
+    }
+    Ok(namespace)
 }
 
 /// The process environment, split: our settings, and what we read of the
@@ -346,6 +352,10 @@ pub struct GuardConfig {
     pub webhook_url: Option<WebhookUrl>,
     /// Who fenced, in the audit trail: the pod name.
     pub identity: String,
+    #[serde(skip)]
+    pub in_cluster: bool,
+    /// `None`: the pod's own namespace (service account), or the kubeconfig's.
+    pub namespace: Option<String>,
 }
 
 impl GuardConfig {
@@ -358,7 +368,9 @@ impl GuardConfig {
         I: IntoIterator<Item = (String, String)>,
     {
         let Env {
-            mut raw, identity, ..
+            mut raw,
+            identity,
+            in_cluster,
         } = Env::read(vars)?;
         let Some(golddr) = gold::load_golddr(&mut raw)? else {
             return Err(ConfigError::Missing {
@@ -366,14 +378,7 @@ impl GuardConfig {
                 hint: "GoldDR's PostgreSQL as seen from Gold (the reverse Transport Service's address)",
             });
         };
-        if let Some(service) = golddr.address.service() {
-            return Err(parse::invalid(
-                "GOLDDR_TS_SERVICE",
-                service,
-                "the guard takes GoldDR's static address for now: set WATCHDOG_GOLDDR_HOST and \
-                 WATCHDOG_GOLDDR_PORT to the reverse Transport Service's address",
-            ));
-        }
+        let namespace = namespace(&mut raw)?;
         let patroni = promoter::patroni_api(&mut raw)?;
         let quorum = quorum::load(&mut raw)?;
         let fencing = fence::load(&mut raw)?;
@@ -401,7 +406,15 @@ impl GuardConfig {
             log_format: reporting.log_format,
             webhook_url: reporting.webhook_url,
             identity,
+            in_cluster,
+            namespace,
         })
+    }
+
+    /// A Kubernetes client is needed to follow the reverse Transport
+    /// Service, and wanted in a pod, for Events.
+    pub fn uses_kubernetes(&self) -> bool {
+        self.golddr.address.service().is_some() || self.in_cluster
     }
 }
 

@@ -652,11 +652,16 @@ fn the_guard_needs_golddr_and_refuses_what_is_not_its_own() {
         ("WATCHDOG_FENCE_AFTER", "soon"),
         ("WATCHDOG_GOLDDR_SSLMODE", "verify-ca"),
         ("WATCHDOG_GOLDDR_PORT", "0"),
-        ("WATCHDOG_GOLDDR_TS_SERVICE", "patroni-master-golddr"),
+        ("WATCHDOG_GOLDDR_TS_SERVICE", "Patroni_Master"),
+        ("WATCHDOG_NAMESPACE", "Not A Namespace"),
     ] {
         let e = guard_cfg(&[(var, value)]).unwrap_err();
         assert_eq!(err_var(e), var, "{var}={value}");
     }
+    // The reverse Transport Service, its port discovered and followed.
+    let g = guard_cfg(&[("WATCHDOG_GOLDDR_TS_SERVICE", "patroni-master-golddr")]).unwrap();
+    assert_eq!(g.golddr.address.service(), Some("patroni-master-golddr"));
+    assert!(g.golddr.address.discovers_port() && g.uses_kubernetes());
     let e = guard_cfg(&[("WATCHDOG_PROMOTER", "configmap")]).unwrap_err();
     assert!(
         matches!(&e, ConfigError::WrongRole { var, .. } if var == "WATCHDOG_PROMOTER"),

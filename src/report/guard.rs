@@ -19,9 +19,10 @@ use crate::decide::fence::{self, FenceReason, GoldDrSeen};
 use crate::decide::guard::{GuardLifecycle, GuardState};
 use crate::decide::rejoin::Rejoin;
 use crate::observe::dynamic_config::Fence;
+use crate::observe::target::Target;
 use crate::observe::wal::WalPoint;
 use crate::report::http::View;
-use crate::report::metrics::{PREFIX, ProbeMetrics, encode_probe_gauges, gauge, one_hot};
+use crate::report::metrics::{KubeMetrics, PREFIX, ProbeMetrics, encode_probe_gauges, gauge, one_hot};
 use crate::report::status::ProbeStatus;
 use crate::report::webhook::WebhookMetrics;
 
@@ -50,6 +51,8 @@ pub struct GuardStatus {
     /// GoldDR as probed: the verdict of its probes, what the last one saw.
     #[serde(flatten)]
     pub probe: ProbeStatus,
+    /// GoldDR's address: static, or the reverse Transport Service's.
+    pub target: Target,
     pub golddr: Option<GoldDrSeen>,
     pub leader: Option<bool>,
     pub witnesses_seeing_gold: Option<usize>,
@@ -72,13 +75,14 @@ pub struct GuardStatus {
     pub settings: Arc<GuardConfig>,
 }
 
-fn status(state: &GuardState, settings: &Arc<GuardConfig>, now: Instant) -> GuardStatus {
+fn status(state: &GuardState, target: Target, settings: &Arc<GuardConfig>, now: Instant) -> GuardStatus {
     let sight = state.last().map(|(r, _)| &r.sight);
     GuardStatus {
         version: env!("CARGO_PKG_VERSION"),
         role: "guard",
         state: state.lifecycle(),
         probe: probe_status(state),
+        target,
         golddr: sight.map(|s| s.golddr),
         leader: sight.map(|s| s.leader),
         witnesses_seeing_gold: sight.map(|s| s.witnesses_seeing_gold),
@@ -132,6 +136,7 @@ pub struct GuardMetrics {
     registry: Registry,
     pub probe: ProbeMetrics,
     pub webhook: WebhookMetrics,
+    pub kube: KubeMetrics,
     fences: Family<ReasonLabels, Counter>,
     rejoins: Counter,
 }
@@ -141,6 +146,7 @@ impl GuardMetrics {
         let mut registry = Registry::with_prefix(PREFIX);
         let probe = ProbeMetrics::register(&mut registry);
         let webhook = WebhookMetrics::register(&mut registry);
+        let kube = KubeMetrics::register(&mut registry);
         let fences = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "fences",
@@ -161,6 +167,7 @@ impl GuardMetrics {
             registry,
             probe,
             webhook,
+            kube,
             fences,
             rejoins,
         }
@@ -237,6 +244,7 @@ impl Collector for GuardCollector {
 #[derive(Clone)]
 pub struct GuardView {
     pub state: watch::Receiver<GuardState>,
+    pub target: watch::Receiver<Target>,
     pub metrics: Arc<GuardMetrics>,
     pub config: Arc<GuardConfig>,
 }
@@ -257,7 +265,8 @@ impl View for GuardView {
 
     fn status(&self) -> Response {
         let state = self.state.borrow().clone();
-        Json(status(&state, &self.config, Instant::now())).into_response()
+        let target = self.target.borrow().clone();
+        Json(status(&state, target, &self.config, Instant::now())).into_response()
     }
 
     fn encode_metrics(&self) -> Result<String, std::fmt::Error> {

@@ -214,12 +214,54 @@ pub fn encode_probe_gauges(e: &mut DescriptorEncoder, p: &ProbeStatus) -> Result
     )
 }
 
+/// What every role that calls the Kubernetes API counts: failed reads and
+/// watches of a Transport Service, and every other failed call by operation.
+#[derive(Clone)]
+pub struct KubeMetrics {
+    discovery_errors: Counter,
+    api_errors: Family<OperationLabels, Counter>,
+}
+
+impl KubeMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = KubeMetrics {
+            discovery_errors: Counter::default(),
+            api_errors: Family::default(),
+        };
+        registry.register(
+            "discovery_errors",
+            "Failed reads or watches of the Transport Service",
+            m.discovery_errors.clone(),
+        );
+        registry.register(
+            "kube_api_errors",
+            "Failed Kubernetes API calls other than discovery, by operation",
+            m.api_errors.clone(),
+        );
+        for operation in KUBE_OPERATIONS {
+            let _ = m.api_errors.get_or_create(&OperationLabels { operation });
+        }
+        m
+    }
+
+    /// The counter discovery increments on each failed read or watch.
+    pub fn discovery_errors(&self) -> Counter {
+        self.discovery_errors.clone()
+    }
+
+    /// The counter for one Kubernetes API operation's failures.
+    pub fn api_errors(&self, operation: &'static str) -> Counter {
+        self.api_errors
+            .get_or_create(&OperationLabels { operation })
+            .clone()
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     probe: ProbeMetrics,
     target_changes: Counter,
-    discovery_errors: Counter,
-    kube_api_errors: Family<OperationLabels, Counter>,
+    kube: KubeMetrics,
     promotions: Family<ResultLabels, Counter>,
     vetoes: Family<GuardLabels, Counter>,
     webhook: WebhookMetrics,
@@ -237,8 +279,7 @@ impl Metrics {
         let m = Metrics {
             probe: ProbeMetrics::register(&mut registry),
             target_changes: Counter::default(),
-            discovery_errors: Counter::default(),
-            kube_api_errors: Family::default(),
+            kube: KubeMetrics::register(&mut registry),
             promotions: Family::default(),
             vetoes: Family::default(),
             webhook: WebhookMetrics::register(&mut registry),
@@ -250,16 +291,6 @@ impl Metrics {
             "target_changes",
             "Times the probed address changed (Transport Service re-synced, deleted, ...)",
             m.target_changes.clone(),
-        );
-        registry.register(
-            "discovery_errors",
-            "Failed reads or watches of the Transport Service",
-            m.discovery_errors.clone(),
-        );
-        registry.register(
-            "kube_api_errors",
-            "Failed Kubernetes API calls other than discovery, by operation",
-            m.kube_api_errors.clone(),
         );
         registry.register(
             "promotions",
@@ -279,9 +310,6 @@ impl Metrics {
         for guard in Veto::iter() {
             let _ = m.vetoes.get_or_create(&GuardLabels { guard: guard.name() });
         }
-        for operation in KUBE_OPERATIONS {
-            let _ = m.kube_api_errors.get_or_create(&OperationLabels { operation });
-        }
         m
     }
 
@@ -299,16 +327,12 @@ impl Metrics {
         self.probe.verdict_entered(verdict);
     }
 
-    /// The counter discovery increments on each failed read or watch.
     pub fn discovery_errors(&self) -> Counter {
-        self.discovery_errors.clone()
+        self.kube.discovery_errors()
     }
 
-    /// The counter for one Kubernetes API operation's failures.
     pub fn kube_api_errors(&self, operation: &'static str) -> Counter {
-        self.kube_api_errors
-            .get_or_create(&OperationLabels { operation })
-            .clone()
+        self.kube.api_errors(operation)
     }
 
     pub fn webhook(&self) -> WebhookMetrics {

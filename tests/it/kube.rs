@@ -48,6 +48,7 @@ contract!(
     without_a_quorum_an_event_says_so_and_nothing_is_written,
     a_disarmed_watchdog_observes_only_and_says_so,
     three_sidecars_write_exactly_once,
+    the_guard_follows_the_reverse_ts_and_records_its_fence_as_an_event,
 );
 
 struct Scene {
@@ -896,4 +897,98 @@ async fn events_log_a_failing_api_once_and_its_recovery_once() {
     );
     let back = lines.matching("Kubernetes Events are recorded again");
     assert_eq!(back.len(), 1, "{back:#?}");
+}
+
+/// The guard at Gold finds GoldDR through the reverse Transport Service and
+/// follows its port; when GoldDR answers as a writable primary it fences
+/// Gold with the Service's current port and says so in an Event about its
+/// own pod.
+async fn the_guard_follows_the_reverse_ts_and_records_its_fence_as_an_event(env: &KubeEnv) {
+    use patroni_dr_watchdog::config::GuardConfig;
+    // GoldDR as a standby, then (the Service re-synced to another port) a
+    // writable primary: promoted.
+    let promoted = PgServer::start(PgOptions::default());
+    let standby = PgServer::start(PgOptions {
+        replica_of: Some(promoted.addr()),
+        ..Default::default()
+    });
+    let service = unique("patroni-master-golddr");
+    env.create_service(&service, &[(Some("postgres"), standby.port())])
+        .await;
+    let patroni = FakePatroni::with_config(
+        "primary",
+        serde_json::json!({"ttl": 30, "postgresql": {"use_pg_rewind": true}}),
+    )
+    .await;
+    let identity = unique("gold-0");
+    let vars = [
+        ("WATCHDOG_GOLDDR_TS_SERVICE", service.as_str()),
+        ("WATCHDOG_GOLDDR_TS_PORT_NAME", "postgres"),
+        ("WATCHDOG_GOLDDR_HOST", "127.0.0.1"),
+        ("WATCHDOG_GOLDDR_USER", WATCHDOG_USER),
+        ("WATCHDOG_GOLDDR_SSLMODE", "disable"),
+        ("WATCHDOG_NAMESPACE", env.namespace()),
+        ("WATCHDOG_PATRONI_URL", patroni.url.as_str()),
+        ("WATCHDOG_PROBE_INTERVAL", "200ms"),
+        ("WATCHDOG_PROBE_TIMEOUT", "150ms"),
+        ("WATCHDOG_LISTEN_ADDR", "127.0.0.1:0"),
+        ("HOSTNAME", identity.as_str()),
+    ];
+    let config = GuardConfig::load(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        .expect("valid guard config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/status", listener.local_addr().expect("addr"));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let kube = patroni_dr_watchdog::app::Kube {
+        client: env.client(),
+        server: None,
+    };
+    let run = tokio::spawn(patroni_dr_watchdog::guard::run(
+        config,
+        Some(kube),
+        listener,
+        shutdown.clone(),
+    ));
+    let wait = async |what: &str, check: &dyn Fn(&serde_json::Value) -> bool| {
+        let mut last = serde_json::Value::Null;
+        for _ in 0..150 {
+            if let Ok(r) = reqwest::get(&url).await {
+                last = r.json().await.unwrap_or_default();
+                if check(&last) {
+                    return last;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("guard: no {what}; last status: {last:#}");
+    };
+    let st = wait("standby on the discovered port", &|s| {
+        s["golddr"] == "standby" && s["target"]["source"] == "service"
+    })
+    .await;
+    assert_eq!(st["target"]["endpoint"]["port"], standby.port(), "{st:#}");
+    assert_eq!(st["fenced"], false, "{st:#}");
+    assert!(patroni.config().get("standby_cluster").is_none());
+
+    env.set_service_port(&service, promoted.port()).await;
+    let st = wait("Gold fenced", &|s| s["fenced"] == true).await;
+    assert_eq!(st["target"]["endpoint"]["port"], promoted.port(), "{st:#}");
+    let config = patroni.config();
+    assert_eq!(
+        config["standby_cluster"],
+        serde_json::json!({"host": "127.0.0.1", "port": promoted.port()}),
+        "{config:#}"
+    );
+    assert_eq!(
+        config["patroni_dr_watchdog"]["fence"]["reason"],
+        "golddr_promoted"
+    );
+    assert_eq!(config["patroni_dr_watchdog"]["fence"]["by"], identity.as_str());
+    assert_eq!(
+        config["postgresql"]["use_pg_rewind"], true,
+        "nothing else changed"
+    );
+    wait_events(env, &identity, "GoldFenced").await;
+    shutdown.cancel();
+    run.await.expect("guard task").expect("guard ran");
 }

@@ -4,7 +4,7 @@
 //! Also a stand-in for the local Patroni REST API.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::Json;
 use axum::extract::State;
@@ -184,26 +184,76 @@ impl KubeEnv {
     }
 }
 
-/// The local Patroni REST API, answering `GET /patroni` with a fixed role.
+/// The local Patroni REST API, answering `GET /patroni` with a fixed role,
+/// and `GET`/`PATCH /config` over a dynamic config kept here (a `PATCH`
+/// merges, null removes a key, as Patroni does).
 pub struct FakePatroni {
     pub url: String,
+    config: Arc<Mutex<Value>>,
     shutdown: tokio_util::sync::CancellationToken,
+}
+
+#[derive(Clone)]
+struct Fake {
+    role: Arc<String>,
+    config: Arc<Mutex<Value>>,
+}
+
+fn merge(into: &mut Value, patch: &Value) {
+    match (into, patch) {
+        (Value::Object(into), Value::Object(patch)) => {
+            for (k, v) in patch {
+                if v.is_null() {
+                    into.remove(k);
+                } else {
+                    merge(into.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (into, patch) => *into = patch.clone(),
+    }
 }
 
 impl FakePatroni {
     pub async fn start(role: &str) -> FakePatroni {
-        let role = Arc::new(role.to_string());
+        Self::with_config(role, json!({})).await
+    }
+
+    pub async fn with_config(role: &str, config: Value) -> FakePatroni {
+        let fake = Fake {
+            role: Arc::new(role.to_string()),
+            config: Arc::new(Mutex::new(config)),
+        };
+        let config = fake.config.clone();
         let app = axum::Router::new()
             .route(
                 "/patroni",
-                get(|State(role): State<Arc<String>>| async move {
-                    Json(json!({"state": "running", "role": role, "server_version": 150018}))
+                get(|State(f): State<Fake>| async move {
+                    Json(json!({"state": "running", "role": *f.role, "server_version": 150018}))
                 }),
             )
-            .with_state(role);
+            .route(
+                "/config",
+                get(|State(f): State<Fake>| async move { Json(f.config.lock().expect("config").clone()) })
+                    .patch(|State(f): State<Fake>, Json(patch): Json<Value>| async move {
+                        let mut c = f.config.lock().expect("config");
+                        merge(&mut c, &patch);
+                        Json(c.clone())
+                    }),
+            )
+            .with_state(fake);
         let (addr, shutdown) = crate::support::serve(app).await;
         let url = format!("http://{addr}");
-        FakePatroni { url, shutdown }
+        FakePatroni {
+            url,
+            config,
+            shutdown,
+        }
+    }
+
+    /// The dynamic config as it is now.
+    pub fn config(&self) -> Value {
+        self.config.lock().expect("config").clone()
     }
 }
 
