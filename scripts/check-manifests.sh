@@ -7,8 +7,9 @@
 #   scripts/check-manifests.sh --fix    first regenerate what is derived:
 #                                       manifests/base/rbac.yaml (copy of
 #                                       manifests/rbac.yaml),
-#                                       monitoring/prometheusrule.yaml and
-#                                       witness/prometheusrule.yaml (from
+#                                       monitoring/prometheusrule.yaml,
+#                                       witness/prometheusrule.yaml and
+#                                       guard/prometheusrule.yaml (from
 #                                       rules.yaml's groups),
 #                                       monitoring/metric-names.txt
 #
@@ -169,6 +170,10 @@ SMP = os.path.join(M, "base/sidecar/patroni-dr-watchdog.yaml")
 HELM_VALUES = os.path.join(M, "helm/values-golddr-watchdog.yaml")
 README = os.path.join(REPO, "README.md")
 QUORUM_DOC = os.path.join(REPO, "docs/quorum.md")
+FENCING_DOC = os.path.join(REPO, "docs/fencing.md")
+DOCKERFILE = os.path.join(REPO, "Dockerfile")
+GATE_EXAMPLE = os.path.join(M, "guard/patroni-gold-example.yaml")
+GUARD_PATCH = os.path.join(M, "guard/patroni-dr-guard.yaml")
 PREFIX = "patroni_dr_watchdog_"
 
 def detail(msg):
@@ -188,6 +193,11 @@ def load_all(path):
 # ------------------------------------------------------- PrometheusRule ---
 WITNESS_GROUP = "patroni-dr-witness"
 WITNESS_PROMRULE = os.path.join(M, "witness/prometheusrule.yaml")
+GUARD_GROUP = "patroni-dr-guard"
+GUARD_PROMRULE = os.path.join(M, "guard/prometheusrule.yaml")
+# Groups that have a PrometheusRule of their own, beside their role's
+# manifests; every other group goes to monitoring/prometheusrule.yaml.
+OWN_GROUPS = (WITNESS_GROUP, GUARD_GROUP)
 
 PROMRULE_HEAD = """\
 # GENERATED from rules.yaml by `scripts/check-manifests.sh --fix`: edit
@@ -226,6 +236,33 @@ metadata:
 spec:
 """
 
+GUARD_PROMRULE_HEAD = """\
+# GENERATED from the group "patroni-dr-guard" of ../monitoring/rules.yaml by
+# `scripts/check-manifests.sh --fix`: edit that file (promtool checks and
+# unit-tests it), never this one; scripts/check-manifests.sh fails when this
+# spec differs from it.
+#
+# The guard's alerts, for the Prometheus that scrapes Gold's Patroni pods
+# (podmonitor.yaml, job="patroni-dr-guard"): create it in Gold's Patroni
+# namespace. The DR watchdog's alerts (../monitoring) belong in GoldDR's.
+apiVersion: monitoring.coreos.com/v1
+kind: PrometheusRule
+metadata:
+  name: patroni-dr-guard
+  labels:
+    app.kubernetes.io/name: patroni-dr-guard
+    app.kubernetes.io/part-of: patroni-dr-watchdog
+spec:
+"""
+
+PROMRULE_HEADS = {None: PROMRULE_HEAD, WITNESS_GROUP: WITNESS_PROMRULE_HEAD, GUARD_GROUP: GUARD_PROMRULE_HEAD}
+PROMRULE_FILES = {None: PROMRULE, WITNESS_GROUP: WITNESS_PROMRULE, GUARD_GROUP: GUARD_PROMRULE}
+
+def own(name):
+    """The PrometheusRule a group goes to: its own role's (witness, guard),
+    or None for monitoring/prometheusrule.yaml."""
+    return name if name in OWN_GROUPS else None
+
 def rule_groups_text():
     """rules.yaml's `groups:` list as text, one chunk per group (the
     comment lines right above a group's `- name:` belong to that group), so
@@ -246,13 +283,14 @@ def rule_groups_text():
         chunks.append((name, body[c:end]))
     return chunks
 
-def render_promrule(witness=False):
-    """monitoring/prometheusrule.yaml: every group but the witness's;
-    witness/prometheusrule.yaml: the witness's group only."""
-    head = WITNESS_PROMRULE_HEAD if witness else PROMRULE_HEAD
+def render_promrule(target=None):
+    """monitoring/prometheusrule.yaml (target None): every group but the
+    witness's and the guard's; witness/ and guard/prometheusrule.yaml: that
+    role's group only."""
+    head = PROMRULE_HEADS[target]
     lines = ["groups:"]
     for name, chunk in rule_groups_text():
-        if (name == WITNESS_GROUP) == witness:
+        if own(name) == target:
             lines += chunk
     while len(lines) > 1 and not lines[1].strip():
         del lines[1]
@@ -262,10 +300,11 @@ def render_promrule(witness=False):
     return head + body + "\n"
 
 def expected_specs():
+    """(path, spec) of each PrometheusRule: the DR watchdog's, the
+    witness's, the guard's."""
     rules = yaml.safe_load(open(RULES))
-    dr = {"groups": [g for g in rules["groups"] if g["name"] != WITNESS_GROUP]}
-    wi = {"groups": [g for g in rules["groups"] if g["name"] == WITNESS_GROUP]}
-    return dr, wi
+    return [(PROMRULE_FILES[t], {"groups": [g for g in rules["groups"] if own(g["name"]) == t]})
+            for t in (None, WITNESS_GROUP, GUARD_GROUP)]
 
 def used_metric_names():
     """Metric names in the rules and the dashboard, as exposed."""
@@ -297,21 +336,22 @@ def dashboard_exprs(dash):
 def fix():
     import shutil
     shutil.copyfile(os.path.join(M, "rbac.yaml"), os.path.join(M, "base/rbac.yaml"))
-    open(PROMRULE, "w").write(render_promrule())
-    open(WITNESS_PROMRULE, "w").write(render_promrule(witness=True))
+    for target, path in PROMRULE_FILES.items():
+        open(path, "w").write(render_promrule(target))
     open(NAMES, "w").write("\n".join(used_metric_names()) + "\n")
-    print("regenerated base/rbac.yaml, monitoring/prometheusrule.yaml, witness/prometheusrule.yaml, monitoring/metric-names.txt")
+    print("regenerated base/rbac.yaml, monitoring/prometheusrule.yaml, witness/prometheusrule.yaml, "
+          "guard/prometheusrule.yaml, monitoring/metric-names.txt")
 
 def check_promrule_sync():
     rules = yaml.safe_load(open(RULES))
     names = [g["name"] for g in rules["groups"]]
-    if WITNESS_GROUP not in names or len(names) < 2:
-        print(f"{rel(RULES)}: expected the DR watchdog's group(s) and the group {WITNESS_GROUP}")
+    if any(g not in names for g in OWN_GROUPS) or len(names) < len(OWN_GROUPS) + 1:
+        print(f"{rel(RULES)}: expected the DR watchdog's group(s) and the groups {', '.join(OWN_GROUPS)}")
         detail("rules.yaml groups unexpected")
         return 1
     bad = 0
     counts = []
-    for path, want in zip((PROMRULE, WITNESS_PROMRULE), expected_specs()):
+    for path, want in expected_specs():
         docs = load_all(path)
         if len(docs) != 1 or docs[0].get("kind") != "PrometheusRule":
             print(f"{rel(path)}: expected exactly one PrometheusRule")
@@ -327,7 +367,8 @@ def check_promrule_sync():
     if bad:
         detail("a PrometheusRule spec differs from rules.yaml (run --fix)")
         return 1
-    detail(f"PrometheusRule specs identical to rules.yaml's groups (DR watchdog {counts[0]} rules, witness {counts[1]})")
+    detail(f"PrometheusRule specs identical to rules.yaml's groups (DR watchdog {counts[0]} rules, "
+           f"witness {counts[1]}, guard {counts[2]})")
     return 0
 
 # ----------------------------------------------------------- rule tests ---
@@ -426,7 +467,7 @@ def check_dashboard(promtool):
     # values, each expression checked by promtool as a recording rule.
     exprs = dashboard_exprs(dash)
     subst = {"$__rate_interval": "2m", "$__range": "6h", "$__interval": "1m",
-             "$namespace": "ns", "$pod": ".*"}
+             "$guard_namespace": "gold-ns", "$namespace": "ns", "$pod": ".*"}
     rules = []
     for i, e in enumerate(exprs):
         for k, v in subst.items():
@@ -452,10 +493,11 @@ def check_dashboard(promtool):
 
 # --------------------------------------------------------- metric names ---
 def readme_metric_names():
-    """Names as exposed, from the Metrics tables of README.md and
-    docs/quorum.md (the witness's and the quorum's families)."""
+    """Names as exposed, from the Metrics tables of README.md,
+    docs/quorum.md (the witness's and the quorum's families) and
+    docs/fencing.md (the guard's)."""
     names = set()
-    for doc in (README, QUORUM_DOC):
+    for doc in (README, QUORUM_DOC, FENCING_DOC):
         if not os.path.exists(doc):
             continue
         text = open(doc).read()
@@ -494,7 +536,7 @@ def check_metric_names():
     documented = readme_metric_names()
     for n in used:
         if n not in documented:
-            print(f"not a metric of the Metrics tables of README.md or docs/quorum.md: {n}")
+            print(f"not a metric of the Metrics tables of README.md, docs/quorum.md or docs/fencing.md: {n}")
             bad = 1
     # Families the watchdog creates only when something happens: a fresh
     # process has no series for them, so alerts and the dashboard stay off
@@ -504,8 +546,9 @@ def check_metric_names():
         print(f"{n} has no series until it happens: do not use it")
         bad = 1
     if not bad:
-        print(f"{len(used)} names, all in the Metrics tables of README.md / docs/quorum.md")
-    detail(f"metric-names.txt lists exactly the {len(used)} names used, all documented (README.md, docs/quorum.md)"
+        print(f"{len(used)} names, all in the Metrics tables of README.md / docs/quorum.md / docs/fencing.md")
+    detail(f"metric-names.txt lists exactly the {len(used)} names used, all documented "
+           "(README.md, docs/quorum.md, docs/fencing.md)"
            if not bad else "metric names out of sync (see log)")
     return bad
 
@@ -645,6 +688,149 @@ def check_witness(build_dir):
     if not bad:
         print("witness: args [witness], the sidecar's image, 1 replica, no token, no RBAC, only witness settings, "
               "password from a read-only Secret file, restricted security, /livez and /readyz, port 9808, job patroni-dr-witness")
+    return bad
+
+# Settings the `guard` subcommand takes (and the gate, from Patroni's
+# environment); it refuses the other roles' at start-up. The GOLDDR_TS_*
+# pair is left out: the guard refuses it for now.
+GUARD_SETTINGS = {"WATCHDOG_" + n for n in (
+    "GOLDDR_HOST", "GOLDDR_PORT", "GOLDDR_USER", "GOLDDR_PASSWORD", "GOLDDR_PASSWORD_FILE",
+    "GOLDDR_DATABASE", "GOLDDR_SSLMODE", "GOLDDR_SSLROOTCERT",
+    "PATRONI_URL", "PATRONI_USERNAME", "PATRONI_PASSWORD", "PATRONI_PASSWORD_FILE", "PATRONI_CAFILE",
+    "WITNESSES", "WITNESS_MAX_AGE", "FENCE_AFTER", "FENCE_STANDBY_CLUSTER", "MODE",
+    "PROBE_INTERVAL", "PROBE_TIMEOUT", "FALL", "RISE", "PROMOTE_AFTER",
+    "LISTEN_ADDR", "LOG_FORMAT", "WEBHOOK_URL")}
+
+def check_guard(build_dir):
+    """The guard on a stand-in for Gold's StatefulSet (guard-on-gold.yaml):
+    exactly one container added, the chart's patroni container untouched;
+    the sidecar's image running `guard` with only the guard's settings,
+    GoldDR's address, the local Patroni's REST API, passwords from files of
+    a read-only Secret volume, the restricted security settings, /livez and
+    /readyz, port 9808 under a name the DR PodMonitor does not scrape. The
+    component itself brings no RBAC, no Secret and no NetworkPolicy, and
+    its PodMonitor sets job=patroni-dr-guard on that port."""
+    bad = 0
+    def fail(msg):
+        nonlocal bad
+        print(f"guard build: {msg}")
+        bad = 1
+    alone = load_all(os.path.join(build_dir, "guard.yaml"))
+    kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in alone)
+    for k in kinds:
+        if k.split("/")[0] in ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding", "Secret",
+                               "NetworkPolicy", "StatefulSet"):
+            fail(f"the component must not bring {k} (no RBAC: no Kubernetes API call; Secrets by hand; "
+                 "networkpolicy.yaml by hand)")
+    docs = load_all(os.path.join(build_dir, "guard-on-gold.yaml"))
+    sts = [d for d in docs if d["kind"] == "StatefulSet"]
+    src = [d for d in load_all(os.path.join(M, "examples/golddr/statefulset.yaml")) if d["kind"] == "StatefulSet"]
+    if len(sts) != 1:
+        fail("no StatefulSet in the overlay's build")
+        return 1
+    pod = sts[0]["spec"]["template"]["spec"]
+    cs = {c["name"]: c for c in pod["containers"]}
+    if set(cs) != {"patroni", "patroni-dr-guard"}:
+        fail(f"containers {sorted(cs)}, expected patroni and patroni-dr-guard")
+        return 1
+    orig = {c["name"]: c for c in src[0]["spec"]["template"]["spec"]["containers"]}
+    if cs["patroni"] != orig["patroni"]:
+        fail("the patroni container was changed by the patch")
+    ann = sts[0]["spec"]["template"]["metadata"].get("annotations", {})
+    if ann.get("kubectl.kubernetes.io/default-container") != "patroni":
+        fail("default-container annotation missing")
+    c = cs["patroni-dr-guard"]
+    sidecar = yaml.safe_load(open(SMP))["spec"]["template"]["spec"]["containers"][0]
+    if c.get("image") != sidecar["image"]:
+        fail(f"image {c.get('image')} differs from the sidecar's {sidecar['image']}")
+    if c.get("args") != ["guard"]:
+        fail(f"args must be [guard], got {c.get('args')}")
+    env = {e["name"]: e for e in c.get("env", [])}
+    for n in sorted(set(env) - GUARD_SETTINGS):
+        fail(f"{n} is not a guard setting (the guard refuses it at start-up)")
+    if not env.get("WATCHDOG_GOLDDR_HOST", {}).get("value"):
+        fail("WATCHDOG_GOLDDR_HOST (required) is not set")
+    if env.get("WATCHDOG_PATRONI_URL", {}).get("value") != "http://127.0.0.1:8008":
+        fail("WATCHDOG_PATRONI_URL must be the local member's http://127.0.0.1:8008")
+    vols = {v["name"]: v for v in pod.get("volumes", [])}
+    for n in ("WATCHDOG_GOLDDR_PASSWORD", "WATCHDOG_PATRONI_PASSWORD"):
+        if n in env:
+            fail(f"{n}: use {n}_FILE (a mounted Secret) instead")
+        path = env.get(n + "_FILE", {}).get("value", "")
+        mounts = [m for m in c.get("volumeMounts", []) if path.startswith(m["mountPath"].rstrip("/") + "/")]
+        if not path or not mounts:
+            fail(f"{n}_FILE must name a file in a mounted volume")
+            continue
+        m = mounts[0]
+        vol = vols.get(m["name"], {})
+        name = path[len(m["mountPath"].rstrip("/")) + 1:]
+        if not m.get("readOnly") or "secret" not in vol:
+            fail(f"{m['mountPath']} must be a read-only Secret volume")
+        elif name not in [i["path"] for i in vol["secret"].get("items", [])]:
+            fail(f"{n}_FILE names {name}, which the Secret volume does not project")
+    for n, e in env.items():
+        if "PASSWORD" in n and not n.endswith("_FILE") and "value" in e:
+            fail(f"{n} has a literal value: use a Secret")
+    sc, psc = c.get("securityContext", {}), pod.get("securityContext", {})
+    want = {"runAsNonRoot": True, "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False}
+    for k, v in want.items():
+        if sc.get(k, psc.get(k)) != v:
+            fail(f"securityContext.{k} must be {v}")
+    if sc.get("capabilities", {}).get("drop") != ["ALL"]:
+        fail("capabilities must drop ALL")
+    if (sc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
+        fail("seccompProfile must be RuntimeDefault")
+    if "runAsUser" in sc:
+        fail("no fixed runAsUser (OpenShift assigns the UID)")
+    if "limits" in c.get("resources", {}) and "cpu" in c["resources"]["limits"]:
+        fail("no CPU limit (a throttled round makes GoldDR look unreachable)")
+    probes = {k: c.get(k, {}).get("httpGet", {}).get("path") for k in ("livenessProbe", "readinessProbe")}
+    if probes != {"livenessProbe": "/livez", "readinessProbe": "/readyz"}:
+        fail(f"probes: {probes}")
+    ports = [p for p in c.get("ports", []) if p.get("containerPort") == 9808]
+    port_name = ports[0].get("name") if ports else None
+    if not ports:
+        fail("the container must serve port 9808")
+    elif port_name == "metrics":
+        fail("port name 'metrics' would make the DR watchdog's PodMonitor scrape the guard as a DR sidecar")
+    pms = [d for d in alone if d["kind"] == "PodMonitor"]
+    eps = [e for p in pms for e in p["spec"]["podMetricsEndpoints"]]
+    jobs = [r.get("replacement") for e in eps for r in e.get("relabelings", []) if r.get("targetLabel") == "job"]
+    if jobs != ["patroni-dr-guard"]:
+        fail(f"the PodMonitor must set job=patroni-dr-guard, sets {jobs}")
+    if [e.get("port") for e in eps] != [port_name]:
+        fail(f"the PodMonitor scrapes ports {[e.get('port') for e in eps]}, the guard serves {port_name!r}")
+    print("guard component objects:", ", ".join(kinds))
+    print("guard on Gold's StatefulSet: containers", ", ".join(sorted(cs)))
+    if not bad:
+        print("guard: args [guard], the sidecar's image, only guard settings, the local Patroni API, passwords from "
+              "read-only Secret files, restricted security, no CPU limit, /livez and /readyz, port 9808 "
+              f"({port_name}), job patroni-dr-guard; no RBAC, Secret or NetworkPolicy in the component")
+    return bad
+
+def check_gate_example():
+    """manifests/guard/patroni-gold-example.yaml, a Patroni configuration
+    fragment: pre_promote runs the gate from where the Dockerfile puts the
+    binary, and the rewind the fences rely on is on."""
+    d = yaml.safe_load(open(GATE_EXAMPLE))
+    bad = 0
+    dest = re.findall(r"^COPY\b.*\s(/\S*patroni-dr-watchdog)\s*$", open(DOCKERFILE).read(), re.M)
+    want = f"{dest[-1]} gate" if dest else None
+    got = (d.get("postgresql") or {}).get("pre_promote")
+    if not want or got != want:
+        print(f"{rel(GATE_EXAMPLE)}: postgresql.pre_promote is {got!r}, the Dockerfile's binary says {want!r}")
+        bad = 1
+    dyn = ((d.get("bootstrap") or {}).get("dcs") or {}).get("postgresql") or {}
+    if dyn.get("use_pg_rewind") is not True:
+        print(f"{rel(GATE_EXAMPLE)}: bootstrap.dcs.postgresql.use_pg_rewind must be true")
+        bad = 1
+    if str((dyn.get("parameters") or {}).get("wal_log_hints")) != "on":
+        print(f"{rel(GATE_EXAMPLE)}: bootstrap.dcs.postgresql.parameters.wal_log_hints must be \"on\"")
+        bad = 1
+    if not bad:
+        print(f"{rel(GATE_EXAMPLE)}: pre_promote {got!r} (the Dockerfile's path), use_pg_rewind, wal_log_hints")
+    detail("the gate example runs the image's binary, with use_pg_rewind" if not bad
+           else "the gate example is wrong (see log)")
     return bad
 
 def check_quorum_example(build_dir):
@@ -822,6 +1008,9 @@ def validate_all(build_dir):
                     bad |= validate_doc(wrap_statefulset_patch(d), where + " (patch, inside a minimal StatefulSet)", stats)
                 elif path == HELM_VALUES:
                     bad |= validate_doc(wrap_containers(d["extraContainers"]), where + " (extraContainers, inside a Pod)", stats)
+                elif path == GATE_EXAMPLE:
+                    print(f"note {where}: Patroni configuration fragment (checked by gate-example)")
+                    stats["skipped"] += 1
                 elif "groups" in d and "kind" not in d:
                     print(f"note {where}: Prometheus rule file (checked by promtool)")
                     stats["skipped"] += 1
@@ -864,6 +1053,10 @@ if __name__ == "__main__":
         sys.exit(check_helm_values())
     if cmd == "example":
         sys.exit(check_example(sys.argv[2]))
+    if cmd == "guard":
+        sys.exit(check_guard(sys.argv[2]))
+    if cmd == "gate-example":
+        sys.exit(check_gate_example())
     if cmd == "quorum-example":
         sys.exit(check_quorum_example(sys.argv[2]))
     if cmd == "witness":
@@ -898,11 +1091,13 @@ check_rbac_copy() {
 }
 check rbac-copy check_rbac_copy
 
-# 1. kubectl kustomize builds the base, its parts, the example overlay and
-# the witness (whose build must keep a witness's limits: see check_witness).
+# 1. kubectl kustomize builds the base, its parts, the example overlay, the
+# witness (whose build must keep a witness's limits: see check_witness) and
+# the guard (a Component: alone, and on a stand-in for Gold's StatefulSet,
+# see check_guard).
 build="$work/build"
 mkdir -p "$build"
-kustomizations=(base base/sidecar helm/rbac networkpolicy monitoring examples/golddr examples/golddr-quorum witness)
+kustomizations=(base base/sidecar helm/rbac networkpolicy monitoring examples/golddr examples/golddr-quorum witness guard)
 check_builds() {
     local k bad=0 n=0
     for k in "${kustomizations[@]}"; do
@@ -920,6 +1115,27 @@ check_builds() {
     [[ $bad -eq 0 ]] && helper example "$build" 3> /dev/null || bad=1
     [[ $bad -eq 0 ]] && helper witness "$build" 3> /dev/null || bad=1
     [[ $bad -eq 0 ]] && helper quorum-example "$build" 3> /dev/null || bad=1
+    # The guard on Gold's StatefulSet: the chart renders the same
+    # "patroni" StatefulSet at Gold as at GoldDR, so the example's stand-in
+    # serves (copied: kustomize takes no file from outside its directory).
+    mkdir -p "$work/gold"
+    cp "$manifests/examples/golddr/statefulset.yaml" "$work/gold/statefulset.yaml"
+    cat > "$work/gold/kustomization.yaml" << EOF
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+namespace: gold
+resources:
+  - statefulset.yaml
+components:
+  - $(realpath --relative-to="$work/gold" "$manifests/guard")
+EOF
+    if "$kubectl" kustomize "$work/gold" > "$build/guard-on-gold.yaml"; then
+        echo "built the guard on a stand-in for Gold's StatefulSet: $(grep -c '^kind:' "$build/guard-on-gold.yaml" || true) objects"
+        helper guard "$build" 3> /dev/null || bad=1
+    else
+        echo "the guard component does not build on a stand-in for Gold's StatefulSet"
+        bad=1
+    fi
     # The WATCHDOG_MODE=enforce patch shown in the example's kustomization.
     mkdir -p "$work/enforce"
     cat > "$work/enforce/kustomization.yaml" << EOF
@@ -978,7 +1194,10 @@ check_promtool_rules() {
     "$python" -c 'import sys, yaml; d = yaml.safe_load(open(sys.argv[1])); yaml.safe_dump(d["spec"], open(sys.argv[2], "w"))' \
         "$manifests/witness/prometheusrule.yaml" "$work/witness-promrule-spec.yaml" || return 1
     promtool check rules "$work/witness-promrule-spec.yaml" || return 1
-    echo "rules.yaml and both PrometheusRules' specs pass $(promtool --version 2>&1 | head -n 1 | cut -d' ' -f1-3)" >&3
+    "$python" -c 'import sys, yaml; d = yaml.safe_load(open(sys.argv[1])); yaml.safe_dump(d["spec"], open(sys.argv[2], "w"))' \
+        "$manifests/guard/prometheusrule.yaml" "$work/guard-promrule-spec.yaml" || return 1
+    promtool check rules "$work/guard-promrule-spec.yaml" || return 1
+    echo "rules.yaml and the three PrometheusRules' specs pass $(promtool --version 2>&1 | head -n 1 | cut -d' ' -f1-3)" >&3
 }
 check promtool-check-rules check_promtool_rules
 
@@ -992,15 +1211,16 @@ check_promtool_tests() {
 }
 check promtool-test-rules check_promtool_tests
 
-# 4. The PrometheusRules' specs are rules.yaml's groups.
+# 4. The three PrometheusRules' specs are rules.yaml's groups.
 check prometheusrule-sync helper promrule-sync
 
 # 5. The dashboard.
 check dashboard helper dashboard "$(command -v promtool)"
 
-# Extra: metric names and runbook anchors.
+# Extra: metric names, runbook anchors, the gate's Patroni example.
 check metric-names helper metric-names
 check runbooks helper runbooks
+check gate-example helper gate-example
 
 # ---------------------------------------------------------------- summary ----
 echo

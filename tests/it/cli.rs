@@ -630,6 +630,47 @@ fn every_documented_configuration_is_accepted_by_its_command() {
     }
 }
 
+/// The guard's container in manifests/guard is configured only with
+/// settings the guard takes: a manifest that the binary refuses would
+/// crash-loop beside Gold's database. Values from Secrets and mounted files
+/// exist in a pod, not here: stand-ins for them.
+#[test]
+fn the_guard_manifest_is_accepted_by_the_guard() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s3cret\n").expect("write secret");
+    let manifest = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/manifests/guard/patroni-dr-guard.yaml"
+    ))
+    .expect("manifests/guard/patroni-dr-guard.yaml");
+    let patch: serde_json::Value = serde_saphyr::from_str(&manifest).expect("the patch is YAML");
+    let container = patch["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["args"][0] == "guard"))
+        .expect("a container running `guard`");
+    let vars: Vec<(String, String)> = container["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .map(|e| {
+            let name = e["name"].as_str().expect("env name").to_string();
+            let value = match e["value"].as_str() {
+                Some(_) if name.ends_with("_FILE") => secret.display().to_string(),
+                Some(v) => v.to_string(),
+                None => {
+                    assert!(e["valueFrom"]["secretKeyRef"].is_object(), "{name}: {e}");
+                    "from-a-secret".to_string()
+                }
+            };
+            (name, value)
+        })
+        .collect();
+    assert!(vars.iter().any(|(k, _)| k == "WATCHDOG_GOLDDR_HOST"), "{vars:?}");
+    let config = patroni_dr_watchdog::config::GuardConfig::load(vars.clone());
+    assert!(config.is_ok(), "{vars:?}: {:?}", config.err());
+}
+
 /// The witness's settings are checked like the watchdog's, before it
 /// touches anything; what only the DR watchdog does is refused by name.
 #[test]

@@ -365,25 +365,54 @@ async fn every_metric_the_alerts_and_dashboard_use_is_exported() {
         ],
     ))
     .await;
+    // And a guard, whose series the guard's alerts and dashboard row use:
+    // GoldDR is the standby here, Patroni's API a closed port (the guard
+    // never fences without it), the witness the one above.
+    let golddr_port = standby.port().to_string();
+    let patroni = format!("http://127.0.0.1:{}", crate::support::pg::free_port());
+    let guard = app::spawn_guard(&[
+        ("WATCHDOG_GOLDDR_HOST", "127.0.0.1"),
+        ("WATCHDOG_GOLDDR_PORT", &golddr_port),
+        ("WATCHDOG_GOLDDR_USER", WATCHDOG_USER),
+        ("WATCHDOG_GOLDDR_SSLMODE", "disable"),
+        ("WATCHDOG_PATRONI_URL", &patroni),
+        ("WATCHDOG_WITNESSES", &witnesses),
+        ("WATCHDOG_PROBE_INTERVAL", "300ms"),
+        ("WATCHDOG_PROBE_TIMEOUT", "250ms"),
+    ])
+    .await;
     crate::support::wait_for("the cluster observed", Duration::from_secs(20), async || {
         !w.status().await["cluster"]["observed_at"].is_null()
     })
     .await;
+    crate::support::wait_for("the guard's first round", Duration::from_secs(20), async || {
+        !guard.status().await["golddr"].is_null()
+    })
+    .await;
     let (_, body) = w.get("/metrics").await;
     let (_, witness_body) = witness.get("/metrics").await;
+    let (_, guard_body) = guard.get("/metrics").await;
     let exported: std::collections::BTreeSet<&str> = body
         .lines()
         .chain(witness_body.lines())
+        .chain(guard_body.lines())
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.split(['{', ' ']).next())
         .collect();
     let missing: Vec<&&str> = names.iter().filter(|n| !exported.contains(**n)).collect();
     assert!(
         missing.is_empty(),
-        "used by alerts or the dashboard but not exported: {missing:?}\n{body}\n{witness_body}"
+        "used by alerts or the dashboard but not exported: {missing:?}\n{body}\n{witness_body}\n{guard_body}"
     );
+    // A counter the dashboard uses before anything happened: each reason's
+    // series is there, at 0, before any fence.
+    for reason in ["golddr_promoted", "isolated"] {
+        let series = format!("patroni_dr_watchdog_fences_total{{reason=\"{reason}\"}}");
+        assert_eq!(sample(&guard_body, &series), Some(0.0), "{series}:\n{guard_body}");
+    }
     w.stop().await;
     witness.stop().await;
+    guard.stop().await;
 }
 
 /// Every `state` and `verdict` series, as a scrape returns them: 1 for the

@@ -120,6 +120,21 @@ pub async fn spawn_witness(vars: &[(&str, &str)]) -> Running {
     .await
 }
 
+/// A guard (`patroni-dr-watchdog guard`) in this process, from
+/// environment-style variables.
+pub async fn spawn_guard(vars: &[(&str, &str)]) -> Running {
+    let vars: Vec<(String, String)> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .chain([("WATCHDOG_LISTEN_ADDR".to_string(), "127.0.0.1:0".to_string())])
+        .collect();
+    let config = patroni_dr_watchdog::config::GuardConfig::load(vars).expect("guard config is valid");
+    Running::start(config.listen_addr, |listener, shutdown| {
+        patroni_dr_watchdog::guard::run(config, listener, shutdown)
+    })
+    .await
+}
+
 impl Running {
     /// Binds `addr` and runs what `run` returns on it until stopped.
     async fn start<F>(
