@@ -694,7 +694,7 @@ def check_witness(build_dir):
 # environment); it refuses the other roles' at start-up. The GOLDDR_TS_*
 # pair is left out: the guard refuses it for now.
 GUARD_SETTINGS = {"WATCHDOG_" + n for n in (
-    "GOLDDR_HOST", "GOLDDR_PORT", "GOLDDR_USER", "GOLDDR_PASSWORD", "GOLDDR_PASSWORD_FILE",
+    "GOLDDR_HOST", "GOLDDR_PORT", "GOLDDR_TS_SERVICE", "GOLDDR_TS_PORT_NAME", "NAMESPACE", "GOLDDR_USER", "GOLDDR_PASSWORD", "GOLDDR_PASSWORD_FILE",
     "GOLDDR_DATABASE", "GOLDDR_SSLMODE", "GOLDDR_SSLROOTCERT",
     "PATRONI_URL", "PATRONI_USERNAME", "PATRONI_PASSWORD", "PATRONI_PASSWORD_FILE", "PATRONI_CAFILE",
     "WITNESSES", "WITNESS_MAX_AGE", "FENCE_AFTER", "FENCE_STANDBY_CLUSTER", "MODE",
@@ -718,10 +718,19 @@ def check_guard(build_dir):
     alone = load_all(os.path.join(build_dir, "guard.yaml"))
     kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in alone)
     for k in kinds:
-        if k.split("/")[0] in ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding", "Secret",
-                               "NetworkPolicy", "StatefulSet"):
-            fail(f"the component must not bring {k} (no RBAC: no Kubernetes API call; Secrets by hand; "
+        if k.split("/")[0] in ("ClusterRole", "ClusterRoleBinding", "Secret", "NetworkPolicy", "StatefulSet"):
+            fail(f"the component must not bring {k} (nothing cluster-wide; Secrets by hand; "
                  "networkpolicy.yaml by hand)")
+        if k.split("/")[0] in ("Role", "RoleBinding") and k.split("/")[1] != "patroni-dr-guard":
+            fail(f"the component's only Role and RoleBinding are patroni-dr-guard, not {k}")
+    roles = [d for d in alone if d["kind"] == "Role"]
+    want_rules = [
+        {"apiGroups": [""], "resources": ["services"], "verbs": ["list", "watch"]},
+        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+    ]
+    got_rules = [{k: r[k] for k in ("apiGroups", "resources", "verbs")} for r in (roles[0]["rules"] if roles else [])]
+    if got_rules != want_rules:
+        fail(f"the guard's Role must grant exactly services list/watch (by name) and Events create/patch: {got_rules}")
     docs = load_all(os.path.join(build_dir, "guard-on-gold.yaml"))
     sts = [d for d in docs if d["kind"] == "StatefulSet"]
     src = [d for d in load_all(os.path.join(M, "examples/golddr/statefulset.yaml")) if d["kind"] == "StatefulSet"]
@@ -748,8 +757,13 @@ def check_guard(build_dir):
     env = {e["name"]: e for e in c.get("env", [])}
     for n in sorted(set(env) - GUARD_SETTINGS):
         fail(f"{n} is not a guard setting (the guard refuses it at start-up)")
-    if not env.get("WATCHDOG_GOLDDR_HOST", {}).get("value"):
-        fail("WATCHDOG_GOLDDR_HOST (required) is not set")
+    service = env.get("WATCHDOG_GOLDDR_TS_SERVICE", {}).get("value")
+    if not service and not env.get("WATCHDOG_GOLDDR_HOST", {}).get("value"):
+        fail("neither WATCHDOG_GOLDDR_TS_SERVICE nor WATCHDOG_GOLDDR_HOST is set")
+    names = [n for r in (roles[0]["rules"] if roles else []) if r["resources"] == ["services"]
+             for n in r.get("resourceNames", [])]
+    if service and names != [service]:
+        fail(f"the Role names Services {names}, the guard follows {service!r}")
     if env.get("WATCHDOG_PATRONI_URL", {}).get("value") != "http://127.0.0.1:8008":
         fail("WATCHDOG_PATRONI_URL must be the local member's http://127.0.0.1:8008")
     vols = {v["name"]: v for v in pod.get("volumes", [])}
@@ -805,7 +819,7 @@ def check_guard(build_dir):
     if not bad:
         print("guard: args [guard], the sidecar's image, only guard settings, the local Patroni API, passwords from "
               "read-only Secret files, restricted security, no CPU limit, /livez and /readyz, port 9808 "
-              f"({port_name}), job patroni-dr-guard; no RBAC, Secret or NetworkPolicy in the component")
+              f"({port_name}), job patroni-dr-guard; a Role for its Service and Events only, no Secret or NetworkPolicy in the component")
     return bad
 
 def check_gate_example():

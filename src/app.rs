@@ -77,8 +77,10 @@ impl PendingDiscovery {
     pub async fn read_once(&self) -> Target {
         let api = Api::<Service>::namespaced(self.kube.client.clone(), &self.namespace);
         let object = format!("{}/{}", self.namespace, self.service);
-        match api.get_opt(&self.service).await {
-            Ok(service) => target::resolve(service.as_ref(), &object, self.port_name.as_deref(), &self.host),
+        // A list by name, as the watcher does: the same RBAC rule allows it.
+        let by_name = kube::api::ListParams::default().fields(&format!("metadata.name={}", self.service));
+        match api.list(&by_name).await {
+            Ok(list) => target::resolve(list.items.first(), &object, self.port_name.as_deref(), &self.host),
             Err(e) => Target::Unknown {
                 reason: format!("cannot read Service {object}: {}", crate::error_chain(&e)),
             },

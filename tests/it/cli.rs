@@ -666,9 +666,14 @@ fn the_guard_manifest_is_accepted_by_the_guard() {
             (name, value)
         })
         .collect();
-    assert!(vars.iter().any(|(k, _)| k == "WATCHDOG_GOLDDR_HOST"), "{vars:?}");
     let config = patroni_dr_watchdog::config::GuardConfig::load(vars.clone());
     assert!(config.is_ok(), "{vars:?}: {:?}", config.err());
+    let config = config.expect("checked");
+    assert_eq!(
+        config.golddr.address.service(),
+        Some("patroni-master-golddr"),
+        "follows the reverse Transport Service that manifests/guard/rbac.yaml names"
+    );
 }
 
 /// The witness's settings are checked like the watchdog's, before it

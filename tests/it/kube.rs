@@ -640,11 +640,11 @@ fn rbac_terms(r: &crate::support::kube_api::RecordedRequest) -> (String, String,
     (group, resource, name.or(selected), verb.to_string())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn every_api_call_is_allowed_by_the_rbac_manifest_and_every_rule_is_used() {
-    let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/rbac.yaml"))
-        .expect("manifests/rbac.yaml");
-    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&manifest).expect("rbac.yaml is YAML");
+/// A Role's rules from an RBAC manifest: `[apiGroups, resources,
+/// resourceNames, verbs]` each.
+fn role_rules(path: &str) -> Vec<[Vec<String>; 4]> {
+    let manifest = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&manifest).expect("RBAC manifest is YAML");
     let role = docs.iter().find(|d| d["kind"] == "Role").expect("a Role");
     assert!(
         !docs.iter().any(|d| d["kind"] == "ClusterRole"),
@@ -655,7 +655,7 @@ async fn every_api_call_is_allowed_by_the_rbac_manifest_and_every_rule_is_used()
             .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
             .unwrap_or_default()
     };
-    let rules: Vec<[Vec<String>; 4]> = role["rules"]
+    role["rules"]
         .as_array()
         .expect("rules")
         .iter()
@@ -667,7 +667,38 @@ async fn every_api_call_is_allowed_by_the_rbac_manifest_and_every_rule_is_used()
                 strings(&r["verbs"]),
             ]
         })
-        .collect();
+        .collect()
+}
+
+/// Asserts the Role allows every recorded request; returns the (resource,
+/// verb) pairs used.
+fn assert_allowed(
+    rules: &[[Vec<String>; 4]],
+    requests: &[crate::support::kube_api::RecordedRequest],
+    manifest: &str,
+) -> std::collections::BTreeSet<(String, String)> {
+    let mut used = std::collections::BTreeSet::new();
+    for r in requests {
+        let (group, resource, name, verb) = rbac_terms(r);
+        let allowed = rules.iter().any(|[groups, resources, names, verbs]| {
+            groups.contains(&group)
+                && resources.contains(&resource)
+                && verbs.contains(&verb)
+                && (names.is_empty() || name.as_ref().is_some_and(|n| names.contains(n)))
+        });
+        assert!(
+            allowed,
+            "{} {}?{} needs {verb} on {group}/{resource} {name:?}, which {manifest} does not grant",
+            r.method, r.path, r.query
+        );
+        used.insert((resource, verb));
+    }
+    used
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_api_call_is_allowed_by_the_rbac_manifest_and_every_rule_is_used() {
+    let rules = role_rules(concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/rbac.yaml"));
 
     // The manifest's own object names.
     let env = KubeEnv::double().await;
@@ -698,22 +729,7 @@ async fn every_api_call_is_allowed_by_the_rbac_manifest_and_every_rule_is_used()
     }
     w.stop().await;
 
-    let mut used = std::collections::BTreeSet::new();
-    for r in d.requests() {
-        let (group, resource, name, verb) = rbac_terms(&r);
-        let allowed = rules.iter().any(|[groups, resources, names, verbs]| {
-            groups.contains(&group)
-                && resources.contains(&resource)
-                && verbs.contains(&verb)
-                && (names.is_empty() || name.as_ref().is_some_and(|n| names.contains(n)))
-        });
-        assert!(
-            allowed,
-            "{} {}?{} needs {verb} on {group}/{resource} {name:?}, which rbac.yaml does not grant",
-            r.method, r.path, r.query
-        );
-        used.insert((resource, verb));
-    }
+    let used = assert_allowed(&rules, &d.requests(), "rbac.yaml");
     for [_, resources, _, verbs] in &rules {
         for resource in resources {
             for verb in verbs {
@@ -991,4 +1007,30 @@ async fn the_guard_follows_the_reverse_ts_and_records_its_fence_as_an_event(env:
     wait_events(env, &identity, "GoldFenced").await;
     shutdown.cancel();
     run.await.expect("guard task").expect("guard ran");
+    if let Some(d) = env.api_double() {
+        let manifest = "manifests/guard/rbac.yaml";
+        let rules = role_rules(&format!("{}/{manifest}", env!("CARGO_MANIFEST_DIR")));
+        // The guard's calls: not this test's own (it writes the Service
+        // and reads the Events), and under the manifest's Service name.
+        let requests: Vec<_> = d
+            .requests()
+            .into_iter()
+            .filter(|r| {
+                !(r.path.contains("/services") && r.method != "GET")
+                    && !(r.path.contains("/events") && r.method == "GET")
+            })
+            .map(|mut r| {
+                r.path = r.path.replace(&service, "patroni-master-golddr");
+                r.query = r.query.replace(&service, "patroni-master-golddr");
+                r
+            })
+            .collect();
+        let used = assert_allowed(&rules, &requests, manifest);
+        for want in [("services", "list"), ("services", "watch"), ("events", "create")] {
+            assert!(
+                used.contains(&(want.0.into(), want.1.into())),
+                "{want:?} unused: {used:?}"
+            );
+        }
+    }
 }

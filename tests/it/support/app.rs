@@ -130,7 +130,7 @@ pub async fn spawn_guard(vars: &[(&str, &str)]) -> Running {
         .collect();
     let config = patroni_dr_watchdog::config::GuardConfig::load(vars).expect("guard config is valid");
     Running::start(config.listen_addr, |listener, shutdown| {
-        patroni_dr_watchdog::guard::run(config, listener, shutdown)
+        patroni_dr_watchdog::guard::run(config, None, listener, shutdown)
     })
     .await
 }
