@@ -1016,8 +1016,11 @@ async fn the_guard_follows_the_reverse_ts_and_records_its_fence_as_an_event(env:
             .requests()
             .into_iter()
             .filter(|r| {
-                !(r.path.contains("/services") && r.method != "GET")
-                    && !(r.path.contains("/events") && r.method == "GET")
+                let tests_own = match r.method.as_str() {
+                    "GET" => r.path.contains("/events"),
+                    _ => r.path.contains("/services"),
+                };
+                !tests_own
             })
             .map(|mut r| {
                 r.path = r.path.replace(&service, "patroni-master-golddr");
