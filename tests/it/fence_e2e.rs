@@ -530,6 +530,37 @@ async fn gold_isolated_while_golddr_is_never_promoted_is_unfenced_when_the_links
 /// site comes back. Its Patroni would promote the member again: the gate
 /// (its `pre_promote`) refuses while GoldDR is writable, and the guard,
 /// back too, fences Gold so that it follows GoldDR.
+/// Gold's whole site dies, its guard with it: GoldDR is promoted with every
+/// row, and never sooner than the guard's deadline plus the pairing margin
+/// (a Gold only cut off would have fenced itself by then).
+#[tokio::test(flavor = "multi_thread")]
+async fn gold_killed_golddr_promotes_only_after_the_guards_deadline_and_margin() {
+    let places = Places::start(GoldClusterOptions::members(1)).await;
+    let witness = places.witness("witness-a", FAST).await;
+    let guard = Guard::start(&places, &witness, &[]).await;
+    let timing = dr_timing();
+    let w = places.spawn_watchdog(&[&witness], &timing, &[]).await;
+    let sampler = places.sampler().await;
+
+    guard.process.kill();
+    places.gold.kill_site();
+    let killed = Instant::now();
+    w.wait_status_for(Duration::from_secs(60), "GoldDR promoted", |s| {
+        s["promotion"]["result"] == "promoted"
+    })
+    .await;
+    let after = killed.elapsed();
+    let bound = humantime::parse_duration(FENCE_AFTER).expect("FENCE_AFTER") + Duration::from_secs(10);
+    assert!(
+        after >= bound,
+        "promoted {after:?} after the kill, before {bound:?}"
+    );
+    eprintln!("Gold killed -> GoldDR promoted in {after:?} (never before {bound:?})");
+    places.assert_promoted_with_every_row().await;
+    finish(sampler.stop().await);
+    w.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn gold_killed_and_brought_back_never_takes_writes_beside_the_promoted_golddr() {
     let places = Places::start(GoldClusterOptions::members(1)).await;
