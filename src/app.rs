@@ -408,6 +408,20 @@ impl<P: Probe> Watchdog<P> {
                 Effect::Vetoed(guards) => guards.into_iter().for_each(|g| self.metrics.veto(g)),
                 Effect::Counted(result) => self.metrics.promotion(result),
                 Effect::Alert(alert) => self.alert(alert),
+                Effect::Readiness(blockers) => {
+                    if blockers.is_empty() {
+                        info!(ready = true, "DR readiness: a loss of Gold now would be promoted");
+                    } else {
+                        let why: Vec<String> = blockers.iter().map(|b| b.describe()).collect();
+                        let names: Vec<&str> = blockers.iter().map(|b| b.guard).collect();
+                        warn!(
+                            ready = false,
+                            blockers = %names.join(","),
+                            detail = %why.join("; "),
+                            "DR readiness: a loss of Gold now would not be promoted"
+                        );
+                    }
+                }
             }
         }
     }

@@ -88,7 +88,9 @@ fn yes_no(b: Option<bool>) -> &'static str {
 pub async fn check(config: &Config, kube: Option<&kube::Client>) -> Exit {
     let ns = namespace(config, kube);
     let mut ok = line(true, "settings", "valid");
-    match gold(config, kube, &ns).await {
+    let mut verdict = "not ready: no_promoter (this watchdog cannot promote)".to_string();
+    let target = gold(config, kube, &ns).await;
+    match target.clone() {
         Err(e) => ok &= line(false, "gold target", e),
         Ok(endpoint) => {
             ok &= line(true, "gold target", endpoint.to_string());
@@ -122,6 +124,19 @@ pub async fn check(config: &Config, kube: Option<&kube::Client>) -> Exit {
             ..
         })) => {
             let o = observer.observe().await;
+            let limits = app::limits(config);
+            verdict = match guards::readiness(&Facts::new(target.is_ok(), &o, &limits), &limits) {
+                guards::Readiness::Ready => {
+                    "ready to promote: a loss of Gold now would pass every guard".into()
+                }
+                guards::Readiness::AlreadyPromoted => {
+                    format!("not ready: {} (no standby_cluster)", guards::ALREADY_PROMOTED)
+                }
+                guards::Readiness::Blocked(v) => format!(
+                    "not ready: {}",
+                    v.iter().map(Veto::describe).collect::<Vec<_>>().join(", ")
+                ),
+            };
             if config.uses_patroni() {
                 ok &= line(
                     !matches!(o.role, Role::Unreachable(_)),
@@ -180,6 +195,10 @@ pub async fn check(config: &Config, kube: Option<&kube::Client>) -> Exit {
         }
     }
     ok &= check_others(config).await;
+    // The verdict is the guards' over what was just gathered, as if Gold
+    // were lost now; a replica's sidecar is rightly not ready, so it does
+    // not decide the exit code.
+    println!("{verdict}");
     if ok { Exit::Ok } else { Exit::Failed }
 }
 
@@ -443,6 +462,27 @@ fn describe_status(body: &Value) -> String {
     if let Value::String(e) = &p["last_error"] {
         put("last error", e.clone());
     }
+    let r = &body["readiness"];
+    let since = match &r["since"] {
+        Value::Null => String::new(),
+        t => format!(" since {}", s(t)),
+    };
+    let blockers: Vec<String> = r["blockers"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .map(|b| format!("{}{}", s(&b["guard"]), detail(&b["detail"])))
+                .collect()
+        })
+        .unwrap_or_default();
+    put(
+        "readiness",
+        if r["ready"] == Value::Bool(true) {
+            format!("ready to promote{since}")
+        } else {
+            format!("not ready{since}: {}", blockers.join(", "))
+        },
+    );
     if p["split_brain"] == Value::Bool(true) {
         put(
             "SPLIT BRAIN",

@@ -164,7 +164,36 @@ pub enum Effect {
     Vetoed(Vec<&'static str>),
     Counted(PromotionResult),
     Alert(Alert),
+    /// Whether a loss of Gold now would be promoted changed: one log line.
+    Readiness(Vec<Blocker>),
 }
+
+/// What would hold a promotion back if Gold were lost now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Blocker {
+    pub guard: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Blocker {
+    fn named(guard: &'static str) -> Blocker {
+        Blocker { guard, detail: None }
+    }
+
+    /// The name with its detail, for logs and `check`.
+    pub fn describe(&self) -> String {
+        match &self.detail {
+            Some(d) => format!("{} ({d})", self.guard),
+            None => self.guard.to_string(),
+        }
+    }
+}
+
+/// Readiness blockers that are no guard's veto: this watchdog has no
+/// promoter, or has not observed its cluster yet.
+pub const NO_PROMOTER: &str = "no_promoter";
+pub const NOT_OBSERVED: &str = "not_observed";
 
 /// The situations reported once each per loss of Gold.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,6 +265,10 @@ pub struct LoopState {
     promotion: PromotionRecord,
     /// When the loop last handled a probe tick (monotonic), for `/livez`.
     last_tick: Option<Instant>,
+    /// The guards over the last observation, as if Gold were lost.
+    readiness: Option<guards::Readiness>,
+    /// Since when the blockers are what they are.
+    readiness_since: Option<SystemTime>,
 }
 
 impl LoopState {
@@ -258,6 +291,8 @@ impl LoopState {
             reported: None,
             promotion: PromotionRecord::default(),
             last_tick: None,
+            readiness: None,
+            readiness_since: None,
         }
     }
 
@@ -274,6 +309,7 @@ impl LoopState {
             }
             Event::Observed(observation) => {
                 self.observation = Some(observation);
+                self.judge_readiness(now, &mut effects);
                 self.decide(now, &mut effects);
             }
             Event::Written(written) => self.written(written, now, &mut effects),
@@ -346,6 +382,49 @@ impl LoopState {
 
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    /// What would hold a promotion back if Gold were lost now: none when
+    /// ready.
+    pub fn readiness_blockers(&self) -> Vec<Blocker> {
+        if self.policy.promotes.is_none() {
+            return vec![Blocker::named(NO_PROMOTER)];
+        }
+        match &self.readiness {
+            None => vec![Blocker::named(NOT_OBSERVED)],
+            Some(guards::Readiness::Ready) => vec![],
+            Some(guards::Readiness::AlreadyPromoted) => vec![Blocker::named(guards::ALREADY_PROMOTED)],
+            Some(guards::Readiness::Blocked(vetoes)) => vetoes
+                .iter()
+                .map(|v| Blocker {
+                    guard: v.name(),
+                    detail: v.detail().map(str::to_string),
+                })
+                .collect(),
+        }
+    }
+
+    pub fn readiness_since(&self) -> Option<SystemTime> {
+        self.readiness_since
+    }
+
+    /// Every observation: the same guards as a promotion, over the facts as
+    /// Gold's loss would leave them.
+    fn judge_readiness(&mut self, now: SystemTime, effects: &mut Vec<Effect>) {
+        let Some(observation) = &self.observation else {
+            return;
+        };
+        let target_known = matches!(self.target, Target::Known { .. });
+        let facts = Facts::new(target_known, observation, &self.policy.limits);
+        let before: Vec<&'static str> = self.readiness_blockers().iter().map(|b| b.guard).collect();
+        let first = self.readiness.is_none();
+        self.readiness = Some(guards::readiness(&facts, &self.policy.limits));
+        let blockers = self.readiness_blockers();
+        let after: Vec<&'static str> = blockers.iter().map(|b| b.guard).collect();
+        if first || before != after {
+            self.readiness_since = Some(now);
+            effects.push(Effect::Readiness(blockers));
+        }
     }
 
     /// Site-wide alerts (Gold lost, probe blind, vetoes) come from the
@@ -828,14 +907,71 @@ mod tests {
         let effects = l.lose_gold();
         assert!(effects.contains(&Effect::ObserveNow));
         assert!(alerts(&effects).contains(&AlertKind::GoldLost));
-        // Gathered before the loss: says nothing about now.
-        assert!(l.observe(stale).is_empty());
+        // Gathered before the loss: says nothing about now (only readiness,
+        // judged on every observation).
+        let effects = l.observe(stale);
+        assert!(
+            effects.iter().all(|e| matches!(e, Effect::Readiness(_))),
+            "{effects:?}"
+        );
         let fresh = l.clear();
         let effects = l.observe(fresh);
         assert!(promotes(&effects), "{effects:?}");
         // One write at a time: another observation while writing does nothing.
         let again = l.clear();
         assert!(!promotes(&l.observe(again)));
+    }
+
+    /// Readiness follows every observation, says each change once, and
+    /// names what would hold a promotion back.
+    #[test]
+    fn readiness_is_judged_on_every_observation_and_said_when_it_changes() {
+        let readiness = |e: &[Effect]| -> Option<Vec<&'static str>> {
+            e.iter().find_map(|e| match e {
+                Effect::Readiness(b) => Some(b.iter().map(|b| b.guard).collect()),
+                _ => None,
+            })
+        };
+        let mut l = Loop::new(Mode::Enforce, true);
+        assert_eq!(
+            l.state
+                .readiness_blockers()
+                .iter()
+                .map(|b| b.guard)
+                .collect::<Vec<_>>(),
+            [NOT_OBSERVED]
+        );
+        let o = l.clear();
+        assert_eq!(readiness(&l.observe(o)), Some(vec![]));
+        assert!(l.state.readiness_since().is_some());
+        let o = l.clear();
+        assert_eq!(readiness(&l.observe(o)), None, "no change, nothing said");
+        let paused = ClusterConfig {
+            paused: true,
+            ..standby()
+        };
+        let o = l.fresh(Role::Replica, paused, vec![]);
+        assert_eq!(
+            readiness(&l.observe(o)),
+            Some(vec!["not_standby_leader", "paused"])
+        );
+        let blockers = l.state.readiness_blockers();
+        assert_eq!(blockers[0].detail.as_deref(), Some("replica"));
+        let o = l.clear();
+        assert_eq!(readiness(&l.observe(o)), Some(vec![]));
+
+        let mut none = Loop::new(Mode::Enforce, false);
+        assert_eq!(
+            none.state
+                .readiness_blockers()
+                .iter()
+                .map(|b| b.guard)
+                .collect::<Vec<_>>(),
+            [NO_PROMOTER]
+        );
+        let o = none.clear();
+        none.observe(o);
+        assert_eq!(none.state.readiness_blockers()[0].guard, NO_PROMOTER);
     }
 
     #[test]

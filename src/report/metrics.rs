@@ -23,9 +23,9 @@ use strum::IntoEnumIterator;
 use tokio::sync::watch;
 
 use crate::decide::detector::Verdict;
-use crate::decide::guards::Veto;
+use crate::decide::guards::{self, Veto};
 use crate::decide::quorum::Vote;
-use crate::decide::state::{PromotionResult, State};
+use crate::decide::state::{NO_PROMOTER, NOT_OBSERVED, PromotionResult, State};
 use crate::observe::probe::{Outcome, ProbeReport};
 use crate::observe::target::Target;
 use crate::report::status::{ProbeStatus, Status};
@@ -484,6 +484,28 @@ impl Collector for StateCollector {
             "1 while Gold answers as a writable primary after this process promoted GoldDR",
             i64::from(s.promotion.split_brain),
         )?;
+        gauge(
+            e,
+            "promotion_ready",
+            "1 while a loss of Gold now would be promoted: every guard that does not depend on Gold's loss passes \
+             (on the standby leader's sidecar; take the max over the site's pods)",
+            i64::from(s.readiness.ready),
+        )?;
+        let blocking: Vec<&str> = s.readiness.blockers.iter().map(|b| b.guard).collect();
+        one_hot(
+            e,
+            "promotion_blockers",
+            "1 for each guard that would hold a promotion back if Gold were lost now",
+            readiness_blocker_names().map(|guard| (GuardLabels { guard }, blocking.contains(&guard))),
+        )?;
         Ok(())
     }
+}
+
+/// Every name a readiness blocker can have: each guard, and the states in
+/// which there is nothing to judge.
+pub fn readiness_blocker_names() -> impl Iterator<Item = &'static str> {
+    Veto::iter()
+        .map(|v| v.name())
+        .chain([guards::ALREADY_PROMOTED, NO_PROMOTER, NOT_OBSERVED])
 }

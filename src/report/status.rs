@@ -11,7 +11,7 @@ use crate::decide::detector::{Detector, Verdict};
 use crate::decide::guards;
 use crate::decide::guards::Veto;
 use crate::decide::quorum::{Ballot, Tally};
-use crate::decide::state::{Counters, LoopState, State};
+use crate::decide::state::{Blocker, Counters, LoopState, State};
 use crate::observe::cluster::Observation;
 use crate::observe::cluster_config::DisarmSwitch;
 use crate::observe::patroni::Role;
@@ -222,6 +222,15 @@ impl ProbeStatus {
     }
 }
 
+/// The guards over the last observation, as if Gold were lost now.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReadinessStatus {
+    pub ready: bool,
+    pub blockers: Vec<Blocker>,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub since: Option<SystemTime>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub version: &'static str,
@@ -232,6 +241,8 @@ pub struct Status {
     pub cluster: ClusterStatus,
     pub quorum: QuorumStatus,
     pub promotion: PromotionStatus,
+    /// Would a loss of Gold now be promoted?
+    pub readiness: ReadinessStatus,
     pub settings: Arc<Config>,
     /// When the loop last finished a tick (monotonic), for `/livez`.
     #[serde(skip)]
@@ -266,6 +277,14 @@ impl Status {
                 vetoes: record.vetoes.clone(),
                 last_error: record.last_error.clone(),
                 idle: record.idle.clone(),
+            },
+            readiness: {
+                let blockers = state.readiness_blockers();
+                ReadinessStatus {
+                    ready: blockers.is_empty(),
+                    blockers,
+                    since: state.readiness_since(),
+                }
             },
             settings: settings.clone(),
             last_tick: state.last_tick(),
