@@ -18,6 +18,7 @@ use crate::observe::cluster::Observation;
 use crate::observe::patroni::Role;
 use crate::observe::probe::{Outcome, ProbeReport};
 use crate::observe::target::Target;
+use crate::observe::wal::Lsn;
 
 /// Probe errors kept for the promotion's Event and audit trail.
 const RECENT_ERRORS: usize = 3;
@@ -168,6 +169,31 @@ pub enum Effect {
     Readiness(Vec<Blocker>),
 }
 
+/// What a promotion now would lose: positions on both sides, the lag in
+/// bytes, and the age of GoldDR's newest data.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rpo {
+    /// Gold's WAL position, read by the probe.
+    pub gold: Option<Lsn>,
+    pub gold_at: Option<SystemTime>,
+    pub received: Option<Lsn>,
+    pub replayed: Option<Lsn>,
+    pub golddr_at: Option<SystemTime>,
+    /// Gold's position minus GoldDR's received: what a promotion loses.
+    pub replication_lag_bytes: Option<u64>,
+    /// Gold's position minus GoldDR's replayed.
+    pub replay_lag_bytes: Option<u64>,
+    /// The stale-data guard's age of GoldDR's newest data.
+    pub data_age: Option<Duration>,
+}
+
+impl Rpo {
+    /// When the older of the two positions behind the lag was read.
+    pub fn lag_at(&self) -> Option<SystemTime> {
+        Some(self.gold_at?.min(self.golddr_at?))
+    }
+}
+
 /// What would hold a promotion back if Gold were lost now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Blocker {
@@ -265,6 +291,10 @@ pub struct LoopState {
     promotion: PromotionRecord,
     /// When the loop last handled a probe tick (monotonic), for `/livez`.
     last_tick: Option<Instant>,
+    /// Gold's WAL position as the last probe that read one said, and when.
+    gold_wal: Option<(Lsn, SystemTime)>,
+    /// GoldDR's received and replayed positions as last read, and when.
+    golddr_wal: Option<(Option<Lsn>, Option<Lsn>, SystemTime)>,
     /// The guards over the last observation, as if Gold were lost.
     readiness: Option<guards::Readiness>,
     /// Since when the blockers are what they are.
@@ -291,6 +321,8 @@ impl LoopState {
             reported: None,
             promotion: PromotionRecord::default(),
             last_tick: None,
+            gold_wal: None,
+            golddr_wal: None,
             readiness: None,
             readiness_since: None,
         }
@@ -308,6 +340,9 @@ impl LoopState {
                 self.probe(report, now, &mut effects);
             }
             Event::Observed(observation) => {
+                if let Ok(w) = &observation.wal {
+                    self.golddr_wal = Some((w.received, w.replayed, now));
+                }
                 self.observation = Some(observation);
                 self.judge_readiness(now, &mut effects);
                 self.decide(now, &mut effects);
@@ -401,6 +436,35 @@ impl LoopState {
                     detail: v.detail().map(str::to_string),
                 })
                 .collect(),
+        }
+    }
+
+    /// How much a promotion now would lose, from the last positions read on
+    /// both sides: kept while either side cannot be read, with the time of
+    /// the older reading, so "behind" and "unknown" stay apart.
+    pub fn rpo(&self) -> Rpo {
+        let (received, replayed, golddr_at) = match self.golddr_wal {
+            Some((rx, rp, at)) => (rx, rp, Some(at)),
+            None => (None, None, None),
+        };
+        let gold = self.gold_wal;
+        let lag = |behind: Option<Lsn>| match (gold, behind) {
+            (Some((g, _)), Some(b)) => Some(g.0.saturating_sub(b.0)),
+            _ => None,
+        };
+        Rpo {
+            gold: gold.map(|(l, _)| l),
+            gold_at: gold.map(|(_, at)| at),
+            received,
+            replayed,
+            golddr_at,
+            replication_lag_bytes: lag(received),
+            replay_lag_bytes: lag(replayed),
+            data_age: self
+                .observation
+                .as_ref()
+                .and_then(|o| o.wal.as_ref().ok())
+                .and_then(|w| w.wal.data_age),
         }
     }
 
@@ -510,6 +574,9 @@ impl LoopState {
             }
         }
         self.check_split_brain(report.outcome, effects);
+        if let Some(lsn) = report.wal {
+            self.gold_wal = Some((lsn, now));
+        }
         self.last_probe = Some((report, now));
         if transition.is_some_and(|t| t.to == Verdict::Lost) && !self.latched {
             match &self.policy.promotes {
@@ -808,6 +875,7 @@ mod tests {
                 outcome,
                 duration: Duration::from_millis(3),
                 error: (outcome != Outcome::Up).then(|| "connection refused".to_string()),
+                wal: None,
             }))
         }
 
@@ -844,6 +912,8 @@ mod tests {
                         streaming_for: None,
                         data_age: Some(Duration::from_secs(30)),
                     },
+                    received: None,
+                    replayed: None,
                 }),
                 signals: vec![],
                 witnesses,
@@ -972,6 +1042,52 @@ mod tests {
         let o = none.clear();
         none.observe(o);
         assert_eq!(none.state.readiness_blockers()[0].guard, NO_PROMOTER);
+    }
+
+    /// The lag is Gold's position from the probe minus GoldDR's from the
+    /// observation; when Gold cannot be read it keeps its value and the time
+    /// of its reading, never drops to 0.
+    #[test]
+    fn the_lag_keeps_its_last_value_and_time_when_gold_cannot_be_read() {
+        let mut l = Loop::new(Mode::Enforce, true);
+        let probe = |l: &mut Loop, outcome: Outcome, wal: Option<u64>| {
+            l.send(Event::Probe(ProbeReport {
+                outcome,
+                duration: Duration::from_millis(1),
+                error: None,
+                wal: wal.map(Lsn),
+            }))
+        };
+        let observe = |l: &mut Loop, received: u64, replayed: u64| {
+            let mut o = l.clear();
+            if let Ok(w) = &mut o.wal {
+                w.received = Some(Lsn(received));
+                w.replayed = Some(Lsn(replayed));
+            }
+            l.observe(o)
+        };
+        assert_eq!(l.state.rpo().replication_lag_bytes, None, "nothing read yet");
+        probe(&mut l, Outcome::Up, Some(1000));
+        assert_eq!(l.state.rpo().replication_lag_bytes, None, "GoldDR not read yet");
+        observe(&mut l, 900, 800);
+        let r = l.state.rpo();
+        assert_eq!(
+            (r.replication_lag_bytes, r.replay_lag_bytes),
+            (Some(100), Some(200))
+        );
+        let at = r.lag_at().expect("both read");
+        assert_eq!(Some(at), r.gold_at);
+        probe(&mut l, Outcome::Down(DownReason::Refused), None);
+        observe(&mut l, 950, 950);
+        let r = l.state.rpo();
+        assert_eq!(r.replication_lag_bytes, Some(50), "Gold's last position kept");
+        assert_eq!(r.lag_at(), r.gold_at);
+        assert!(
+            r.gold_at.is_some_and(|g| g < r.golddr_at.expect("read")),
+            "the Gold side is the older"
+        );
+        observe(&mut l, 2000, 2000);
+        assert_eq!(l.state.rpo().replication_lag_bytes, Some(0), "never negative");
     }
 
     #[test]

@@ -182,18 +182,12 @@ pub fn encode_probe_gauges(e: &mut DescriptorEncoder, p: &ProbeStatus) -> Result
         "1 if the last probe found Gold's PostgreSQL writable, else 0",
         i64::from(writable),
     )?;
-    let last = p
-        .last_probe
-        .as_ref()
-        .and_then(|p| p.at.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0.0, |d| d.as_secs_f64());
-    let g = ConstGauge::new(last);
-    g.encode(e.encode_descriptor(
+    gauge_f64(
+        e,
         "last_probe_timestamp_seconds",
         "Unix time at which the last probe finished",
-        None,
-        g.metric_type(),
-    )?)?;
+        p.last_probe.as_ref().map_or(0.0, |p| unix_seconds(p.at)),
+    )?;
     one_hot(
         e,
         "verdict",
@@ -377,6 +371,21 @@ pub fn gauge(
     g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
 }
 
+pub fn gauge_f64(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: f64,
+) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(value);
+    g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+fn unix_seconds(t: std::time::SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// One series per value, 1 for the current one.
 pub fn one_hot<L: EncodeLabelSet>(
     encoder: &mut DescriptorEncoder,
@@ -484,6 +493,37 @@ impl Collector for StateCollector {
             "1 while Gold answers as a writable primary after this process promoted GoldDR",
             i64::from(s.promotion.split_brain),
         )?;
+        // Absent until both sides were read; kept, not zeroed, when one side
+        // cannot be read: the timestamp tells "behind" from "unknown".
+        let r = &s.rpo;
+        if let (Some(lag), Some(replay), Some(at)) = (r.replication_lag_bytes, r.replay_lag_bytes, r.lag_at) {
+            gauge(
+                e,
+                "replication_lag_bytes",
+                "Gold's WAL position minus GoldDR's received position: what a promotion now would lose",
+                lag as i64,
+            )?;
+            gauge(
+                e,
+                "replay_lag_bytes",
+                "Gold's WAL position minus GoldDR's replayed position",
+                replay as i64,
+            )?;
+            gauge_f64(
+                e,
+                "replication_lag_timestamp_seconds",
+                "When the older of the two positions behind the lag series was read (Unix time)",
+                unix_seconds(at),
+            )?;
+        }
+        if let Some(age) = r.data_age_seconds {
+            gauge_f64(
+                e,
+                "data_age_seconds",
+                "Age of GoldDR's newest data from Gold, as the stale-data guard judges it",
+                age,
+            )?;
+        }
         gauge(
             e,
             "promotion_ready",
