@@ -516,6 +516,12 @@ impl Collector for StateCollector {
                 unix_seconds(at),
             )?;
         }
+        gauge_f64(
+            e,
+            "max_data_age_seconds",
+            "WATCHDOG_MAX_DATA_AGE: the stale-data guard's limit on the age of GoldDR's newest data",
+            s.settings.max_data_age.as_secs_f64(),
+        )?;
         if let Some(age) = r.data_age_seconds {
             gauge_f64(
                 e,
