@@ -557,11 +557,12 @@ if not r:
     print("(rejoin report not available)")
     sys.exit(0)
 lost = r.get("lost")
-print(f"at {r.get('at')}: Gold timeline {r.get('gold_timeline')}, GoldDR timeline {r.get('golddr_timeline')}, "
-      f"switchpoint {r.get('switchpoint')}, Gold's last position {r.get('gold_last')}")
+v = lambda k: "-" if r.get(k) is None else r.get(k)
+print(f"at {v('at')}: Gold timeline {v('gold_timeline')}, GoldDR timeline {v('golddr_timeline')}, "
+      f"switchpoint {v('switchpoint')}, Gold's last position {v('gold_last')}")
 if lost:
     print(f"WAL on Gold's old timeline only: {lost.get('from')} .. {lost.get('to')} ({lost.get('bytes')} bytes)")
-else:
+elif not r.get("error"):
     print("WAL on Gold's old timeline only: none")
 if r.get("summary"):
     print(f"summary: {r['summary']}")
