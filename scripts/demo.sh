@@ -461,6 +461,51 @@ promotion_checks() {
     grep -E 'gold verdict changed.*to=lost|PROMOTED' "$WD_LOG" | sed 's/^/      DR watchdog: /' | cut -c1-240 || true
 }
 
+# rejoin_report WAIT_S: prints the guard's rejoin report (/status.rejoin,
+# waited for up to WAIT_S), or "(rejoin report not available)" when this
+# build serves none; sets REJOIN_BYTES (WAL only Gold's old timeline had).
+REJOIN_BYTES=""
+rejoin_report() {
+    local out
+    out=$(python3 - "$GUARD_URL" "$1" <<'PY'
+import signal; signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C: die of it, so bash runs its INT trap
+import json, sys, time, urllib.request
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+deadline = time.time() + float(sys.argv[2])
+while True:
+    try:
+        with opener.open(sys.argv[1] + "/status", timeout=1) as r:
+            s = json.load(r)
+    except Exception:
+        s = {}
+    if "rejoin" not in s or s["rejoin"] is not None or time.time() > deadline:
+        break  # not served by this build, or there
+    time.sleep(0.2)
+r = s.get("rejoin")
+if not r:
+    print("(rejoin report not available)")
+    sys.exit(0)
+lost = r.get("lost")
+v = lambda k: "-" if r.get(k) is None else r.get(k)
+print(f"at {v('at')}: Gold timeline {v('gold_timeline')}, GoldDR timeline {v('golddr_timeline')}, "
+      f"switchpoint {v('switchpoint')}, Gold's last position {v('gold_last')}")
+if lost:
+    print(f"WAL on Gold's old timeline only: {lost.get('from')} .. {lost.get('to')} ({lost.get('bytes')} bytes)")
+elif not r.get("error"):
+    print("WAL on Gold's old timeline only: none")
+if r.get("summary"):
+    print(f"summary: {r['summary']}")
+if r.get("error"):
+    print(f"could not be computed: {r['error']}")
+PY
+    ) || out="(rejoin report not available)"
+    info "the guard's rejoin report:"
+    printf '%s\n' "$out" | sed 's/^/      /' >&"$LIB_FD"
+    REJOIN_BYTES=""
+    if [[ "$out" =~ \(([0-9]+)\ bytes\) ]]; then REJOIN_BYTES=${BASH_REMATCH[1]}; fi
+    return 0
+}
+
 # ----------------------------------------------------- 0. prerequisites ----
 say "Step 0: prerequisites (PostgreSQL, Patroni, etcd, curl; release build, three-places harness)"
 ensure_packages tests demo
@@ -537,41 +582,8 @@ if sites log gold 400; then
     sites_print_reply | grep -E 'pg_rewind|rewind' | grep -vE '^ *(File|Traceback|raise)' | head -n 3 |
         sed 's/^/      Gold: /' | cut -c1-220 || true
 fi
-# The guard's rejoin report, when this build serves one.
-REJOIN=$(python3 - "$GUARD_URL" <<'PY'
-import signal; signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C: die of it, so bash runs its INT trap
-import json, sys, time, urllib.request
-opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-deadline = time.time() + 15
-while True:
-    try:
-        with opener.open(sys.argv[1] + "/status", timeout=1) as r:
-            s = json.load(r)
-    except Exception:
-        s = {}
-    if "rejoin" not in s or s["rejoin"] is not None or time.time() > deadline:
-        break  # not served by this build, or there
-    time.sleep(0.2)
-r = s.get("rejoin")
-if not r:
-    print("(rejoin report not available)")
-    sys.exit(0)
-lost = r.get("lost")
-v = lambda k: "-" if r.get(k) is None else r.get(k)
-print(f"at {v('at')}: Gold timeline {v('gold_timeline')}, GoldDR timeline {v('golddr_timeline')}, "
-      f"switchpoint {v('switchpoint')}, Gold's last position {v('gold_last')}")
-if lost:
-    print(f"WAL on Gold's old timeline only: {lost.get('from')} .. {lost.get('to')} ({lost.get('bytes')} bytes)")
-elif not r.get("error"):
-    print("WAL on Gold's old timeline only: none")
-if r.get("summary"):
-    print(f"summary: {r['summary']}")
-if r.get("error"):
-    print(f"could not be computed: {r['error']}")
-PY
-) || REJOIN="(rejoin report not available)"
-info "the guard's rejoin report:"
-printf '%s\n' "$REJOIN" | sed 's/^/      /'
+rejoin_report 15
+A1_REJOIN_BYTES=$REJOIN_BYTES
 
 say "Step 6: the writes Gold acknowledged that GoldDR never got (on Gold's old timeline only)"
 sites_do writer-report
@@ -674,6 +686,8 @@ GUARD_ST=$(poll_json "$GUARD_URL/status" 30 '(s.get("fence") or {}).get("reason"
 expect "the guard fenced Gold: GoldDR was promoted" \
     test "$(json_get fence.reason <<<"${GUARD_ST:-null}" 2>/dev/null)" = golddr_promoted
 expect "Gold took no writes since it came back (as polled here)" test -z "$GOLD_WRITABLE_SEEN"
+info "(the guard restarted with Gold's site: it never saw this Gold as a primary, so it may have no last position of Gold's to report)"
+rejoin_report 5
 SB=$(status_get "$WD_URL" promotion.split_brain 2>/dev/null || echo "?")
 expect "the DR watchdog never saw a writable Gold beside GoldDR (promotion.split_brain: $SB)" test "$SB" = false
 sampler_verdict A2_
@@ -690,6 +704,11 @@ row "  Gold isolated -> Gold read-only" "$(secs "${A1_GOLD_READ_ONLY_S:-}")" "(t
 row "  Gold isolated -> GoldDR writable" "$(secs "${A1_GOLDDR_WRITABLE_S:-}")" "(the DR watchdog: lost after $PROMOTE_AFTER x $DR_INTERVAL, the witness agreeing; Patroni)"
 row "  links back -> Gold streaming from GoldDR" "$(secs "${A1_FOLLOW_S:-}")" "(Patroni: pg_rewind, a standby leader following GoldDR)"
 row "  lost writes (acknowledged by Gold, not on GoldDR)" "${L_LOST:-?} rows" "(one row every $WRITE_EVERY_MS ms through Gold's Service)"
+if [[ -n "${A1_REJOIN_BYTES:-}" ]]; then
+    row "  rejoin report: WAL on Gold's old timeline only" "$A1_REJOIN_BYTES bytes" "(the guard's report: the range the lost writes lie in)"
+else
+    row "  rejoin report: WAL on Gold's old timeline only" "-" "(not reported by the guard)"
+fi
 row "  never two writable sites" "${A1_ROUNDS:-?} samples" "(${A1_RATE:-?}/s over ${A1_LIFETIME_S:-?} s)"
 info "Act 2, Gold killed:"
 row "  Gold killed -> GoldDR writable" "$(secs "${A2_GOLDDR_WRITABLE_S:-}")" "(the same bound; the witness agreeing)"
