@@ -340,8 +340,16 @@ impl LoopState {
                 self.probe(report, now, &mut effects);
             }
             Event::Observed(observation) => {
-                if let Ok(w) = &observation.wal {
-                    self.golddr_wal = Some((w.received, w.replayed, now));
+                // A position not known now (a restarted standby not yet
+                // receiving) keeps its last reading, and that reading's time.
+                if let Ok(w) = &observation.wal
+                    && (w.received.is_some() || w.replayed.is_some())
+                {
+                    let (rx, rp) = match self.golddr_wal {
+                        Some((rx, rp, _)) => (w.received.or(rx), w.replayed.or(rp)),
+                        None => (w.received, w.replayed),
+                    };
+                    self.golddr_wal = Some((rx, rp, now));
                 }
                 self.observation = Some(observation);
                 self.judge_readiness(now, &mut effects);
@@ -1086,6 +1094,10 @@ mod tests {
             r.gold_at.is_some_and(|g| g < r.golddr_at.expect("read")),
             "the Gold side is the older"
         );
+        // A standby that restarted and receives nothing yet: kept too.
+        let o = l.clear();
+        l.observe(o);
+        assert_eq!(l.state.rpo().replication_lag_bytes, Some(50));
         observe(&mut l, 2000, 2000);
         assert_eq!(l.state.rpo().replication_lag_bytes, Some(0), "never negative");
     }
