@@ -153,6 +153,16 @@ impl Guard {
     }
 }
 
+/// One Gold member with its guard, the witness, and the DR watchdog whose
+/// promote bound is paired with the guard's deadline.
+async fn three_places() -> (Places, Witness, Guard, crate::support::app::Running) {
+    let places = Places::start(GoldClusterOptions::members(1)).await;
+    let witness = places.witness("witness-a", FAST).await;
+    let guard = Guard::start(&places, &witness, &[]).await;
+    let w = places.spawn_watchdog(&[&witness], &dr_timing(), &[]).await;
+    (places, witness, guard, w)
+}
+
 /// Cuts every route to and from Gold: the TS both ways, the witness's two
 /// routes to Gold, and the guard's route to the witness.
 async fn isolate_gold(places: &Places, guard: &Guard, fault: Fault) {
@@ -212,11 +222,7 @@ fn gold_read_only_after(report: &crate::support::sampler::SamplerReport, from: D
 
 #[tokio::test(flavor = "multi_thread")]
 async fn gold_isolated_fences_itself_then_golddr_promotes_and_gold_follows_it() {
-    let places = Places::start(GoldClusterOptions::members(1)).await;
-    let witness = places.witness("witness-a", FAST).await;
-    let guard = Guard::start(&places, &witness, &[]).await;
-    let timing = dr_timing();
-    let w = places.spawn_watchdog(&[&witness], &timing, &[]).await;
+    let (places, _witness, guard, w) = three_places().await;
     guard
         .wait("watching, Gold not fenced", Duration::from_secs(20), |s| {
             s["state"] == "watching" && s["golddr"] == "standby" && s["fenced"] == false
@@ -398,11 +404,7 @@ async fn golddr_promoted_by_hand_while_gold_is_alive_is_fenced_at_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_ts_cut_in_either_direction_fences_nothing_and_promotes_nothing() {
-    let places = Places::start(GoldClusterOptions::members(1)).await;
-    let witness = places.witness("witness-a", FAST).await;
-    let guard = Guard::start(&places, &witness, &[]).await;
-    let timing = dr_timing();
-    let w = places.spawn_watchdog(&[&witness], &timing, &[]).await;
+    let (places, _witness, guard, w) = three_places().await;
     let (code, said) = guard.check();
     assert_eq!(code, 0, "{said}");
     for l in [
@@ -526,20 +528,12 @@ async fn gold_isolated_while_golddr_is_never_promoted_is_unfenced_when_the_links
     finish(sampler.stop().await);
 }
 
-/// Gold's site dies with its guard; GoldDR is promoted by the quorum; Gold's
-/// site comes back. Its Patroni would promote the member again: the gate
-/// (its `pre_promote`) refuses while GoldDR is writable, and the guard,
-/// back too, fences Gold so that it follows GoldDR.
 /// Gold's whole site dies, its guard with it: GoldDR is promoted with every
 /// row, and never sooner than the guard's deadline plus the pairing margin
 /// (a Gold only cut off would have fenced itself by then).
 #[tokio::test(flavor = "multi_thread")]
 async fn gold_killed_golddr_promotes_only_after_the_guards_deadline_and_margin() {
-    let places = Places::start(GoldClusterOptions::members(1)).await;
-    let witness = places.witness("witness-a", FAST).await;
-    let guard = Guard::start(&places, &witness, &[]).await;
-    let timing = dr_timing();
-    let w = places.spawn_watchdog(&[&witness], &timing, &[]).await;
+    let (places, _witness, guard, w) = three_places().await;
     let sampler = places.sampler().await;
 
     guard.process.kill();
@@ -561,14 +555,14 @@ async fn gold_killed_golddr_promotes_only_after_the_guards_deadline_and_margin()
     w.stop().await;
 }
 
+/// Gold's site dies with its guard; GoldDR is promoted by the quorum; Gold's
+/// site comes back. Its Patroni would promote the member again: the gate
+/// (its `pre_promote`) refuses while GoldDR is writable, and the guard,
+/// back too, fences Gold so that it follows GoldDR.
 #[tokio::test(flavor = "multi_thread")]
 async fn gold_killed_and_brought_back_never_takes_writes_beside_the_promoted_golddr() {
-    let places = Places::start(GoldClusterOptions::members(1)).await;
-    let witness = places.witness("witness-a", FAST).await;
-    let guard = Guard::start(&places, &witness, &[]).await;
+    let (places, _witness, guard, w) = three_places().await;
     places.gold.set_pre_promote(&guard.gate_command());
-    let timing = dr_timing();
-    let w = places.spawn_watchdog(&[&witness], &timing, &[]).await;
     let sampler = places.sampler().await;
 
     guard.process.kill();
@@ -604,11 +598,7 @@ async fn gold_killed_and_brought_back_never_takes_writes_beside_the_promoted_gol
 
 #[tokio::test(flavor = "multi_thread")]
 async fn golddr_isolated_or_the_witness_isolated_fences_nothing_and_promotes_nothing() {
-    let places = Places::start(GoldClusterOptions::members(1)).await;
-    let witness = places.witness("witness-a", FAST).await;
-    let guard = Guard::start(&places, &witness, &[]).await;
-    let timing = dr_timing();
-    let w = places.spawn_watchdog(&[&witness], &timing, &[]).await;
+    let (places, witness, guard, w) = three_places().await;
     let sampler = places.sampler().await;
 
     // GoldDR cut off from Gold (both ways) and from the witness.

@@ -343,18 +343,7 @@ async fn every_metric_the_alerts_and_dashboard_use_is_exported() {
     });
     let local = standby.port().to_string();
     // And a witness it lists, whose own series the witness alerts use.
-    let gold_port = gold.port().to_string();
-    let heartbeat = format!("tcp://{}", gold.addr());
-    let witness = app::spawn_witness(&[
-        ("WATCHDOG_GOLD_HOST", "127.0.0.1"),
-        ("WATCHDOG_GOLD_PORT", &gold_port),
-        ("WATCHDOG_GOLD_USER", WATCHDOG_USER),
-        ("WATCHDOG_GOLD_SSLMODE", "disable"),
-        ("WATCHDOG_GOLD_HEARTBEAT", &heartbeat),
-        ("WATCHDOG_PROBE_INTERVAL", "300ms"),
-        ("WATCHDOG_PROBE_TIMEOUT", "250ms"),
-    ])
-    .await;
+    let witness = app::witness_of(gold.addr()).await;
     let witnesses = witness.url();
     let w = app::spawn(fast(
         gold.addr(),

@@ -1123,18 +1123,7 @@ fn blockers(s: &serde_json::Value) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn readiness_flips_to_each_blocker_and_back() {
     let r = Replicating::start().await;
-    let gold_port = r.gold.port().to_string();
-    let heartbeat = format!("tcp://{}", r.gold.addr());
-    let witness = app::spawn_witness(&[
-        ("WATCHDOG_GOLD_HOST", "127.0.0.1"),
-        ("WATCHDOG_GOLD_PORT", &gold_port),
-        ("WATCHDOG_GOLD_USER", WATCHDOG_USER),
-        ("WATCHDOG_GOLD_SSLMODE", "disable"),
-        ("WATCHDOG_GOLD_HEARTBEAT", &heartbeat),
-        ("WATCHDOG_PROBE_INTERVAL", "300ms"),
-        ("WATCHDOG_PROBE_TIMEOUT", "250ms"),
-    ])
-    .await;
+    let witness = app::witness_of(r.gold.addr()).await;
     let witness_addr = witness
         .url()
         .trim_start_matches("http://")

@@ -120,6 +120,23 @@ pub async fn spawn_witness(vars: &[(&str, &str)]) -> Running {
     .await
 }
 
+/// A witness of `gold` in this process: its probe and a TCP heartbeat on
+/// Gold's port, every 300 ms.
+pub async fn witness_of(gold: SocketAddr) -> Running {
+    let port = gold.port().to_string();
+    let heartbeat = format!("tcp://{gold}");
+    spawn_witness(&[
+        ("WATCHDOG_GOLD_HOST", "127.0.0.1"),
+        ("WATCHDOG_GOLD_PORT", &port),
+        ("WATCHDOG_GOLD_USER", WATCHDOG_USER),
+        ("WATCHDOG_GOLD_SSLMODE", "disable"),
+        ("WATCHDOG_GOLD_HEARTBEAT", &heartbeat),
+        ("WATCHDOG_PROBE_INTERVAL", "300ms"),
+        ("WATCHDOG_PROBE_TIMEOUT", "250ms"),
+    ])
+    .await
+}
+
 /// A guard (`patroni-dr-watchdog guard`) in this process, from
 /// environment-style variables.
 pub async fn spawn_guard(vars: &[(&str, &str)]) -> Running {
