@@ -248,6 +248,7 @@ mod tests {
                 standby: true,
                 paused: false,
                 disarmed_by: vec![],
+                ..Default::default()
             }),
             wal: Ok(Wal {
                 streaming_for: None,
@@ -296,6 +297,7 @@ mod tests {
                     standby: false,
                     paused: true,
                     disarmed_by: vec![DisarmSwitch::DynamicConfigKey],
+                    ..Default::default()
                 }),
                 ..good()
             };
@@ -436,6 +438,7 @@ mod tests {
                         standby,
                         paused,
                         disarmed_by,
+                        ..Default::default()
                     }));
                 }
             }

@@ -781,6 +781,7 @@ mod tests {
             standby: true,
             paused: false,
             disarmed_by: vec![],
+            ..Default::default()
         }
     }
 

@@ -11,6 +11,7 @@ use kube::api::Api;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 
+pub use crate::observe::dynamic_config::StandbyAddress;
 use crate::observe::dynamic_config::{self, DynamicConfigError};
 use crate::observe::local_pg::LocalPg;
 use crate::observe::patroni::PatroniClient;
@@ -90,10 +91,14 @@ impl DisarmSwitch {
 }
 
 /// The parts of the DR cluster's configuration a promotion depends on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ClusterConfig {
     /// `standby_cluster` is still in the dynamic config.
     pub standby: bool,
+    /// `standby_cluster.host`/`.port`: where the standby leader replicates
+    /// from, kept on the Transport Service by `decide::standby_target`.
+    /// Empty when not a standby, and for a plain standby (no Patroni).
+    pub standby_address: StandbyAddress,
     /// Patroni maintenance mode.
     pub paused: bool,
     /// The disarm switches that are set right now.
@@ -206,6 +211,7 @@ impl ConfigMapReader {
         }
         let config = ClusterConfig {
             standby: facts.standby,
+            standby_address: facts.standby_address,
             paused: facts.paused,
             disarmed_by,
         };
@@ -266,6 +272,7 @@ impl PatroniConfigReader {
         })?;
         Ok(ClusterConfig {
             standby: facts.standby,
+            standby_address: facts.standby_address,
             paused: facts.paused,
             disarmed_by: if facts.disarmed {
                 vec![DisarmSwitch::DynamicConfigKey]
@@ -298,6 +305,7 @@ impl PostgresConfigReader {
             })?;
         Ok(ClusterConfig {
             standby,
+            standby_address: StandbyAddress::default(),
             paused: false,
             disarmed_by: if disarmed {
                 vec![DisarmSwitch::PostgresSetting]
