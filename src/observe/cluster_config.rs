@@ -266,7 +266,12 @@ impl PatroniConfigReader {
 
     pub async fn read(&self) -> Result<ClusterConfig, ApiError> {
         let text = self.read_text().await?;
-        let facts = dynamic_config::facts(&text).map_err(|source| ApiError::Malformed {
+        self.config_of(&text)
+    }
+
+    /// The facts of a config as `GET /config` served it.
+    pub fn config_of(&self, text: &str) -> Result<ClusterConfig, ApiError> {
+        let facts = dynamic_config::facts(text).map_err(|source| ApiError::Malformed {
             object: self.object(),
             source,
         })?;
