@@ -17,7 +17,7 @@
 //! itself, nothing about it drifts at run time, and a probe route that
 //! differs from the replication route may be on purpose.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
@@ -393,6 +393,12 @@ pub struct LastFix {
     pub error: Option<String>,
 }
 
+/// How long after a fix an observation that still shows the old address is
+/// taken for a stale read rather than a reason to write again: Patroni's
+/// `GET /config` serves its view of the DCS as of its last HA loop
+/// (`loop_wait`, 10 s by default).
+pub const SETTLE: Duration = Duration::from_secs(30);
+
 /// The standby-target part of the loop's state: the last decision, the
 /// write in flight, and what was already said.
 #[derive(Debug, Clone, Default)]
@@ -407,6 +413,8 @@ pub struct Follower {
     dry_run_said: Option<Fix>,
     failure_said: Option<Fix>,
     last: Option<LastFix>,
+    /// The fix last written and when, until an observation shows it.
+    fixed: Option<(Fix, SystemTime)>,
 }
 
 impl Follower {
@@ -455,6 +463,12 @@ impl Follower {
             promoting,
         };
         let decision = decide(&self.setup, &facts);
+        if let (Decision::Fix(fix), Some((fixed, at))) = (&decision, &self.fixed)
+            && fix == fixed
+            && now < *at + SETTLE
+        {
+            return;
+        }
         let changed = self.decision.as_ref() != Some(&decision);
         let was_mismatch = matches!(self.decision, Some(Decision::Fix(_) | Decision::Hold(..)));
         let object = self.setup.writes.as_ref().ok().cloned();
@@ -525,6 +539,7 @@ impl Follower {
                 }
                 self.dry_run_said = None;
                 self.failure_said = None;
+                self.fixed = None;
             }
             Decision::Nothing(_) => {}
         }
@@ -546,6 +561,7 @@ impl Follower {
         match result {
             FixResult::Fixed => {
                 self.failure_said = None;
+                self.fixed = Some((request.fix.clone(), now));
                 effects.push(Effect::Alert(alert(
                     AlertKind::StandbyTargetFixed,
                     format!(
@@ -1011,13 +1027,31 @@ mod tests {
         assert_eq!(alerts(&e), [AlertKind::StandbyTargetFixed]);
         assert_eq!(f.last().map(|l| l.result), Some(FixResult::Fixed));
         // An observation that started before the write finished: ignored.
-        let stale = observation(Role::StandbyLeader, old, at(3));
+        let stale = observation(Role::StandbyLeader, old.clone(), at(3));
         assert!(step(&mut f, &stale, &t, Mode::Enforce, 5).is_empty());
+        // One that started after but still shows the old address (Patroni's
+        // GET /config lags its DCS): a stale read, not a reason to write
+        // again, for a while.
+        let lagging = observation(Role::StandbyLeader, old.clone(), at(5));
+        assert!(step(&mut f, &lagging, &t, Mode::Enforce, 5).is_empty());
+        let much_later = 4 + SETTLE.as_secs() + 1;
+        let reverted = observation(Role::StandbyLeader, old, at(much_later));
+        let e = step(&mut f, &reverted, &t, Mode::Enforce, much_later);
+        let again = requests(&e)
+            .pop()
+            .expect("still wrong after SETTLE: written again");
+        let mut e = vec![];
+        f.written(FixOutcome::AlreadyRight(again), at(much_later + 1), &mut e);
+        assert_eq!(counted(&e), [FixResult::AlreadyRight]);
+        assert!(alerts(&e).is_empty(), "nothing written, nothing said");
         // A fresh one sees it right: said once, then quiet.
         let right = config(Some("patroni-master-gold"), Some(Value::from(31999)));
-        let o = observation(Role::StandbyLeader, right, at(6));
-        assert_eq!(reports(&step(&mut f, &o, &t, Mode::Enforce, 7)), ["in_sync"]);
-        assert!(step(&mut f, &o, &t, Mode::Enforce, 8).is_empty());
+        let o = observation(Role::StandbyLeader, right, at(much_later + 2));
+        assert_eq!(
+            reports(&step(&mut f, &o, &t, Mode::Enforce, much_later + 3)),
+            ["in_sync"]
+        );
+        assert!(step(&mut f, &o, &t, Mode::Enforce, much_later + 4).is_empty());
     }
 
     #[test]
@@ -1093,5 +1127,100 @@ mod tests {
             step(&mut leader, &o, &t, Mode::Enforce, 3).is_empty(),
             "said once"
         );
+    }
+
+    /// In the loop: a mismatch asks for a fix on the first observation, a
+    /// promotion decided on the same observation wins, and after it nothing
+    /// is fixed again.
+    #[test]
+    fn the_loop_fixes_on_an_observation_but_never_beside_a_promotion() {
+        use std::time::Instant;
+
+        use crate::decide::detector::Thresholds;
+        use crate::decide::guards::Limits;
+        use crate::decide::state::{Event, LoopState, Policy, Written};
+        use crate::observe::cluster::{Wal, WalView};
+        use crate::observe::probe::{DownReason, Outcome, ProbeReport};
+
+        let policy = Policy {
+            thresholds: Thresholds::new(1, 1, 2).expect("thresholds"),
+            interval: Duration::from_secs(1),
+            limits: Limits {
+                mode: Mode::Enforce,
+                wal_receiver_fresh: Duration::from_secs(60),
+                max_data_age: Duration::from_secs(300),
+                allow_stale_promotion: false,
+                quorum: 0,
+                witness_max_age: Duration::from_secs(15),
+            },
+            identity: "golddr-0".into(),
+            promotes: Some("ConfigMap golddr/patroni-config".into()),
+        };
+        let t = service_target(PROBED, 31999);
+        let setup = Setup {
+            names: names(),
+            writes: Ok("ConfigMap golddr/patroni-config".into()),
+        };
+        let mut l = LoopState::new(policy, t.clone()).with_standby_target(setup);
+        let mut clock = 0;
+        let mut send = |l: &mut LoopState, e: Event| {
+            clock += 1;
+            l.handle(e, at(clock), Instant::now())
+        };
+        let old = config(Some("patroni-master-gold"), Some(Value::from(31234)));
+        let fresh = |started: u64| Observation {
+            wal: Ok(WalView {
+                receiver: None,
+                last_msg_age: None,
+                wal: Wal {
+                    streaming_for: None,
+                    data_age: Some(Duration::from_secs(30)),
+                },
+            }),
+            ..observation(Role::StandbyLeader, old.clone(), at(started))
+        };
+        send(&mut l, Event::Started);
+        let e = send(&mut l, Event::Observed(fresh(1)));
+        let request = requests(&e).pop().expect("a fix");
+        assert_eq!(
+            l.standby_target_mismatch().as_deref(),
+            Some("standby_cluster.port from 31234 to 31999")
+        );
+        let e = send(
+            &mut l,
+            Event::StandbyTargetWritten(FixOutcome::Failed(request, "HTTP 503".into())),
+        );
+        assert_eq!(alerts(&e), [AlertKind::StandbyTargetFixFailed]);
+
+        // Gold is lost: the next observation promotes and fixes nothing.
+        let down = |l: &mut LoopState, send: &mut dyn FnMut(&mut LoopState, Event) -> Vec<Effect>| {
+            send(
+                l,
+                Event::Probe(ProbeReport {
+                    outcome: Outcome::Down(DownReason::Refused),
+                    duration: Duration::from_millis(1),
+                    error: Some("connection refused".into()),
+                }),
+            )
+        };
+        down(&mut l, &mut send);
+        down(&mut l, &mut send);
+        let e = send(&mut l, Event::Observed(fresh(100)));
+        assert!(e.iter().any(|e| matches!(e, Effect::Promote(_))), "{e:?}");
+        assert!(requests(&e).is_empty(), "{e:?}");
+        assert!(matches!(
+            l.standby_target().decision(),
+            Some(Decision::Hold(_, h)) if h == &[Hold::Promoting]
+        ));
+        let audit = e
+            .into_iter()
+            .find_map(|e| match e {
+                Effect::Promote(a) => Some(a),
+                _ => None,
+            })
+            .expect("promote");
+        send(&mut l, Event::Written(Written::Promoted(audit)));
+        // Latched: even an observation still showing standby_cluster.
+        assert!(requests(&send(&mut l, Event::Observed(fresh(200)))).is_empty());
     }
 }
