@@ -1075,6 +1075,7 @@ fn configmap_patches(d: &crate::support::kube_api::ApiDouble, configmap: &str) -
 /// of the Service's name) and every other byte stay, and the fix is
 /// audited, recorded as an Event and counted, once.
 async fn the_standby_cluster_port_follows_a_moved_transport_service(env: &KubeEnv) {
+    crate::support::init_tracing();
     let gold = PgServer::start(PgOptions::default());
     let route_a = FaultProxy::start(gold.addr()).await;
     let route_b = FaultProxy::start(gold.addr()).await;
@@ -1219,6 +1220,7 @@ async fn assert_standby_target_held(
 }
 
 async fn a_replica_a_paused_a_disarmed_or_a_dry_run_sidecar_never_rewrites_standby_cluster(env: &KubeEnv) {
+    crate::support::init_tracing();
     let gold = PgServer::start(PgOptions::default());
     let route = FaultProxy::start(gold.addr()).await;
     let scene = Scene::new(env, route.port(), "replica").await;
