@@ -1370,3 +1370,88 @@ async fn an_unknown_target_never_rewrites_standby_cluster(env: &KubeEnv) {
     }
     w.stop().await;
 }
+
+/// The fix is one conditional patch: a writer that changes the config
+/// between our read and our write causes a 409, and the retry keeps both
+/// its change and ours.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_concurrent_writer_causes_a_conflict_and_the_standby_target_fix_keeps_both_changes() {
+    let env = KubeEnv::double().await;
+    let d = env.api_double().expect("double");
+    let gold = PgServer::start(PgOptions::default());
+    let route = FaultProxy::start(gold.addr()).await;
+    let scene = Scene::new(&env, route.port(), "standby_leader").await;
+    let stale_port = dead_port();
+    let text = standby_config(&scene.service, stale_port);
+    env.create_patroni_config(&scene.configmap, &text, &[]).await;
+    let concurrent = text.replace("\"loop_wait\":10", "\"loop_wait\":5");
+    let injected = concurrent.clone();
+    d.before_next_write("configmaps", "default", &scene.configmap, move |obj| {
+        if let Some(obj) = obj {
+            obj["metadata"]["annotations"]["config"] = serde_json::Value::String(injected);
+        }
+    });
+    let w = scene.spawn(&env, &[("WATCHDOG_FOLLOW_TS", "true")]).await;
+    w.wait_status("standby_cluster fixed", |s| {
+        s["cluster"]["standby_target"]["last"]["result"] == "fixed"
+    })
+    .await;
+    let cm = env.configmap(&scene.configmap).await;
+    assert_eq!(
+        annotations(&cm)["config"],
+        concurrent.replace(
+            &format!(r#""port":{stale_port}"#),
+            &format!(r#""port":{}"#, route.port())
+        ),
+        "the concurrent change survives beside ours"
+    );
+    assert_eq!(
+        patch_statuses(d, &scene.configmap),
+        [409, 200],
+        "one conflict, one retry"
+    );
+    w.stop().await;
+}
+
+/// A write the API refuses is said once, as a Warning Event, counted each
+/// time, and tried again on every observation until it passes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_standby_target_fix_is_said_once_and_tried_again() {
+    let env = KubeEnv::double().await;
+    let d = env.api_double().expect("double");
+    let gold = PgServer::start(PgOptions::default());
+    let route = FaultProxy::start(gold.addr()).await;
+    let scene = Scene::new(&env, route.port(), "standby_leader").await;
+    let text = standby_config(&scene.service, dead_port());
+    env.create_patroni_config(&scene.configmap, &text, &[]).await;
+    // RBAC without patch, say, for three rounds: not retried within a round.
+    d.fail_next("PATCH", &scene.configmap, 3, 403);
+    let w = scene.spawn(&env, &[("WATCHDOG_FOLLOW_TS", "true")]).await;
+    let st = w
+        .wait_status("a failed fix", |s| {
+            s["cluster"]["standby_target"]["last"]["result"] == "failed"
+        })
+        .await;
+    let error = st["cluster"]["standby_target"]["last"]["error"].to_string();
+    assert!(
+        error.contains("403") && error.contains(&scene.configmap),
+        "{error}"
+    );
+    w.wait_status("fixed once the API allows it", |s| {
+        s["cluster"]["standby_target"]["last"]["result"] == "fixed"
+    })
+    .await;
+    assert_eq!(
+        w.metric("patroni_dr_watchdog_standby_target_fixes_total{result=\"failed\"}")
+            .await,
+        3.0
+    );
+    assert_eq!(patch_statuses(d, &scene.configmap), [403, 403, 403, 200]);
+    let reasons = wait_events(&env, &scene.configmap, "StandbyTargetFixed").await;
+    assert_eq!(
+        reasons.iter().filter(|r| *r == "StandbyTargetFixFailed").count(),
+        1,
+        "said once: {reasons:?}"
+    );
+    w.stop().await;
+}
