@@ -35,9 +35,9 @@
 //! End of input, SIGTERM and SIGINT stop everything too: exactly the
 //! processes started here, by PID.
 
-use std::io::{BufRead, Write};
-use std::sync::mpsc;
-use std::time::Duration;
+#[allow(dead_code)]
+#[path = "common/protocol.rs"]
+mod protocol;
 
 #[allow(dead_code)]
 #[path = "../tests/it/support/pg.rs"]
@@ -57,15 +57,10 @@ mod support {
 }
 
 use patroni_cluster::{Etcd, Gold, GoldDr, GoldDrOptions};
+use protocol::{Answer, answer};
 use proxy::{Fault, FaultProxy};
 
 const SLOT: &str = "golddr";
-
-enum Input {
-    Line(String),
-    Eof,
-    Signal(&'static str),
-}
 
 struct Sites {
     // Dropped in this order: GoldDR before etcd and Gold, the runtime that
@@ -78,9 +73,6 @@ struct Sites {
     runs: u32,
     rt: tokio::runtime::Runtime,
 }
-
-/// One answer: payload lines, or why the command failed.
-type Answer = Result<Vec<String>, String>;
 
 fn main() {
     let mut gold_only = false;
@@ -105,23 +97,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let (tx, rx) = mpsc::channel();
-    watch_signals(&rt, tx.clone());
-    // Stdin is read on its own thread so that a signal is seen while no
-    // command comes.
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            match line {
-                Ok(line) => {
-                    if tx.send(Input::Line(line)).is_err() {
-                        return;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        let _ = tx.send(Input::Eof);
-    });
+    let rx = protocol::inputs(&rt);
 
     let gold = Gold::start();
     // Gold's walsender then pings GoldDR at least every second while idle,
@@ -161,30 +137,7 @@ fn main() {
     }
     answer(Ok(ready));
 
-    loop {
-        match rx.recv() {
-            Ok(Input::Line(line)) => {
-                let line = line.trim();
-                if line.is_empty() {
-                    continue;
-                }
-                if line == "stop" {
-                    drop(sites);
-                    answer(Ok(Vec::new()));
-                    return;
-                }
-                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sites.command(line)))
-                    .unwrap_or_else(|panic| Err(panic_text(&*panic)));
-                answer(result);
-            }
-            Ok(Input::Signal(name)) => {
-                eprintln!("two-sites: {name}: stopping everything");
-                break;
-            }
-            Ok(Input::Eof) | Err(_) => break,
-        }
-    }
-    drop(sites);
+    protocol::serve("two-sites", &rx, sites, |sites, line| sites.command(line));
 }
 
 impl Sites {
@@ -267,93 +220,13 @@ impl Sites {
 
     fn sql(&self, site: &str, sql: &str) -> Answer {
         let config = match site {
-            "gold" => superuser(self.gold.pg.socket_dir(), self.gold.port()),
+            "gold" => protocol::superuser(self.gold.pg.socket_dir(), self.gold.port(), "two-sites"),
             "golddr" => {
                 let golddr = self.golddr.as_ref().ok_or("no GoldDR running")?;
-                superuser(golddr.socket_dir(), golddr.pg_port)
+                protocol::superuser(golddr.socket_dir(), golddr.pg_port, "two-sites")
             }
             _ => return Err(format!("sql: no site {site} (gold or golddr)")),
         };
-        self.rt.block_on(async {
-            let (client, connection) = config
-                .connect(tokio_postgres::NoTls)
-                .await
-                .map_err(|e| pg_error(&e))?;
-            tokio::spawn(connection);
-            let messages = tokio::time::timeout(Duration::from_secs(30), client.simple_query(sql))
-                .await
-                .map_err(|_| "no answer within 30 s".to_string())?
-                .map_err(|e| pg_error(&e))?;
-            Ok(messages
-                .iter()
-                .filter_map(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::Row(row) => Some(
-                        (0..row.len())
-                            .map(|i| row.get(i).unwrap_or(""))
-                            .collect::<Vec<_>>()
-                            .join("|"),
-                    ),
-                    _ => None,
-                })
-                .collect())
-        })
+        protocol::sql(&self.rt, &config, sql)
     }
-}
-
-fn superuser(socket_dir: &std::path::Path, port: u16) -> tokio_postgres::Config {
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host_path(socket_dir)
-        .port(port)
-        .user("postgres")
-        .dbname("postgres")
-        .application_name("two-sites")
-        .connect_timeout(Duration::from_secs(5));
-    config
-}
-
-/// The server's own message when there is one ("cannot execute INSERT in a
-/// read-only transaction"), else the client's.
-fn pg_error(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => db.message().to_string(),
-        None => e.to_string(),
-    }
-}
-
-fn answer(result: Answer) {
-    let mut out = std::io::stdout().lock();
-    let text = match result {
-        Ok(lines) => {
-            let mut text: String = lines.iter().map(|l| format!("| {l}\n")).collect();
-            text.push_str("ok\n");
-            text
-        }
-        Err(why) => format!("error: {}\n", why.replace('\n', " ")),
-    };
-    // Nobody left to read it: we stop anyway at the next EOF.
-    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
-}
-
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "panicked".to_string())
-}
-
-fn watch_signals(rt: &tokio::runtime::Runtime, tx: mpsc::Sender<Input>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    rt.spawn(async move {
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-        else {
-            return;
-        };
-        let name = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        };
-        let _ = tx.send(Input::Signal(name));
-    });
 }

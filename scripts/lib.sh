@@ -2,10 +2,16 @@
 # shellcheck disable=SC2034 # most globals set here are read by the sourcing scripts
 # Shell helpers shared by scripts/demo.sh, scripts/check-image.sh,
 # bench/probe-bench.sh and bench/failover-bench.sh: narration, package
-# install and builds, free loopback ports, the two sites (etcd, Gold, the TS
-# proxy, GoldDR) through the end-to-end tests' own harness
-# (examples/two-sites.rs), the watchdog itself, and the cleanup of exactly
-# the processes started through these functions (by PID).
+# install and builds, free loopback ports, the sites (etcd, Gold, the
+# proxies, GoldDR) through the end-to-end tests' own harness
+# (examples/two-sites.rs, or examples/three-places.rs after
+# `use_harness three-places`), the product's processes (the watchdog, the
+# witness, the guard), and the cleanup of exactly the processes started
+# through these functions (by PID).
+#
+# Every Python snippet here dies of SIGINT (SIG_DFL) instead of raising
+# KeyboardInterrupt: bash runs a script's INT trap only when the foreground
+# command died of the signal, so Ctrl-C would otherwise be swallowed.
 #
 # Source it from a bash script that runs with `set -euo pipefail`:
 #
@@ -24,7 +30,8 @@
 
 : "${REPO_ROOT:?set REPO_ROOT before sourcing scripts/lib.sh}"
 BIN="$REPO_ROOT/target/release/patroni-dr-watchdog"
-HARNESS="$REPO_ROOT/target/debug/examples/two-sites"
+HARNESS_NAME=two-sites
+HARNESS="$REPO_ROOT/target/debug/examples/$HARNESS_NAME"
 LIB_FD=${LIB_FD:-1}
 
 while IFS= read -r _v; do unset "$_v"; done < <(compgen -e | grep '^WATCHDOG_' || true)
@@ -70,7 +77,8 @@ json_get() {
         jq -r ".$1 | tostring"
     else
         python3 -c '
-import json, sys
+import json, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_DFL)
 v = json.load(sys.stdin)
 for k in sys.argv[1].split("."):
     v = v.get(k) if isinstance(v, dict) else None
@@ -107,13 +115,20 @@ ensure_build() {
     [[ -x "$BIN" ]] || die "no binary at $BIN after the build"
 }
 
-# Builds the two-sites harness: a cargo example made of the tests' own
-# support code, in the dev profile the tests are built in.
+# use_harness NAME: drive examples/NAME.rs (two-sites, the default, or
+# three-places); call it before ensure_harness and sites_start.
+use_harness() {
+    HARNESS_NAME=$1
+    HARNESS="$REPO_ROOT/target/debug/examples/$HARNESS_NAME"
+}
+
+# Builds the harness: a cargo example made of the tests' own support code,
+# in the dev profile the tests are built in.
 ensure_harness() {
     lib_cargo
-    info "building the two-sites harness: cargo build --locked --example two-sites (a no-op when up to date)"
-    (cd "$REPO_ROOT" && cargo build --locked --example two-sites) >&"$LIB_FD" 2>&1 ||
-        die "cargo build --example two-sites failed"
+    info "building the $HARNESS_NAME harness: cargo build --locked --example $HARNESS_NAME (a no-op when up to date)"
+    (cd "$REPO_ROOT" && cargo build --locked --example "$HARNESS_NAME") >&"$LIB_FD" 2>&1 ||
+        die "cargo build --example $HARNESS_NAME failed"
     [[ -x "$HARNESS" ]] || die "no harness at $HARNESS after the build"
 }
 
@@ -141,6 +156,7 @@ LIB_PORTS=() # every port handed out by free_port in this script
 free_port() {
     local _fp_port # not `port`: the caller's variable may be called that
     _fp_port=$(python3 - "${LIB_PORTS[@]}" <<'PY'
+import signal; signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C: die of it, so bash runs its INT trap
 import random, socket, sys
 taken = {int(p) for p in sys.argv[1:]}
 try:
@@ -170,10 +186,11 @@ PY
     printf -v "$1" '%s' "$_fp_port"
 }
 
-# ----------------------------------------------------------- two sites ----
-# The end-to-end tests' harness (examples/two-sites.rs; its head documents
-# the protocol) as a coprocess on two FIFOs in $WORK: plain file descriptors,
-# so that $(gold_sql ...) in a subshell can talk to it too.
+# --------------------------------------------------------------- sites ----
+# The end-to-end tests' harness (examples/two-sites.rs or, after
+# `use_harness three-places`, examples/three-places.rs; their heads document
+# the protocol and the commands) as a coprocess on two FIFOs in $WORK: plain
+# file descriptors, so that $(gold_sql ...) in a subshell can talk to it too.
 SITES_PID=""
 SITES_IN=""
 SITES_OUT=""
@@ -192,22 +209,26 @@ GOLDDR_PG_PORT=""
 GOLDDR_SCOPE=""
 GOLDDR_STARTUP_S=""
 
-# sites_start [ARGS...]: starts the harness (arguments: --gold-only,
-# --no-golddr, --golddr-via-ts), waits until everything is up and sets
-# PG_BIN, GOLD_PORT, TS_PORT, REPLICATION_USER, SLOT, ETCD_PORT and (with
-# GoldDR) the GOLDDR_* variables from its answer. Needs make_workdir first.
+# sites_start [ARGS...]: starts the harness (two-sites: --gold-only,
+# --no-golddr, --golddr-via-ts; three-places: --members N), waits until
+# everything is up and sets the variables named by its first answer's
+# KEY=value lines (two-sites: PG_BIN, GOLD_PORT, TS_PORT, REPLICATION_USER,
+# SLOT, ETCD_PORT and, with GoldDR, GOLDDR_*). Needs make_workdir first; may
+# be called again after sites_stop.
 sites_start() {
     [[ -n "$WORK" ]] || die "sites_start: call make_workdir first"
-    SITES_LOG="$WORK/two-sites.log"
-    mkfifo "$WORK/two-sites.in" "$WORK/two-sites.out"
+    SITES_LOG="$WORK/$HARNESS_NAME.log"
+    # A harness started again after sites_stop gets fresh FIFOs.
+    rm -f "$WORK/$HARNESS_NAME.in" "$WORK/$HARNESS_NAME.out"
+    mkfifo "$WORK/$HARNESS_NAME.in" "$WORK/$HARNESS_NAME.out"
     # Both ends are opened in the same order on both sides (in, then out):
     # each open of a FIFO waits for the other side's.
-    "$HARNESS" "$@" <"$WORK/two-sites.in" >"$WORK/two-sites.out" 2>>"$SITES_LOG" &
+    "$HARNESS" "$@" <"$WORK/$HARNESS_NAME.in" >"$WORK/$HARNESS_NAME.out" 2>>"$SITES_LOG" &
     SITES_PID=$!
-    exec {SITES_IN}>"$WORK/two-sites.in" {SITES_OUT}<"$WORK/two-sites.out"
+    exec {SITES_IN}>"$WORK/$HARNESS_NAME.in" {SITES_OUT}<"$WORK/$HARNESS_NAME.out"
     if ! sites_read 900; then
-        log_tail "$SITES_LOG" 60 "the two-sites harness's log"
-        die "the two sites did not start: $SITES_ERROR"
+        log_tail "$SITES_LOG" 60 "the $HARNESS_NAME harness's log"
+        die "the sites did not start: $SITES_ERROR"
     fi
     sites_vars
 }
@@ -232,7 +253,7 @@ sites_read() {
                 ;;
         esac
     done
-    SITES_ERROR="no answer from the two-sites harness (see $SITES_LOG)"
+    SITES_ERROR="no answer from the $HARNESS_NAME harness (see $SITES_LOG)"
     return 1
 }
 
@@ -241,7 +262,7 @@ sites_read() {
 sites() {
     local cmd="$*"
     if [[ -z "$SITES_PID" ]] || ! kill -0 "$SITES_PID" 2>/dev/null; then
-        SITES_ERROR="the two-sites harness is not running"
+        SITES_ERROR="the $HARNESS_NAME harness is not running"
         return 1
     fi
     printf '%s\n' "${cmd//$'\n'/ }" >&"$SITES_IN"
@@ -255,7 +276,7 @@ sites_vars() {
         key=${line%%=*}
         [[ "$line" == *=* && "$key" =~ ^[A-Z][A-Z0-9_]*$ ]] || continue
         printf -v "$key" '%s' "${line#*=}"
-        case $key in GOLD_DATA | GOLDDR_DATA) SITES_DIRS+=("${line#*=}") ;; esac
+        case $key in *_DATA) SITES_DIRS+=("${line#*=}") ;; esac
     done
 }
 
@@ -263,7 +284,7 @@ sites_print_reply() {
     if ((${#SITES_REPLY[@]})); then printf '%s\n' "${SITES_REPLY[@]}"; fi
 }
 # sites_do COMMAND...: like sites, but dies when it fails.
-sites_do() { sites "$@" || die "two-sites: $* failed: $SITES_ERROR"; }
+sites_do() { sites "$@" || die "$HARNESS_NAME: $* failed: $SITES_ERROR"; }
 
 # gold_sql SQL / golddr_sql SQL: runs SQL (several statements allowed) as
 # superuser and prints the rows (columns separated by |); on failure prints
@@ -293,7 +314,7 @@ sites_stop() {
         { printf 'stop\n' >&"$SITES_IN"; } 2>/dev/null || true
         for _ in $(seq 600); do kill -0 "$SITES_PID" 2>/dev/null || break; sleep 0.1; done
         if kill -0 "$SITES_PID" 2>/dev/null; then
-            bad "the two-sites harness did not stop within 60 s; SIGTERM"
+            bad "the $HARNESS_NAME harness did not stop within 60 s; SIGTERM"
             kill -TERM "$SITES_PID" 2>/dev/null || true
             for _ in $(seq 300); do kill -0 "$SITES_PID" 2>/dev/null || break; sleep 0.1; done
             kill -KILL "$SITES_PID" 2>/dev/null || true
@@ -309,8 +330,44 @@ patroni_get() {
     curl -fsS --max-time 2 "$GOLDDR_URL/patroni" 2>/dev/null | json_get "$1" 2>/dev/null || echo unreachable
 }
 
-# -------------------------------------------------------------- watchdog ----
-declare -A LIB_WD_PIDS=() # pid -> 1 for every watchdog started and not yet stopped
+# ------------------------------------------------ the product's processes ----
+declare -A LIB_WD_PIDS=() # pid -> 1 for every process of the binary started and not yet stopped
+BIN_PID=""
+BIN_URL=""
+BIN_T0=""
+# bin_start ROLE LOGFILE [WATCHDOG_X=VALUE...]: starts `$BIN ROLE` (run,
+# witness, guard) with only the given settings on top of text logs and a
+# free loopback listen port (and the inherited environment, whose WATCHDOG_*
+# sourcing removed). Sets BIN_PID, BIN_URL and BIN_T0 (epoch just before the
+# exec); returns once /readyz answers. Stopped by lib_cleanup, or wd_stop.
+bin_start() {
+    local role=$1 log=$2 port what
+    shift 2
+    what="the $role"
+    [[ "$role" == run ]] && what="the watchdog"
+    free_port port
+    BIN_URL="http://127.0.0.1:$port"
+    BIN_T0=$(now_s)
+    env NO_COLOR=1 \
+        WATCHDOG_LISTEN_ADDR="127.0.0.1:$port" \
+        WATCHDOG_LOG_FORMAT=text \
+        "$@" "$BIN" "$role" >>"$log" 2>&1 &
+    BIN_PID=$!
+    LIB_WD_PIDS[$BIN_PID]=1
+    for _ in $(seq 200); do
+        curl -fsS --max-time 1 "$BIN_URL/readyz" >/dev/null 2>&1 && return 0
+        if ! kill -0 "$BIN_PID" 2>/dev/null; then
+            wait "$BIN_PID" 2>/dev/null || true
+            unset "LIB_WD_PIDS[$BIN_PID]"
+            log_tail "$log" 40 "$what's log"
+            die "$what exited at start-up"
+        fi
+        sleep 0.05
+    done
+    log_tail "$log" 40 "$what's log"
+    die "$what is not ready after 10 s"
+}
+
 WD_PID=""
 WD_URL=""
 WD_T0=""
@@ -320,34 +377,18 @@ WD_T0=""
 # given settings on top. Sets WD_PID, WD_URL and WD_T0 (epoch just before the
 # exec); returns once /readyz answers.
 wd_start() {
-    local log=$1 port
+    local log=$1
     shift
-    free_port port
-    WD_URL="http://127.0.0.1:$port"
-    WD_T0=$(now_s)
-    env NO_COLOR=1 \
+    bin_start run "$log" \
         WATCHDOG_GOLD_HOST=127.0.0.1 \
         WATCHDOG_GOLD_PORT="$GOLD_PORT" \
         WATCHDOG_GOLD_USER=postgres \
         WATCHDOG_GOLD_DATABASE=postgres \
         WATCHDOG_GOLD_SSLMODE=disable \
-        WATCHDOG_LISTEN_ADDR="127.0.0.1:$port" \
-        WATCHDOG_LOG_FORMAT=text \
-        "$@" "$BIN" run >>"$log" 2>&1 &
-    WD_PID=$!
-    LIB_WD_PIDS[$WD_PID]=1
-    for _ in $(seq 200); do
-        curl -fsS --max-time 1 "$WD_URL/readyz" >/dev/null 2>&1 && return 0
-        if ! kill -0 "$WD_PID" 2>/dev/null; then
-            wait "$WD_PID" 2>/dev/null || true
-            unset "LIB_WD_PIDS[$WD_PID]"
-            log_tail "$log" 40 "the watchdog's log"
-            die "the watchdog exited at start-up"
-        fi
-        sleep 0.05
-    done
-    log_tail "$log" 40 "the watchdog's log"
-    die "the watchdog is not ready after 10 s"
+        "$@"
+    WD_PID=$BIN_PID
+    WD_URL=$BIN_URL
+    WD_T0=$BIN_T0
 }
 # wd_stop PID: SIGTERM, then sets STOP_RC (999 = still running after 5 s,
 # killed) and STOP_MS.
@@ -379,6 +420,7 @@ wd_stop() {
 wait_verdict() {
     local t0=${4:-$(now_s)}
     python3 - "$1" "$2" "$3" "$t0" <<'PY'
+import signal; signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C: die of it, so bash runs its INT trap
 import datetime, json, sys, time, urllib.request
 url, want, limit, t0 = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
 deadline = time.time() + limit
@@ -432,6 +474,7 @@ lib_python() {
 #   last_status (the last /status). Returns 0 when writable and promoted.
 watch_failover() {
     "$(lib_python)" - "$1" "$2" "$3" "$4" "$WD_URL" "$GOLDDR_URL" "$GOLDDR_PG_PORT" "$WD_PID" "$PG_BIN" <<'PY'
+import signal; signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C: die of it, so bash runs its INT trap
 import datetime, json, os, subprocess, sys, time, urllib.request
 out, t0, limit, narrate, wd_url, patroni_url, pg_port, wd_pid, pg_bin = sys.argv[1:10]
 t0, limit, every, wd_pid = float(t0), float(limit), float(narrate), int(wd_pid)
@@ -557,8 +600,9 @@ commit_desc() {
 }
 
 # --------------------------------------------------------------- cleanup ----
-# Stops every process started through these functions, by PID: watchdogs,
-# then the two-sites harness (GoldDR, etcd, Gold). Idempotent.
+# Stops every process started through these functions, by PID: the
+# product's (watchdogs, witnesses, guards), then the harness (GoldDR, etcd,
+# Gold). Idempotent.
 lib_cleanup() {
     local pid
     for pid in "${!LIB_WD_PIDS[@]}"; do
@@ -581,7 +625,7 @@ lib_cleanup() {
 }
 
 # "PID command line" of every process whose command line mentions $WORK,
-# a data directory of the two sites or etcd's client address. Bash builtins
+# a data directory of the sites or etcd's client address. Bash builtins
 # only, so the search cannot find itself.
 lib_leftovers() {
     local f pid args cmdline marks=() m d

@@ -442,6 +442,20 @@ impl<P: Probe> Watchdog<P> {
                 Effect::FixStandbyTarget(request) => self.start_standby_write(request),
                 Effect::StandbyTarget(report) => log_standby_target(&report),
                 Effect::StandbyTargetCounted(result) => self.metrics.standby_target_fix(result),
+                Effect::Readiness(blockers) => {
+                    if blockers.is_empty() {
+                        info!(ready = true, "DR readiness: a loss of Gold now would be promoted");
+                    } else {
+                        let why: Vec<String> = blockers.iter().map(|b| b.describe()).collect();
+                        let names: Vec<&str> = blockers.iter().map(|b| b.guard).collect();
+                        warn!(
+                            ready = false,
+                            blockers = %names.join(","),
+                            detail = %why.join("; "),
+                            "DR readiness: a loss of Gold now would not be promoted"
+                        );
+                    }
+                }
             }
         }
     }

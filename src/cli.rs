@@ -19,6 +19,7 @@ use crate::decide::state::{Audit, Written};
 use crate::observe::patroni::Role;
 use crate::observe::probe::{Outcome, PgProbe, Probe};
 use crate::observe::target::{Endpoint, port_of};
+use crate::observe::wal::Lsn;
 use crate::observe::{signal, witness};
 
 /// How a subcommand ended, for the exit code.
@@ -88,7 +89,10 @@ fn yes_no(b: Option<bool>) -> &'static str {
 pub async fn check(config: &Config, kube: Option<&kube::Client>) -> Exit {
     let ns = namespace(config, kube);
     let mut ok = line(true, "settings", "valid");
-    match gold(config, kube, &ns).await {
+    let mut verdict = "not ready: no_promoter (this watchdog cannot promote)".to_string();
+    let mut gold_wal = None;
+    let target = gold(config, kube, &ns).await;
+    match target.clone() {
         Err(e) => ok &= line(false, "gold target", e),
         Ok(endpoint) => {
             ok &= line(true, "gold target", endpoint.to_string());
@@ -96,6 +100,7 @@ pub async fn check(config: &Config, kube: Option<&kube::Client>) -> Exit {
                 Err(e) => ok &= line(false, "gold probe", e.to_string()),
                 Ok(probe) => {
                     let r = probe.probe(&endpoint).await;
+                    gold_wal = r.wal;
                     let detail = format!(
                         "{} in {} ms{}",
                         r.outcome,
@@ -122,6 +127,19 @@ pub async fn check(config: &Config, kube: Option<&kube::Client>) -> Exit {
             ..
         })) => {
             let o = observer.observe().await;
+            let limits = app::limits(config);
+            verdict = match guards::readiness(&Facts::new(target.is_ok(), &o, &limits), &limits) {
+                guards::Readiness::Ready => {
+                    "ready to promote: a loss of Gold now would pass every guard".into()
+                }
+                guards::Readiness::AlreadyPromoted => {
+                    format!("not ready: {} (no standby_cluster)", guards::ALREADY_PROMOTED)
+                }
+                guards::Readiness::Blocked(v) => format!(
+                    "not ready: {}",
+                    v.iter().map(Veto::describe).collect::<Vec<_>>().join(", ")
+                ),
+            };
             if config.uses_patroni() {
                 ok &= line(
                     !matches!(o.role, Role::Unreachable(_)),
@@ -171,15 +189,42 @@ pub async fn check(config: &Config, kube: Option<&kube::Client>) -> Exit {
             );
             ok &= match &o.wal {
                 Err(e) => line(false, "local postgresql", e),
-                Ok(w) => line(
-                    true,
-                    "local postgresql",
-                    format!("WAL receiver {}", w.receiver.as_deref().unwrap_or("not running")),
-                ),
+                Ok(w) => {
+                    let at = |l: Option<Lsn>| l.map_or("unknown".to_string(), |l| l.to_string());
+                    let lag = |b: Option<Lsn>| match (gold_wal, b) {
+                        (Some(g), Some(b)) => format!("{} bytes", g.0.saturating_sub(b.0)),
+                        _ => "unknown".to_string(),
+                    };
+                    line(
+                        true,
+                        "rpo",
+                        format!(
+                            "Gold at {}, GoldDR received {} and replayed {}: lag {} (replay {}), newest data {}",
+                            at(gold_wal),
+                            at(w.received),
+                            at(w.replayed),
+                            lag(w.received),
+                            lag(w.replayed),
+                            w.wal.data_age.map_or("of unknown age".to_string(), |a| format!(
+                                "{:.1} s old",
+                                a.as_secs_f64()
+                            ))
+                        ),
+                    );
+                    line(
+                        true,
+                        "local postgresql",
+                        format!("WAL receiver {}", w.receiver.as_deref().unwrap_or("not running")),
+                    )
+                }
             };
         }
     }
     ok &= check_others(config).await;
+    // The verdict is the guards' over what was just gathered, as if Gold
+    // were lost now; a replica's sidecar is rightly not ready, so it does
+    // not decide the exit code.
+    println!("{verdict}");
     if ok { Exit::Ok } else { Exit::Failed }
 }
 
@@ -446,6 +491,45 @@ fn describe_status(body: &Value) -> String {
     if let Value::String(e) = &p["last_error"] {
         put("last error", e.clone());
     }
+    let rpo = &body["rpo"];
+    let bytes = |v: &Value| match v.as_u64() {
+        Some(b) => format!("{b} bytes"),
+        None => "unknown".into(),
+    };
+    put(
+        "rpo",
+        format!(
+            "lag {} (replay {}) as of {}; newest data {}",
+            bytes(&rpo["replication_lag_bytes"]),
+            bytes(&rpo["replay_lag_bytes"]),
+            s(&rpo["lag_at"]),
+            match rpo["data_age_seconds"].as_f64() {
+                Some(a) => format!("{a:.1} s old"),
+                None => "of unknown age".into(),
+            }
+        ),
+    );
+    let r = &body["readiness"];
+    let since = match &r["since"] {
+        Value::Null => String::new(),
+        t => format!(" since {}", s(t)),
+    };
+    let blockers: Vec<String> = r["blockers"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .map(|b| format!("{}{}", s(&b["guard"]), detail(&b["detail"])))
+                .collect()
+        })
+        .unwrap_or_default();
+    put(
+        "readiness",
+        if r["ready"] == Value::Bool(true) {
+            format!("ready to promote{since}")
+        } else {
+            format!("not ready{since}: {}", blockers.join(", "))
+        },
+    );
     if p["split_brain"] == Value::Bool(true) {
         put(
             "SPLIT BRAIN",

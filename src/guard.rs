@@ -96,6 +96,7 @@ impl GuardObserver {
                         outcome: Outcome::Blind(BlindReason::ProbeConfig),
                         duration: Duration::ZERO,
                         error: Some(why.clone()),
+                        wal: None,
                     },
                 }
             },

@@ -282,6 +282,7 @@ mod tests {
                 outcome,
                 duration: Duration::from_millis(1),
                 error: None,
+                wal: None,
             },
             sight: Sight {
                 leader: true,

@@ -98,8 +98,8 @@ impl Veto {
         self.into()
     }
 
-    /// The guard's name with its detail, for logs, Events and alerts.
-    pub fn describe(&self) -> String {
+    /// What it says beyond its name.
+    pub fn detail(&self) -> Option<&str> {
         match self {
             Veto::NotStandbyLeader(d)
             | Veto::PatroniUnreachable(d)
@@ -110,8 +110,16 @@ impl Veto {
             | Veto::StaleData(d)
             | Veto::GoldSignalAlive(d)
             | Veto::WitnessSeesGold(d)
-            | Veto::NoQuorum(d) => format!("{} ({d})", self.name()),
-            _ => self.name().to_string(),
+            | Veto::NoQuorum(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// The guard's name with its detail, for logs, Events and alerts.
+    pub fn describe(&self) -> String {
+        match self.detail() {
+            Some(d) => format!("{} ({d})", self.name()),
+            None => self.name().to_string(),
         }
     }
 }
@@ -210,6 +218,67 @@ pub fn decide(f: &Facts, limits: &Limits) -> Decision {
         Decision::Promote
     } else {
         Decision::Veto(vetoes)
+    }
+}
+
+/// Would a promotion pass if Gold were lost now?
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    /// The vetoes a loss of Gold would meet now.
+    Blocked(Vec<Veto>),
+    /// No `standby_cluster`: nothing left to promote.
+    AlreadyPromoted,
+}
+
+impl Readiness {
+    /// The blockers' names, as the `promotion_blockers{guard}` series call
+    /// them.
+    pub fn blockers(&self) -> Vec<&'static str> {
+        match self {
+            Readiness::Ready => vec![],
+            Readiness::Blocked(v) => v.iter().map(Veto::name).collect(),
+            Readiness::AlreadyPromoted => vec![ALREADY_PROMOTED],
+        }
+    }
+}
+
+/// The readiness blocker of a cluster that is no standby any more.
+pub const ALREADY_PROMOTED: &str = "already_promoted";
+
+/// Readiness is [`decide`] itself, over the facts as a loss of Gold would
+/// leave them: one rule set, so a blocker now is the veto a loss would meet.
+pub fn readiness(f: &Facts, limits: &Limits) -> Readiness {
+    match decide(&as_if_gold_lost(f), limits) {
+        Decision::Promote => Readiness::Ready,
+        Decision::AlreadyPromoted => Readiness::AlreadyPromoted,
+        Decision::Veto(v) => Readiness::Blocked(v),
+    }
+}
+
+/// All else equal, Gold's loss changes only what is heard of Gold: the WAL
+/// receiver stops hearing from it, no direct signal answers, and every
+/// witness that can be heard agrees the site is lost. A witness that cannot
+/// be heard now gives no vote then either.
+pub fn as_if_gold_lost(f: &Facts) -> Facts {
+    Facts {
+        wal: f.wal.clone().map(|w| Wal {
+            streaming_for: None,
+            ..w
+        }),
+        signals: Vec::new(),
+        ballots: f
+            .ballots
+            .iter()
+            .map(|b| match b.vote {
+                Vote::SeesGold | Vote::Undecided => Ballot {
+                    vote: Vote::SiteLost,
+                    ..b.clone()
+                },
+                _ => b.clone(),
+            })
+            .collect(),
+        ..f.clone()
     }
 }
 
@@ -503,6 +572,134 @@ mod tests {
             }
         }
         assert!(promotions > 0);
+    }
+
+    /// Readiness, judged while Gold is healthy (its WAL streaming in, its
+    /// signals answering, every reachable witness seeing it), must be what
+    /// the real decision says once Gold is lost (nothing streaming, signals
+    /// silent, every reachable witness agreeing), over every combination of
+    /// everything else: ready exactly when it promotes, and the blockers
+    /// exactly the vetoes.
+    #[test]
+    fn readiness_while_gold_is_healthy_is_the_decision_after_its_loss() {
+        use crate::observe::signal::Reading;
+        let roles = [
+            Role::StandbyLeader,
+            Role::Replica,
+            Role::Unreachable("refused".into()),
+        ];
+        let mut configs = vec![Err("malformed".to_string())];
+        for (standby, paused, disarmed) in [
+            (true, false, false),
+            (true, true, false),
+            (true, false, true),
+            (false, false, false),
+        ] {
+            configs.push(Ok(ClusterConfig {
+                standby,
+                paused,
+                disarmed_by: if disarmed {
+                    vec![DisarmSwitch::DynamicConfigKey]
+                } else {
+                    vec![]
+                },
+                ..Default::default()
+            }));
+        }
+        let mut checked = (0, 0);
+        for mode in [Mode::Enforce, Mode::DryRun, Mode::Observe] {
+            for quorum in [0, 1, 2] {
+                let l = Limits {
+                    mode,
+                    quorum,
+                    ..limits()
+                };
+                for target_known in [true, false] {
+                    for role in &roles {
+                        for config in &configs {
+                            for data_age in [None, Some(10), Some(1000)] {
+                                for local_pg in [true, false] {
+                                    // Each witness reachable now or not.
+                                    for reachable in [[true, true], [true, false], [false, false]] {
+                                        let wal = |streaming: Option<u64>| {
+                                            if local_pg {
+                                                Ok(Wal {
+                                                    streaming_for: streaming.map(Duration::from_secs),
+                                                    data_age: data_age.map(Duration::from_secs),
+                                                })
+                                            } else {
+                                                Err("refused".to_string())
+                                            }
+                                        };
+                                        let ballots = |alive: Vote| -> Vec<Ballot> {
+                                            ["a", "b"]
+                                                .iter()
+                                                .zip(reachable)
+                                                .map(|(w, r)| {
+                                                    ballot(w, if r { alive } else { Vote::Unreachable })
+                                                })
+                                                .collect()
+                                        };
+                                        let healthy = Facts {
+                                            target_known,
+                                            role: role.clone(),
+                                            config: config.clone(),
+                                            wal: wal(Some(1)),
+                                            signals: vec![("s".into(), Reading::Alive("HTTP 200".into()))],
+                                            ballots: ballots(Vote::SeesGold),
+                                        };
+                                        let lost = Facts {
+                                            wal: wal(None),
+                                            signals: vec![("s".into(), Reading::Silent("refused".into()))],
+                                            ballots: ballots(Vote::SiteLost),
+                                            ..healthy.clone()
+                                        };
+                                        let ready = readiness(&healthy, &l);
+                                        match (&ready, decide(&lost, &l)) {
+                                            (Readiness::Ready, Decision::Promote) => checked.0 += 1,
+                                            (Readiness::Blocked(b), Decision::Veto(v)) => {
+                                                assert_eq!(b, &v, "{healthy:?} {l:?}");
+                                                checked.1 += 1;
+                                            }
+                                            (Readiness::AlreadyPromoted, Decision::AlreadyPromoted) => {}
+                                            (r, d) => {
+                                                panic!("readiness {r:?}, decision {d:?}: {healthy:?} {l:?}")
+                                            }
+                                        }
+                                        // The healthy facts themselves never promote.
+                                        assert_ne!(decide(&healthy, &l), Decision::Promote);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked.0 > 0 && checked.1 > 0, "{checked:?}");
+    }
+
+    #[test]
+    fn an_unreachable_witness_blocks_readiness_by_the_quorum_it_would_deny() {
+        let mut f = good();
+        f.ballots = vec![ballot("a", Vote::SeesGold), ballot("b", Vote::Unreachable)];
+        let l = Limits {
+            quorum: 2,
+            ..limits()
+        };
+        assert_eq!(readiness(&f, &l).blockers(), ["no_quorum"]);
+        f.ballots[1].vote = Vote::SeesGold;
+        assert_eq!(readiness(&f, &l), Readiness::Ready);
+        let promoted = Facts {
+            config: Ok(ClusterConfig {
+                standby: false,
+                paused: false,
+                disarmed_by: vec![],
+                ..Default::default()
+            }),
+            ..good()
+        };
+        assert_eq!(readiness(&promoted, &l).blockers(), [ALREADY_PROMOTED]);
     }
 
     /// One combination: the decision must follow from each guard alone.

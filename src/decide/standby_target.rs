@@ -1176,6 +1176,8 @@ mod tests {
                     streaming_for: None,
                     data_age: Some(Duration::from_secs(30)),
                 },
+                received: None,
+                replayed: None,
             }),
             ..observation(Role::StandbyLeader, old.clone(), at(started))
         };
@@ -1200,6 +1202,7 @@ mod tests {
                     outcome: Outcome::Down(DownReason::Refused),
                     duration: Duration::from_millis(1),
                     error: Some("connection refused".into()),
+                    wal: None,
                 }),
             )
         };

@@ -19,6 +19,7 @@ use crate::observe::cluster::Observation;
 use crate::observe::patroni::Role;
 use crate::observe::probe::{Outcome, ProbeReport};
 use crate::observe::target::Target;
+use crate::observe::wal::Lsn;
 
 /// Probe errors kept for the promotion's Event and audit trail.
 const RECENT_ERRORS: usize = 3;
@@ -197,7 +198,61 @@ pub enum Effect {
     /// A standby-target decision, for its one log line.
     StandbyTarget(standby_target::Report),
     StandbyTargetCounted(FixResult),
+    /// Whether a loss of Gold now would be promoted changed: one log line.
+    Readiness(Vec<Blocker>),
 }
+
+/// What a promotion now would lose: positions on both sides, the lag in
+/// bytes, and the age of GoldDR's newest data.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rpo {
+    /// Gold's WAL position, read by the probe.
+    pub gold: Option<Lsn>,
+    pub gold_at: Option<SystemTime>,
+    pub received: Option<Lsn>,
+    pub replayed: Option<Lsn>,
+    pub golddr_at: Option<SystemTime>,
+    /// Gold's position minus GoldDR's received: what a promotion loses.
+    pub replication_lag_bytes: Option<u64>,
+    /// Gold's position minus GoldDR's replayed.
+    pub replay_lag_bytes: Option<u64>,
+    /// The stale-data guard's age of GoldDR's newest data.
+    pub data_age: Option<Duration>,
+}
+
+impl Rpo {
+    /// When the older of the two positions behind the lag was read.
+    pub fn lag_at(&self) -> Option<SystemTime> {
+        Some(self.gold_at?.min(self.golddr_at?))
+    }
+}
+
+/// What would hold a promotion back if Gold were lost now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Blocker {
+    pub guard: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Blocker {
+    fn named(guard: &'static str) -> Blocker {
+        Blocker { guard, detail: None }
+    }
+
+    /// The name with its detail, for logs and `check`.
+    pub fn describe(&self) -> String {
+        match &self.detail {
+            Some(d) => format!("{} ({d})", self.guard),
+            None => self.guard.to_string(),
+        }
+    }
+}
+
+/// Readiness blockers that are no guard's veto: this watchdog has no
+/// promoter, or has not observed its cluster yet.
+pub const NO_PROMOTER: &str = "no_promoter";
+pub const NOT_OBSERVED: &str = "not_observed";
 
 /// The situations reported once each per loss of Gold.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -271,6 +326,14 @@ pub struct LoopState {
     last_tick: Option<Instant>,
     /// Keeps `standby_cluster` on the Transport Service.
     standby: Follower,
+    /// Gold's WAL position as the last probe that read one said, and when.
+    gold_wal: Option<(Lsn, SystemTime)>,
+    /// GoldDR's received and replayed positions as last read, and when.
+    golddr_wal: Option<(Option<Lsn>, Option<Lsn>, SystemTime)>,
+    /// The guards over the last observation, as if Gold were lost.
+    readiness: Option<guards::Readiness>,
+    /// Since when the blockers are what they are.
+    readiness_since: Option<SystemTime>,
 }
 
 impl LoopState {
@@ -294,6 +357,10 @@ impl LoopState {
             promotion: PromotionRecord::default(),
             last_tick: None,
             standby: Follower::default(),
+            gold_wal: None,
+            golddr_wal: None,
+            readiness: None,
+            readiness_since: None,
         }
     }
 
@@ -316,7 +383,19 @@ impl LoopState {
                 self.probe(report, now, &mut effects);
             }
             Event::Observed(observation) => {
+                // A position not known now (a restarted standby not yet
+                // receiving) keeps its last reading, and that reading's time.
+                if let Ok(w) = &observation.wal
+                    && (w.received.is_some() || w.replayed.is_some())
+                {
+                    let (rx, rp) = match self.golddr_wal {
+                        Some((rx, rp, _)) => (w.received.or(rx), w.replayed.or(rp)),
+                        None => (w.received, w.replayed),
+                    };
+                    self.golddr_wal = Some((rx, rp, now));
+                }
                 self.observation = Some(observation);
+                self.judge_readiness(now, &mut effects);
                 self.decide(now, &mut effects);
                 self.follow(now, &mut effects);
             }
@@ -424,6 +503,78 @@ impl LoopState {
         );
     }
 
+    /// What would hold a promotion back if Gold were lost now: none when
+    /// ready.
+    pub fn readiness_blockers(&self) -> Vec<Blocker> {
+        if self.policy.promotes.is_none() {
+            return vec![Blocker::named(NO_PROMOTER)];
+        }
+        match &self.readiness {
+            None => vec![Blocker::named(NOT_OBSERVED)],
+            Some(guards::Readiness::Ready) => vec![],
+            Some(guards::Readiness::AlreadyPromoted) => vec![Blocker::named(guards::ALREADY_PROMOTED)],
+            Some(guards::Readiness::Blocked(vetoes)) => vetoes
+                .iter()
+                .map(|v| Blocker {
+                    guard: v.name(),
+                    detail: v.detail().map(str::to_string),
+                })
+                .collect(),
+        }
+    }
+
+    /// How much a promotion now would lose, from the last positions read on
+    /// both sides: kept while either side cannot be read, with the time of
+    /// the older reading, so "behind" and "unknown" stay apart.
+    pub fn rpo(&self) -> Rpo {
+        let (received, replayed, golddr_at) = match self.golddr_wal {
+            Some((rx, rp, at)) => (rx, rp, Some(at)),
+            None => (None, None, None),
+        };
+        let gold = self.gold_wal;
+        let lag = |behind: Option<Lsn>| match (gold, behind) {
+            (Some((g, _)), Some(b)) => Some(g.0.saturating_sub(b.0)),
+            _ => None,
+        };
+        Rpo {
+            gold: gold.map(|(l, _)| l),
+            gold_at: gold.map(|(_, at)| at),
+            received,
+            replayed,
+            golddr_at,
+            replication_lag_bytes: lag(received),
+            replay_lag_bytes: lag(replayed),
+            data_age: self
+                .observation
+                .as_ref()
+                .and_then(|o| o.wal.as_ref().ok())
+                .and_then(|w| w.wal.data_age),
+        }
+    }
+
+    pub fn readiness_since(&self) -> Option<SystemTime> {
+        self.readiness_since
+    }
+
+    /// Every observation: the same guards as a promotion, over the facts as
+    /// Gold's loss would leave them.
+    fn judge_readiness(&mut self, now: SystemTime, effects: &mut Vec<Effect>) {
+        let Some(observation) = &self.observation else {
+            return;
+        };
+        let target_known = matches!(self.target, Target::Known { .. });
+        let facts = Facts::new(target_known, observation, &self.policy.limits);
+        let before: Vec<&'static str> = self.readiness_blockers().iter().map(|b| b.guard).collect();
+        let first = self.readiness.is_none();
+        self.readiness = Some(guards::readiness(&facts, &self.policy.limits));
+        let blockers = self.readiness_blockers();
+        let after: Vec<&'static str> = blockers.iter().map(|b| b.guard).collect();
+        if first || before != after {
+            self.readiness_since = Some(now);
+            effects.push(Effect::Readiness(blockers));
+        }
+    }
+
     /// Site-wide alerts (Gold lost, probe blind, vetoes) come from the
     /// sidecar beside the standby leader only, so three sidecars don't say
     /// everything thrice. Before the first observation, or when Patroni does
@@ -507,6 +658,9 @@ impl LoopState {
             }
         }
         self.check_split_brain(report.outcome, effects);
+        if let Some(lsn) = report.wal {
+            self.gold_wal = Some((lsn, now));
+        }
         self.last_probe = Some((report, now));
         if transition.is_some_and(|t| t.to == Verdict::Lost) && !self.latched {
             match &self.policy.promotes {
@@ -805,6 +959,7 @@ mod tests {
                 outcome,
                 duration: Duration::from_millis(3),
                 error: (outcome != Outcome::Up).then(|| "connection refused".to_string()),
+                wal: None,
             }))
         }
 
@@ -841,6 +996,8 @@ mod tests {
                         streaming_for: None,
                         data_age: Some(Duration::from_secs(30)),
                     },
+                    received: None,
+                    replayed: None,
                 }),
                 signals: vec![],
                 witnesses,
@@ -905,14 +1062,121 @@ mod tests {
         let effects = l.lose_gold();
         assert!(effects.contains(&Effect::ObserveNow));
         assert!(alerts(&effects).contains(&AlertKind::GoldLost));
-        // Gathered before the loss: says nothing about now.
-        assert!(l.observe(stale).is_empty());
+        // Gathered before the loss: says nothing about now (only readiness,
+        // judged on every observation).
+        let effects = l.observe(stale);
+        assert!(
+            effects.iter().all(|e| matches!(e, Effect::Readiness(_))),
+            "{effects:?}"
+        );
         let fresh = l.clear();
         let effects = l.observe(fresh);
         assert!(promotes(&effects), "{effects:?}");
         // One write at a time: another observation while writing does nothing.
         let again = l.clear();
         assert!(!promotes(&l.observe(again)));
+    }
+
+    /// Readiness follows every observation, says each change once, and
+    /// names what would hold a promotion back.
+    #[test]
+    fn readiness_is_judged_on_every_observation_and_said_when_it_changes() {
+        let readiness = |e: &[Effect]| -> Option<Vec<&'static str>> {
+            e.iter().find_map(|e| match e {
+                Effect::Readiness(b) => Some(b.iter().map(|b| b.guard).collect()),
+                _ => None,
+            })
+        };
+        let mut l = Loop::new(Mode::Enforce, true);
+        assert_eq!(
+            l.state
+                .readiness_blockers()
+                .iter()
+                .map(|b| b.guard)
+                .collect::<Vec<_>>(),
+            [NOT_OBSERVED]
+        );
+        let o = l.clear();
+        assert_eq!(readiness(&l.observe(o)), Some(vec![]));
+        assert!(l.state.readiness_since().is_some());
+        let o = l.clear();
+        assert_eq!(readiness(&l.observe(o)), None, "no change, nothing said");
+        let paused = ClusterConfig {
+            paused: true,
+            ..standby()
+        };
+        let o = l.fresh(Role::Replica, paused, vec![]);
+        assert_eq!(
+            readiness(&l.observe(o)),
+            Some(vec!["not_standby_leader", "paused"])
+        );
+        let blockers = l.state.readiness_blockers();
+        assert_eq!(blockers[0].detail.as_deref(), Some("replica"));
+        let o = l.clear();
+        assert_eq!(readiness(&l.observe(o)), Some(vec![]));
+
+        let mut none = Loop::new(Mode::Enforce, false);
+        assert_eq!(
+            none.state
+                .readiness_blockers()
+                .iter()
+                .map(|b| b.guard)
+                .collect::<Vec<_>>(),
+            [NO_PROMOTER]
+        );
+        let o = none.clear();
+        none.observe(o);
+        assert_eq!(none.state.readiness_blockers()[0].guard, NO_PROMOTER);
+    }
+
+    /// The lag is Gold's position from the probe minus GoldDR's from the
+    /// observation; when Gold cannot be read it keeps its value and the time
+    /// of its reading, never drops to 0.
+    #[test]
+    fn the_lag_keeps_its_last_value_and_time_when_gold_cannot_be_read() {
+        let mut l = Loop::new(Mode::Enforce, true);
+        let probe = |l: &mut Loop, outcome: Outcome, wal: Option<u64>| {
+            l.send(Event::Probe(ProbeReport {
+                outcome,
+                duration: Duration::from_millis(1),
+                error: None,
+                wal: wal.map(Lsn),
+            }))
+        };
+        let observe = |l: &mut Loop, received: u64, replayed: u64| {
+            let mut o = l.clear();
+            if let Ok(w) = &mut o.wal {
+                w.received = Some(Lsn(received));
+                w.replayed = Some(Lsn(replayed));
+            }
+            l.observe(o)
+        };
+        assert_eq!(l.state.rpo().replication_lag_bytes, None, "nothing read yet");
+        probe(&mut l, Outcome::Up, Some(1000));
+        assert_eq!(l.state.rpo().replication_lag_bytes, None, "GoldDR not read yet");
+        observe(&mut l, 900, 800);
+        let r = l.state.rpo();
+        assert_eq!(
+            (r.replication_lag_bytes, r.replay_lag_bytes),
+            (Some(100), Some(200))
+        );
+        let at = r.lag_at().expect("both read");
+        assert_eq!(Some(at), r.gold_at);
+        probe(&mut l, Outcome::Down(DownReason::Refused), None);
+        observe(&mut l, 950, 950);
+        let r = l.state.rpo();
+        assert_eq!(r.replication_lag_bytes, Some(50), "Gold's last position kept");
+        assert_eq!(r.lag_at(), r.gold_at);
+        assert!(
+            r.gold_at.is_some_and(|g| g < r.golddr_at.expect("read")),
+            "the Gold side is the older"
+        );
+        // A standby that restarted and receives nothing yet: kept too.
+        let o = l.clear();
+        l.observe(o);
+        assert_eq!(l.state.rpo().replication_lag_bytes, Some(50));
+        observe(&mut l, 2000, 2000);
+        assert_eq!(l.state.rpo().replication_lag_bytes, Some(0), "never negative");
     }
 
     #[test]

@@ -173,6 +173,7 @@ mod tests {
                 outcome,
                 duration: Duration::from_millis(2),
                 error: None,
+                wal: None,
             },
             heartbeat: vec![(
                 "http://gold:8008/".into(),

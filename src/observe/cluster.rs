@@ -14,6 +14,7 @@ use crate::observe::cluster_config::{ClusterConfig, ConfigReader, DisarmSwitch};
 use crate::observe::local_pg::LocalPg;
 use crate::observe::patroni::{PatroniClient, Role};
 use crate::observe::signal::{self, Reading, Signal};
+use crate::observe::wal::Lsn;
 use crate::observe::witness::{self, Answer, Witness};
 
 /// What the local PostgreSQL says about replication from Gold.
@@ -35,6 +36,9 @@ pub struct WalView {
     pub receiver: Option<String>,
     pub last_msg_age: Option<Duration>,
     pub wal: Wal,
+    /// How far Gold's WAL has been received and replayed here.
+    pub received: Option<Lsn>,
+    pub replayed: Option<Lsn>,
 }
 
 /// One observation of the DR cluster and the witnesses.
@@ -150,6 +154,8 @@ impl ClusterObserver {
                     streaming_for,
                     data_age,
                 },
+                received: r.received,
+                replayed: r.replayed,
             }
         });
         Observation {

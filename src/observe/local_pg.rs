@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tokio_postgres::NoTls;
+use tokio_postgres::types::PgLsn;
 
 use crate::config::LocalPgConn;
 use crate::observe::cluster_config::DISARMED_SETTING;
+use crate::observe::wal::Lsn;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WalReceiver {
@@ -19,6 +21,9 @@ pub struct WalReceiver {
     /// Time since the last replayed transaction committed on Gold.
     pub replay_age: Option<Duration>,
     pub in_recovery: bool,
+    /// How far WAL from Gold has been received and replayed.
+    pub received: Option<Lsn>,
+    pub replayed: Option<Lsn>,
 }
 
 #[derive(Clone)]
@@ -72,18 +77,22 @@ impl LocalPg {
                     "SELECT pg_is_in_recovery(), \
                        (SELECT status FROM pg_stat_wal_receiver), \
                        (SELECT extract(epoch FROM now() - last_msg_receipt_time)::float8 FROM pg_stat_wal_receiver), \
-                       extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8",
+                       extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8, \
+                       pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()",
                     &[],
                 )
                 .await;
             drop(client);
             let row = row?;
             let age = |secs: Option<f64>| secs.map(|s| Duration::from_secs_f64(s.max(0.0)));
+            let lsn = |l: Option<PgLsn>| l.map(|l| Lsn(u64::from(l)));
             Ok(WalReceiver {
                 in_recovery: row.try_get(0)?,
                 status: row.try_get(1)?,
                 last_msg_age: age(row.try_get(2)?),
                 replay_age: age(row.try_get(3)?),
+                received: lsn(row.try_get(4)?),
+                replayed: lsn(row.try_get(5)?),
             })
         })
         .await

@@ -16,10 +16,12 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde::Serialize;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::PgLsn;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::{GoldConn, SslMode};
 use crate::observe::target::Endpoint;
+use crate::observe::wal::Lsn;
 
 /// Why Gold is considered unreachable or unusable as a primary. Only
 /// evidence about Gold's side belongs here: every variant counts toward a
@@ -191,6 +193,8 @@ pub struct ProbeReport {
     pub duration: Duration,
     /// The error as the server or the OS gave it; never contains a password.
     pub error: Option<String>,
+    /// A primary's current WAL position, read in the same query.
+    pub wal: Option<Lsn>,
 }
 
 /// The probe as the loop sees it, so the loop can be driven by anything.
@@ -246,7 +250,11 @@ impl PgProbe {
         cfg
     }
 
-    async fn attempt(&self, target: &Endpoint, addrs: &[IpAddr]) -> Result<Outcome, (Outcome, String)> {
+    async fn attempt(
+        &self,
+        target: &Endpoint,
+        addrs: &[IpAddr],
+    ) -> Result<(Outcome, Option<Lsn>), (Outcome, String)> {
         let cfg = self.pg_config(target, addrs);
         let (client, connection) = cfg
             .connect(self.tls.clone())
@@ -254,19 +262,26 @@ impl PgProbe {
             .map_err(|e| (classify(&e), describe(&e)))?;
         // The connection is driven here rather than spawned, so that when the
         // probe ends or times out nothing of it outlives this function.
+        // The primary's WAL position rides on the same round trip: the RPO
+        // metrics cost no extra query. A standby has none to give.
         let query = async move {
-            let row = client.query_one("SELECT pg_is_in_recovery()", &[]).await;
+            let row = client
+                .query_one(
+                    "SELECT r, CASE WHEN r THEN NULL ELSE pg_current_wal_lsn() END FROM pg_is_in_recovery() r",
+                    &[],
+                )
+                .await;
             drop(client); // sends Terminate; the connection future then ends
             row
         };
         let (row, _) = tokio::join!(query, connection);
-        let in_recovery: bool = row
-            .and_then(|r| r.try_get(0))
+        let (in_recovery, wal): (bool, Option<PgLsn>) = row
+            .and_then(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .map_err(|e| (classify(&e), describe(&e)))?;
         Ok(if in_recovery {
-            Outcome::Down(DownReason::InRecovery)
+            (Outcome::Down(DownReason::InRecovery), None)
         } else {
-            Outcome::Up
+            (Outcome::Up, wal.map(|l| Lsn(u64::from(l))))
         })
     }
 }
@@ -327,16 +342,21 @@ impl Probe for PgProbe {
         let timed_out = || format!("no answer within {}", humantime::format_duration(self.timeout));
         // A slow or failing lookup is this site's DNS, not Gold: it gets its
         // own classification instead of counting as a timeout toward loss.
-        let (outcome, error) = match tokio::time::timeout_at(deadline, resolve(target)).await {
+        let (outcome, error, wal) = match tokio::time::timeout_at(deadline, resolve(target)).await {
             Err(_) => (
                 Outcome::Blind(BlindReason::Dns),
                 Some(format!("DNS lookup: {}", timed_out())),
+                None,
             ),
-            Ok(Err(e)) => (Outcome::Blind(BlindReason::Dns), Some(format!("DNS lookup: {e}"))),
+            Ok(Err(e)) => (
+                Outcome::Blind(BlindReason::Dns),
+                Some(format!("DNS lookup: {e}")),
+                None,
+            ),
             Ok(Ok(addrs)) => match tokio::time::timeout_at(deadline, self.attempt(target, &addrs)).await {
-                Ok(Ok(outcome)) => (outcome, None),
-                Ok(Err((outcome, error))) => (outcome, Some(error)),
-                Err(_) => (Outcome::Down(DownReason::Timeout), Some(timed_out())),
+                Ok(Ok((outcome, wal))) => (outcome, None, wal),
+                Ok(Err((outcome, error))) => (outcome, Some(error), None),
+                Err(_) => (Outcome::Down(DownReason::Timeout), Some(timed_out()), None),
             },
         };
         let duration = start.elapsed();
@@ -344,6 +364,7 @@ impl Probe for PgProbe {
             outcome,
             duration,
             error,
+            wal,
         }
     }
 }

@@ -23,10 +23,10 @@ use strum::IntoEnumIterator;
 use tokio::sync::watch;
 
 use crate::decide::detector::Verdict;
-use crate::decide::guards::Veto;
+use crate::decide::guards::{self, Veto};
 use crate::decide::quorum::Vote;
 use crate::decide::standby_target::FixResult;
-use crate::decide::state::{PromotionResult, State};
+use crate::decide::state::{NO_PROMOTER, NOT_OBSERVED, PromotionResult, State};
 use crate::observe::probe::{Outcome, ProbeReport};
 use crate::observe::target::Target;
 use crate::report::status::{ProbeStatus, Status};
@@ -183,18 +183,12 @@ pub fn encode_probe_gauges(e: &mut DescriptorEncoder, p: &ProbeStatus) -> Result
         "1 if the last probe found Gold's PostgreSQL writable, else 0",
         i64::from(writable),
     )?;
-    let last = p
-        .last_probe
-        .as_ref()
-        .and_then(|p| p.at.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0.0, |d| d.as_secs_f64());
-    let g = ConstGauge::new(last);
-    g.encode(e.encode_descriptor(
+    gauge_f64(
+        e,
         "last_probe_timestamp_seconds",
         "Unix time at which the last probe finished",
-        None,
-        g.metric_type(),
-    )?)?;
+        p.last_probe.as_ref().map_or(0.0, |p| unix_seconds(p.at)),
+    )?;
     one_hot(
         e,
         "verdict",
@@ -399,6 +393,21 @@ pub fn gauge(
     g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
 }
 
+pub fn gauge_f64(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: f64,
+) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(value);
+    g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+fn unix_seconds(t: std::time::SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// One series per value, 1 for the current one.
 pub fn one_hot<L: EncodeLabelSet>(
     encoder: &mut DescriptorEncoder,
@@ -517,6 +526,65 @@ impl Collector for StateCollector {
             "1 while Gold answers as a writable primary after this process promoted GoldDR",
             i64::from(s.promotion.split_brain),
         )?;
+        // Absent until both sides were read; kept, not zeroed, when one side
+        // cannot be read: the timestamp tells "behind" from "unknown".
+        let r = &s.rpo;
+        if let (Some(lag), Some(replay), Some(at)) = (r.replication_lag_bytes, r.replay_lag_bytes, r.lag_at) {
+            gauge(
+                e,
+                "replication_lag_bytes",
+                "Gold's WAL position minus GoldDR's received position: what a promotion now would lose",
+                lag as i64,
+            )?;
+            gauge(
+                e,
+                "replay_lag_bytes",
+                "Gold's WAL position minus GoldDR's replayed position",
+                replay as i64,
+            )?;
+            gauge_f64(
+                e,
+                "replication_lag_timestamp_seconds",
+                "When the older of the two positions behind the lag series was read (Unix time)",
+                unix_seconds(at),
+            )?;
+        }
+        gauge_f64(
+            e,
+            "max_data_age_seconds",
+            "WATCHDOG_MAX_DATA_AGE: the stale-data guard's limit on the age of GoldDR's newest data",
+            s.settings.max_data_age.as_secs_f64(),
+        )?;
+        if let Some(age) = r.data_age_seconds {
+            gauge_f64(
+                e,
+                "data_age_seconds",
+                "Age of GoldDR's newest data from Gold, as the stale-data guard judges it",
+                age,
+            )?;
+        }
+        gauge(
+            e,
+            "promotion_ready",
+            "1 while a loss of Gold now would be promoted: every guard that does not depend on Gold's loss passes \
+             (on the standby leader's sidecar; take the max over the site's pods)",
+            i64::from(s.readiness.ready),
+        )?;
+        let blocking: Vec<&str> = s.readiness.blockers.iter().map(|b| b.guard).collect();
+        one_hot(
+            e,
+            "promotion_blockers",
+            "1 for each guard that would hold a promotion back if Gold were lost now",
+            readiness_blocker_names().map(|guard| (GuardLabels { guard }, blocking.contains(&guard))),
+        )?;
         Ok(())
     }
+}
+
+/// Every name a readiness blocker can have: each guard, and the states in
+/// which there is nothing to judge.
+pub fn readiness_blocker_names() -> impl Iterator<Item = &'static str> {
+    Veto::iter()
+        .map(|v| v.name())
+        .chain([guards::ALREADY_PROMOTED, NO_PROMOTER, NOT_OBSERVED])
 }

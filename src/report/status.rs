@@ -12,13 +12,14 @@ use crate::decide::guards;
 use crate::decide::guards::Veto;
 use crate::decide::quorum::{Ballot, Tally};
 use crate::decide::standby_target::{Decision, Hold};
-use crate::decide::state::{Counters, LoopState, State};
+use crate::decide::state::{Blocker, Counters, LoopState, Rpo, State};
 use crate::observe::cluster::Observation;
 use crate::observe::cluster_config::{DisarmSwitch, StandbyAddress};
 use crate::observe::patroni::Role;
 use crate::observe::probe::ProbeReport;
 use crate::observe::signal::Reading;
 use crate::observe::target::Target;
+use crate::observe::wal::Lsn;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LastProbe {
@@ -295,6 +296,50 @@ impl ProbeStatus {
     }
 }
 
+/// Positions and lag in bytes; each kept when its side cannot be read, with
+/// when it was read.
+#[derive(Debug, Clone, Serialize)]
+pub struct RpoStatus {
+    pub gold_wal_position: Option<Lsn>,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub gold_read_at: Option<SystemTime>,
+    pub golddr_received: Option<Lsn>,
+    pub golddr_replayed: Option<Lsn>,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub golddr_read_at: Option<SystemTime>,
+    pub replication_lag_bytes: Option<u64>,
+    pub replay_lag_bytes: Option<u64>,
+    /// When the older of the positions behind the lag was read.
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub lag_at: Option<SystemTime>,
+    pub data_age_seconds: Option<f64>,
+}
+
+impl From<Rpo> for RpoStatus {
+    fn from(r: Rpo) -> Self {
+        RpoStatus {
+            gold_wal_position: r.gold,
+            gold_read_at: r.gold_at,
+            golddr_received: r.received,
+            golddr_replayed: r.replayed,
+            golddr_read_at: r.golddr_at,
+            replication_lag_bytes: r.replication_lag_bytes,
+            replay_lag_bytes: r.replay_lag_bytes,
+            lag_at: r.lag_at(),
+            data_age_seconds: r.data_age.map(|d| d.as_secs_f64()),
+        }
+    }
+}
+
+/// The guards over the last observation, as if Gold were lost now.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReadinessStatus {
+    pub ready: bool,
+    pub blockers: Vec<Blocker>,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub since: Option<SystemTime>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub version: &'static str,
@@ -305,6 +350,10 @@ pub struct Status {
     pub cluster: ClusterStatus,
     pub quorum: QuorumStatus,
     pub promotion: PromotionStatus,
+    /// Would a loss of Gold now be promoted?
+    pub readiness: ReadinessStatus,
+    /// How much a promotion now would lose.
+    pub rpo: RpoStatus,
     pub settings: Arc<Config>,
     /// When the loop last finished a tick (monotonic), for `/livez`.
     #[serde(skip)]
@@ -342,6 +391,15 @@ impl Status {
                 vetoes: record.vetoes.clone(),
                 last_error: record.last_error.clone(),
                 idle: record.idle.clone(),
+            },
+            rpo: RpoStatus::from(state.rpo()),
+            readiness: {
+                let blockers = state.readiness_blockers();
+                ReadinessStatus {
+                    ready: blockers.is_empty(),
+                    blockers,
+                    since: state.readiness_since(),
+                }
             },
             settings: settings.clone(),
             last_tick: state.last_tick(),

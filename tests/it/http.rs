@@ -383,9 +383,17 @@ async fn every_metric_the_alerts_and_dashboard_use_is_exported() {
         ("WATCHDOG_PROBE_TIMEOUT", "250ms"),
     ])
     .await;
-    crate::support::wait_for("the cluster observed", Duration::from_secs(20), async || {
-        !w.status().await["cluster"]["observed_at"].is_null()
-    })
+    // The lag and data-age series exist once both sides were read.
+    crate::support::wait_for(
+        "the cluster observed, lag and data age known",
+        Duration::from_secs(20),
+        async || {
+            let s = w.status().await;
+            !s["cluster"]["observed_at"].is_null()
+                && !s["rpo"]["replication_lag_bytes"].is_null()
+                && !s["rpo"]["data_age_seconds"].is_null()
+        },
+    )
     .await;
     crate::support::wait_for("the guard's first round", Duration::from_secs(20), async || {
         !guard.status().await["golddr"].is_null()

@@ -1455,3 +1455,244 @@ async fn a_refused_standby_target_fix_is_said_once_and_tried_again() {
     );
     w.stop().await;
 }
+
+/// A DR watchdog with a configmap promoter (the API double), a fake local
+/// Patroni, and a real local standby replicating from Gold through
+/// `repl`, a fault proxy standing in for the tunnel's replication path.
+struct Replicating {
+    env: KubeEnv,
+    gold: PgServer,
+    repl: FaultProxy,
+    scene: Scene,
+}
+
+impl Replicating {
+    async fn start() -> Replicating {
+        let env = KubeEnv::double().await;
+        let gold = PgServer::start(PgOptions::default());
+        gold.execute("CREATE TABLE rows (id serial, at timestamptz DEFAULT now())")
+            .await;
+        let repl = FaultProxy::start(gold.addr()).await;
+        let local = PgServer::start(PgOptions {
+            replica_of: Some(repl.addr()),
+            ..Default::default()
+        });
+        let scene = Scene {
+            service: unique("patroni-master-gold"),
+            configmap: unique("patroni-config"),
+            patroni: FakePatroni::start("standby_leader").await,
+            local,
+        };
+        env.create_service(&scene.service, &[(Some("postgres"), gold.port())])
+            .await;
+        env.create_patroni_config(&scene.configmap, STANDBY_CONFIG, &[])
+            .await;
+        Replicating {
+            env,
+            gold,
+            repl,
+            scene,
+        }
+    }
+
+    /// Commits on Gold every 200 ms until dropped, so GoldDR's newest data
+    /// stays young while replication flows.
+    fn writer(&self) -> tokio::task::JoinHandle<()> {
+        let gold = self.gold.addr();
+        tokio::spawn(async move {
+            loop {
+                if let Ok((client, conn)) = tokio_postgres::connect(
+                    &format!(
+                        "host=127.0.0.1 port={} user=postgres dbname=postgres",
+                        gold.port()
+                    ),
+                    tokio_postgres::NoTls,
+                )
+                .await
+                {
+                    tokio::spawn(conn);
+                    while client
+                        .execute("INSERT INTO rows DEFAULT VALUES", &[])
+                        .await
+                        .is_ok()
+                    {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    }
+}
+
+fn blockers(s: &serde_json::Value) -> Vec<String> {
+    s["readiness"]["blockers"]
+        .as_array()
+        .map(|b| {
+            b.iter()
+                .filter_map(|b| b["guard"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Readiness, as `/status` and a scrape show it, for each blocker the issue
+/// names: 1, then 0 with exactly that blocker, then 1 again once it is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_flips_to_each_blocker_and_back() {
+    let r = Replicating::start().await;
+    let gold_port = r.gold.port().to_string();
+    let heartbeat = format!("tcp://{}", r.gold.addr());
+    let witness = app::spawn_witness(&[
+        ("WATCHDOG_GOLD_HOST", "127.0.0.1"),
+        ("WATCHDOG_GOLD_PORT", &gold_port),
+        ("WATCHDOG_GOLD_USER", WATCHDOG_USER),
+        ("WATCHDOG_GOLD_SSLMODE", "disable"),
+        ("WATCHDOG_GOLD_HEARTBEAT", &heartbeat),
+        ("WATCHDOG_PROBE_INTERVAL", "300ms"),
+        ("WATCHDOG_PROBE_TIMEOUT", "250ms"),
+    ])
+    .await;
+    let witness_addr = witness
+        .url()
+        .trim_start_matches("http://")
+        .parse()
+        .expect("witness address");
+    let to_witness = FaultProxy::start(witness_addr).await;
+    let witnesses = format!("http://{}", to_witness.addr());
+    let _writer = r.writer();
+    let w = r
+        .scene
+        .spawn(
+            &r.env,
+            &[
+                ("WATCHDOG_WITNESSES", &witnesses),
+                ("WATCHDOG_ALLOW_STALE_PROMOTION", "false"),
+                ("WATCHDOG_MAX_DATA_AGE", "4s"),
+            ],
+        )
+        .await;
+    let ready = async || {
+        let st = w.wait_status("ready", |s| s["readiness"]["ready"] == true).await;
+        assert!(st["readiness"]["since"].is_string(), "{st:#}");
+        assert_eq!(w.metric("patroni_dr_watchdog_promotion_ready").await, 1.0);
+    };
+    let blocked = async |guard: &str| {
+        let st = w
+            .wait_status(&format!("not ready: {guard}"), |s| blockers(s) == [guard])
+            .await;
+        assert_eq!(st["readiness"]["ready"], false, "{st:#}");
+        assert_eq!(w.metric("patroni_dr_watchdog_promotion_ready").await, 0.0);
+        let series = format!("patroni_dr_watchdog_promotion_blockers{{guard=\"{guard}\"}}");
+        assert_eq!(w.metric(&series).await, 1.0, "{series}");
+        assert_eq!(
+            w.metric("patroni_dr_watchdog_promotion_blockers{guard=\"target_unknown\"}")
+                .await,
+            0.0
+        );
+    };
+    let config = async |text: &str| r.env.annotate(&r.scene.configmap, "config", text).await;
+    ready().await;
+
+    let paused = STANDBY_CONFIG.replacen("{\"ttl\":30", "{\"pause\":true,\"ttl\":30", 1);
+    config(&paused).await;
+    blocked("paused").await;
+    config(STANDBY_CONFIG).await;
+    ready().await;
+
+    r.env
+        .annotate(&r.scene.configmap, "patroni-dr-watchdog/disarmed", "true")
+        .await;
+    blocked("disarmed").await;
+    r.env
+        .annotate(&r.scene.configmap, "patroni-dr-watchdog/disarmed", "false")
+        .await;
+    ready().await;
+
+    r.scene.patroni.set_role("replica");
+    blocked("not_standby_leader").await;
+    r.scene.patroni.set_role("standby_leader");
+    ready().await;
+
+    r.scene.local.stop();
+    blocked("local_pg_unreachable").await;
+    r.scene.local.restart();
+    ready().await;
+
+    r.repl.set(crate::support::proxy::Fault::Blackhole).await;
+    blocked("stale_data").await;
+    r.repl.set(crate::support::proxy::Fault::Forward).await;
+    ready().await;
+
+    to_witness.set(crate::support::proxy::Fault::Refuse).await;
+    blocked("no_quorum").await;
+    to_witness.set(crate::support::proxy::Fault::Forward).await;
+    ready().await;
+
+    // Readiness only judges: the only writes are this test's own four.
+    if let Some(d) = r.env.api_double() {
+        assert_eq!(updates(d, &r.scene.configmap), 4);
+    }
+    w.stop().await;
+    witness.stop().await;
+}
+
+/// Rows written on Gold while replication is blackholed show as lag in
+/// bytes, which returns to about 0 once it flows; with Gold stopped the lag
+/// series keep their value and their timestamp stops, never reset to 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn replication_lag_grows_while_the_tunnel_is_cut_and_is_kept_when_gold_is_gone() {
+    let r = Replicating::start().await;
+    let w = r.scene.spawn(&r.env, &[]).await;
+    let lag = |s: &serde_json::Value| s["rpo"]["replication_lag_bytes"].as_u64();
+    w.wait_status("the lag known", |s| lag(s).is_some_and(|l| l < 65_536))
+        .await;
+
+    r.repl.set(crate::support::proxy::Fault::Blackhole).await;
+    r.gold
+        .execute("INSERT INTO rows SELECT FROM generate_series(1, 2000)")
+        .await;
+    let st = w
+        .wait_status("the lag grown", |s| lag(s).is_some_and(|l| l > 50_000))
+        .await;
+    let scraped = w.metric("patroni_dr_watchdog_replication_lag_bytes").await;
+    assert!(scraped > 50_000.0, "{scraped}");
+    assert!(
+        w.metric("patroni_dr_watchdog_replay_lag_bytes").await >= scraped,
+        "replay is never ahead of receipt"
+    );
+    assert!(st["rpo"]["golddr_received"].is_string(), "{st:#}");
+
+    r.repl.set(crate::support::proxy::Fault::Forward).await;
+    w.wait_status_for(Duration::from_secs(60), "the lag back to about 0", |s| {
+        lag(s).is_some_and(|l| l < 8192) && s["rpo"]["replay_lag_bytes"].as_u64().is_some_and(|l| l < 8192)
+    })
+    .await;
+
+    // Gold gone: the probe reads no position; the lag keeps its value and
+    // its time, while probes go on.
+    let before = w.metric("patroni_dr_watchdog_replication_lag_bytes").await;
+    r.gold.stop();
+    w.wait_status("Gold down", |s| s["verdict"] == "down" || s["verdict"] == "lost")
+        .await;
+    let stamp = w
+        .metric("patroni_dr_watchdog_replication_lag_timestamp_seconds")
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        w.metric("patroni_dr_watchdog_replication_lag_bytes").await,
+        before,
+        "kept, not reset"
+    );
+    assert_eq!(
+        w.metric("patroni_dr_watchdog_replication_lag_timestamp_seconds")
+            .await,
+        stamp,
+        "the reading's time stands still"
+    );
+    assert!(
+        w.metric("patroni_dr_watchdog_last_probe_timestamp_seconds").await > stamp + 1.0,
+        "while probes go on"
+    );
+    w.stop().await;
+}

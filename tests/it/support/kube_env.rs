@@ -189,13 +189,14 @@ impl KubeEnv {
 /// merges, null removes a key, as Patroni does).
 pub struct FakePatroni {
     pub url: String,
+    role: Arc<Mutex<String>>,
     config: Arc<Mutex<Value>>,
     shutdown: tokio_util::sync::CancellationToken,
 }
 
 #[derive(Clone)]
 struct Fake {
-    role: Arc<String>,
+    role: Arc<Mutex<String>>,
     config: Arc<Mutex<Value>>,
 }
 
@@ -221,15 +222,16 @@ impl FakePatroni {
 
     pub async fn with_config(role: &str, config: Value) -> FakePatroni {
         let fake = Fake {
-            role: Arc::new(role.to_string()),
+            role: Arc::new(Mutex::new(role.to_string())),
             config: Arc::new(Mutex::new(config)),
         };
-        let config = fake.config.clone();
+        let (role, config) = (fake.role.clone(), fake.config.clone());
         let app = axum::Router::new()
             .route(
                 "/patroni",
                 get(|State(f): State<Fake>| async move {
-                    Json(json!({"state": "running", "role": *f.role, "server_version": 150018}))
+                    let role = f.role.lock().expect("role").clone();
+                    Json(json!({"state": "running", "role": role, "server_version": 150018}))
                 }),
             )
             .route(
@@ -246,9 +248,15 @@ impl FakePatroni {
         let url = format!("http://{addr}");
         FakePatroni {
             url,
+            role,
             config,
             shutdown,
         }
+    }
+
+    /// What `GET /patroni` answers as the role from now on (a switchover).
+    pub fn set_role(&self, role: &str) {
+        *self.role.lock().expect("role") = role.to_string();
     }
 
     /// The dynamic config as it is now.
