@@ -18,9 +18,11 @@ use tracing::{debug, error, info, warn};
 use crate::act::promoter::{
     self, AnyPromoter, ConfigMapPromoter, PatroniApiPromoter, PgPromoter, PromoteError, Promoter, Promotion,
 };
+use crate::act::standby_target::StandbyWriter;
 use crate::config::{Config, GoldAddress, GoldConcern, PromoterKind, ServicePort};
 use crate::decide::detector::{Transition, Verdict};
 use crate::decide::guards::Limits;
+use crate::decide::standby_target::{self, Decision, FixOutcome, FixRequest, Hold, Report, TsNames};
 use crate::decide::state::{Alert, Audit, Effect, Event, LoopState, Policy, Severity, Written};
 use crate::observe::cluster::{self, ClusterObserver, Observation, Others};
 use crate::observe::cluster_config::{
@@ -282,6 +284,11 @@ pub struct Watchdog<P> {
     events: Option<Events>,
     webhook: Option<Webhook>,
     writing: Option<JoinHandle<Written>>,
+    /// Writes `standby_cluster` when the Transport Service moves.
+    standby_writer: Option<Arc<StandbyWriter>>,
+    standby_setup: standby_target::Setup,
+    /// The standby-target write in flight, and what it writes.
+    standby_writing: Option<(FixRequest, JoinHandle<FixOutcome>)>,
 }
 
 impl<P: Probe> Watchdog<P> {
@@ -316,6 +323,9 @@ impl<P: Probe> Watchdog<P> {
             events: None,
             webhook: None,
             writing: None,
+            standby_writer: None,
+            standby_setup: standby_target::Setup::default(),
+            standby_writing: None,
         }
     }
 
@@ -324,7 +334,19 @@ impl<P: Probe> Watchdog<P> {
     pub fn with_cluster(mut self, cluster: Cluster, kube: Option<&Kube>) -> Self {
         let mut policy = self.state.policy().clone();
         policy.promotes = Some(cluster.promoter.object());
-        self.state = LoopState::new(policy, self.state.target().clone());
+        let writer = match &cluster.promoter {
+            AnyPromoter::ConfigMap(p) => Ok(StandbyWriter::ConfigMap(Box::new(p.reader.clone()))),
+            AnyPromoter::PatroniApi(p) => Ok(StandbyWriter::PatroniApi(p.reader.clone())),
+            AnyPromoter::PgPromote(_) => Err(standby_target::PLAIN_STANDBY),
+        };
+        self.standby_setup.writes = match (&writer, self.settings.follow_ts) {
+            (_, false) => Err(standby_target::SWITCHED_OFF),
+            (Ok(w), true) => Ok(w.object()),
+            (Err(why), true) => Err(*why),
+        };
+        self.standby_writer = writer.ok().filter(|_| self.settings.follow_ts).map(Arc::new);
+        self.state = LoopState::new(policy, self.state.target().clone())
+            .with_standby_target(self.standby_setup.clone());
         if let (Some(kube), Some(reference)) = (kube, cluster.event_object) {
             self.events = Some(Events::new(
                 kube.client.clone(),
@@ -336,6 +358,15 @@ impl<P: Probe> Watchdog<P> {
         }
         self.observer = Some(cluster.observer);
         self.promoter = Some(Arc::new(cluster.promoter));
+        self.publish();
+        self
+    }
+
+    /// The Transport Service whose names `standby_cluster.host` may use
+    /// (see `decide::standby_target`).
+    pub fn following(mut self, names: TsNames) -> Self {
+        self.standby_setup.names = names;
+        self.state = self.state.clone().with_standby_target(self.standby_setup.clone());
         self.publish();
         self
     }
@@ -408,6 +439,9 @@ impl<P: Probe> Watchdog<P> {
                 Effect::Vetoed(guards) => guards.into_iter().for_each(|g| self.metrics.veto(g)),
                 Effect::Counted(result) => self.metrics.promotion(result),
                 Effect::Alert(alert) => self.alert(alert),
+                Effect::FixStandbyTarget(request) => self.start_standby_write(request),
+                Effect::StandbyTarget(report) => log_standby_target(&report),
+                Effect::StandbyTargetCounted(result) => self.metrics.standby_target_fix(result),
                 Effect::Readiness(blockers) => {
                     if blockers.is_empty() {
                         info!(ready = true, "DR readiness: a loss of Gold now would be promoted");
@@ -438,6 +472,19 @@ impl<P: Probe> Watchdog<P> {
         ));
     }
 
+    fn start_standby_write(&mut self, request: FixRequest) {
+        let Some(writer) = self.standby_writer.clone() else {
+            return;
+        };
+        let names = self.standby_setup.names.clone();
+        let target = self.target.clone();
+        let handle = tokio::spawn({
+            let request = request.clone();
+            async move { writer.fix(&names, request, target).await }
+        });
+        self.standby_writing = Some((request, handle));
+    }
+
     /// One log line; with a notifying alert also a Kubernetes Event and a
     /// webhook message, both delivered off the loop.
     fn alert(&self, alert: Alert) {
@@ -457,7 +504,26 @@ impl<P: Probe> Watchdog<P> {
         }
         if let Some(events) = self.events.clone() {
             let warning = alert.kind.severity() >= Severity::Warning;
-            tokio::spawn(async move { events.publish(warning, reason, "Promote", alert.text).await });
+            let action = alert.kind.action();
+            tokio::spawn(async move { events.publish(warning, reason, action, alert.text).await });
+        }
+    }
+
+    /// Says once, at start, when `standby_cluster` is not kept on the
+    /// Transport Service, and why.
+    fn log_following(&self) {
+        let why = if !self.settings.gold.address.discovers_port() {
+            Some(
+                "the target is a static address: nothing about it moves at run time, standby_cluster is the operator's",
+            )
+        } else {
+            self.standby_setup.writes.as_ref().err().copied()
+        };
+        if let Some(why) = why {
+            info!(
+                reason = why,
+                "standby_cluster is not kept pointed at the Transport Service"
+            );
         }
     }
 
@@ -533,6 +599,7 @@ impl<P: Probe> Watchdog<P> {
                 shutdown.clone(),
             ));
         }
+        self.log_following();
         let effects = self.handle(Event::Started);
         self.carry_out(effects);
         self.publish();
@@ -558,6 +625,26 @@ impl<P: Probe> Watchdog<P> {
                     self.publish();
                     continue;
                 }
+                joined = async {
+                    match self.standby_writing.as_mut() {
+                        Some((_, handle)) => handle.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let outcome = match (joined, self.standby_writing.take()) {
+                        (Ok(outcome), _) => Some(outcome),
+                        (Err(e), Some((request, _))) => {
+                            Some(FixOutcome::Failed(request, format!("standby_cluster write task failed: {e}")))
+                        }
+                        (Err(_), None) => None,
+                    };
+                    if let Some(outcome) = outcome {
+                        let effects = self.handle(Event::StandbyTargetWritten(outcome));
+                        self.carry_out(effects);
+                        self.publish();
+                    }
+                    continue;
+                }
                 Some(observation) = self.observations.recv() => {
                     let effects = self.handle(Event::Observed(observation));
                     self.carry_out(effects);
@@ -581,6 +668,32 @@ impl<P: Probe> Watchdog<P> {
         self.carry_out(effects);
         self.publish();
         info!("probe loop stopped");
+    }
+}
+
+/// One line per standby-target decision, its reasons as fields.
+fn log_standby_target(report: &Report) {
+    let object = report.object.as_deref();
+    match &report.decision {
+        Decision::Fix(fix) => info!(
+            decision = report.decision.name(), config = %fix.from.describe(), target = %fix.to,
+            keys = fix.keys(), object,
+            "standby_cluster points elsewhere than the Transport Service: pointing it there"
+        ),
+        Decision::Hold(fix, holds) => {
+            let held_by: Vec<&str> = holds.iter().map(Hold::name).collect();
+            let why: Vec<String> = holds.iter().map(Hold::describe).collect();
+            warn!(
+                decision = report.decision.name(), config = %fix.from.describe(), target = %fix.to,
+                keys = fix.keys(), held_by = held_by.join(","), object,
+                "standby_cluster points elsewhere than the Transport Service and is not fixed from here: {}",
+                why.join("; ")
+            )
+        }
+        Decision::Nothing(quiet) => info!(
+            decision = quiet.name(),
+            object, "standby_cluster points at the Transport Service again"
+        ),
     }
 }
 
@@ -614,6 +727,10 @@ pub async fn run(
     if let Some(cluster) = build_cluster(&config, kube.as_ref().map(|k| &k.client), &namespace)? {
         watchdog = watchdog.with_cluster(cluster, kube.as_ref());
     }
+    watchdog = watchdog.following(TsNames {
+        service: config.gold.address.service().map(str::to_string),
+        namespace: namespace.clone(),
+    });
     if let Some(url) = &config.webhook_url {
         let webhook = Webhook::spawn(url.expose().to_string(), &config.identity, metrics.webhook())
             .map_err(Error::HttpClient)?;

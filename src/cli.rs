@@ -433,6 +433,9 @@ fn describe_status(body: &Value) -> String {
             }
         }
         put("local", local);
+        if !cluster["standby_target"].is_null() {
+            put("standby", describe_standby_target(&cluster["standby_target"]));
+        }
     }
     let q = &body["quorum"];
     put("judging", s(&q["summary"]));
@@ -534,6 +537,50 @@ fn describe_status(body: &Value) -> String {
         );
     }
     out
+}
+
+/// `/status`'s `cluster.standby_target` in words: whether GoldDR's
+/// `standby_cluster` dials the Transport Service the watchdog probes.
+fn describe_standby_target(t: &Value) -> String {
+    let config = match (&t["config"]["host"], &t["config"]["port"]) {
+        (Value::Null, Value::Null) => None,
+        (host, port) => Some(format!(
+            "{}:{}",
+            host.as_str().unwrap_or("?"),
+            port.as_str().map_or_else(|| port.to_string(), str::to_string)
+        )),
+    };
+    let followed = match &t["why"] {
+        Value::String(why) => format!("; not kept on the Transport Service: {why}"),
+        _ => String::new(),
+    };
+    match (&t["mismatch"], config) {
+        (Value::String(m), Some(c)) => {
+            let held: Vec<&str> = t["held_by"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|h| h["reason"].as_str())
+                .collect();
+            let held = if held.is_empty() {
+                String::new()
+            } else {
+                format!(" (held by {})", held.join(", "))
+            };
+            format!(
+                "standby_cluster dials {c}, not the Transport Service at {}: {m}{held}{followed}",
+                t["target"].as_str().unwrap_or("?")
+            )
+        }
+        (_, Some(c)) if t["decision"] == "in_sync" => {
+            format!("standby_cluster dials the Transport Service ({c}){followed}")
+        }
+        (_, Some(c)) => format!(
+            "standby_cluster dials {c} ({}){followed}",
+            t["decision"].as_str().unwrap_or("not compared yet")
+        ),
+        (_, None) => format!("no standby_cluster address{followed}"),
+    }
 }
 
 /// The configured observer and promoter, or `None` after saying why not.
@@ -676,5 +723,43 @@ pub async fn failback<G: GoldConcern>(
             line(false, "failback", format!("{e}; nothing written"));
             Exit::Failed
         }
+    }
+}
+
+#[cfg(test)]
+mod standby_target_tests {
+    use serde_json::json;
+
+    use super::describe_standby_target;
+
+    #[test]
+    fn the_standby_line_says_where_standby_cluster_dials() {
+        let held = json!({
+            "following": true, "why": null,
+            "config": {"host": "patroni-master-gold", "port": 31234},
+            "target": "patroni-master-gold.ns.svc:31999",
+            "mismatch": "standby_cluster.port from 31234 to 31999",
+            "decision": "hold", "held_by": [{"reason": "paused"}],
+        });
+        assert_eq!(
+            describe_standby_target(&held),
+            "standby_cluster dials patroni-master-gold:31234, not the Transport Service at \
+             patroni-master-gold.ns.svc:31999: standby_cluster.port from 31234 to 31999 (held by paused)"
+        );
+        let in_sync = json!({
+            "following": true, "why": null,
+            "config": {"host": "patroni-master-gold", "port": "31999"},
+            "target": "patroni-master-gold.ns.svc:31999",
+            "mismatch": null, "decision": "in_sync", "held_by": [],
+        });
+        assert_eq!(
+            describe_standby_target(&in_sync),
+            "standby_cluster dials the Transport Service (patroni-master-gold:31999)"
+        );
+        let plain = json!({"following": false, "why": "a plain standby", "config": null, "mismatch": null});
+        assert_eq!(
+            describe_standby_target(&plain),
+            "no standby_cluster address; not kept on the Transport Service: a plain standby"
+        );
     }
 }

@@ -9,6 +9,11 @@
 #              /path/to/manifests/helm` (plugin.yaml beside this script), then
 #              --post-renderer patroni-dr-watchdog
 #
+# The sidecar also takes over the chart's install-time Job: in enforce mode it
+# keeps standby_cluster.port in patroni-config on the Transport Service's
+# current port (docs/operations.md, "The Transport Service moves"); this
+# script leaves the Job in the release, harmless once the sidecar enforces.
+#
 # Reads the rendered manifests on stdin, writes the result on stdout, exits
 # non-zero on any error (Helm then aborts). Needs kubectl (kubectl kustomize)
 # or kustomize on the PATH. Everyone who upgrades the release must use it,

@@ -1,6 +1,7 @@
-//! The one edit the watchdog makes to Patroni's dynamic configuration:
-//! remove `standby_cluster` (promote), or add it back (failback), done on the
-//! text so that every other byte stays exactly as Patroni wrote it.
+//! The edits the watchdog makes to Patroni's dynamic configuration: remove
+//! `standby_cluster` (promote), add it back (failback), or set its `host`
+//! and `port` to the Transport Service's (follow the tunnel), each done on
+//! the text so that every other byte stays exactly as Patroni wrote it.
 
 use serde_json::Value;
 
@@ -68,6 +69,76 @@ pub fn add_standby_cluster(text: &str, section: &Value) -> Result<String, Dynami
     Ok(out)
 }
 
+/// The config with `standby_cluster.host` and/or `.port` set to these
+/// values; `None` leaves that key alone. Only the bytes of the changed
+/// values are replaced; a key that is missing is appended to the section.
+/// `Ok(None)`: already so, nothing to write.
+pub fn set_standby_address(
+    text: &str,
+    host: Option<&str>,
+    port: Option<u16>,
+) -> Result<Option<String>, DynamicConfigError> {
+    parse(text)?;
+    let members = top_level_members(text).ok_or(DynamicConfigError::NotAnObject)?;
+    let mut sections = members.iter().filter(|m| m.key == "standby_cluster");
+    let section = match (sections.next(), sections.next()) {
+        (Some(section), None) => section,
+        (None, _) => return Err(DynamicConfigError::NotStandby),
+        (Some(_), Some(_)) => return Err(DynamicConfigError::Duplicate("standby_cluster")),
+    };
+    let value_start = value_offset(text, section);
+    let inner = object_members(text, value_start).ok_or(DynamicConfigError::NotStandby)?;
+    let mut edits: Vec<(usize, usize, String)> = Vec::new();
+    let wanted = [
+        ("host", host.map(|h| Value::from(h).to_string())),
+        ("port", port.map(|p| p.to_string())),
+    ];
+    let mut appended = String::new();
+    for (key, value) in wanted {
+        let Some(value) = value else { continue };
+        let mut found = inner.iter().filter(|m| m.key == key);
+        match (found.next(), found.next()) {
+            (Some(m), None) => {
+                let at = value_offset(text, m);
+                if text[at..m.end] != value {
+                    edits.push((at, m.end, value));
+                }
+            }
+            (None, _) => appended.push_str(&format!(",\"{key}\":{value}")),
+            (Some(_), Some(_)) => return Err(DynamicConfigError::Duplicate(key)),
+        }
+    }
+    if !appended.is_empty() {
+        // After the last member, before the closing brace and its spacing.
+        let at = inner.last().map_or(value_start + 1, |m| m.end);
+        if inner.is_empty() {
+            appended.remove(0);
+        }
+        edits.push((at, at, appended));
+    }
+    if edits.is_empty() {
+        return Ok(None);
+    }
+    edits.sort_by_key(|e| e.0);
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut pos = 0;
+    for (start, end, value) in edits {
+        out.push_str(&text[pos..start]);
+        out.push_str(&value);
+        pos = end;
+    }
+    out.push_str(&text[pos..]);
+    debug_assert!(parse(&out).is_ok());
+    Ok(Some(out))
+}
+
+/// Where a member's value starts: past its key, the colon and any spacing.
+fn value_offset(text: &str, m: &Member) -> usize {
+    let b = text.as_bytes();
+    let after_key = skip_string(b, m.start).unwrap_or(m.start);
+    skip_ws(b, skip_ws(b, after_key) + 1)
+}
+
 struct Member {
     key: String,
     /// Byte offset of the key's opening quote.
@@ -79,8 +150,13 @@ struct Member {
 /// Spans of the top-level members of a JSON object already known to be
 /// valid. Keys are decoded by serde_json so escapes compare correctly.
 fn top_level_members(text: &str) -> Option<Vec<Member>> {
+    object_members(text, skip_ws(text.as_bytes(), 0))
+}
+
+/// Spans of the members of the object that opens at byte `at`.
+fn object_members(text: &str, at: usize) -> Option<Vec<Member>> {
     let b = text.as_bytes();
-    let mut i = skip_ws(b, 0);
+    let mut i = at;
     if b.get(i) != Some(&b'{') {
         return None;
     }
@@ -339,6 +415,130 @@ mod tests {
                 let expected = if pretty { serde_json::to_string_pretty(&rest) } else { serde_json::to_string(&rest) }.unwrap();
                 prop_assert_eq!(out, expected);
             }
+        }
+
+        #[test]
+        fn setting_the_address_changes_exactly_those_values(
+            members in prop::collection::btree_map("[a-z_]{1,8}", json_value(), 0..5),
+            mut section in prop::collection::btree_map("[a-z_]{1,8}", json_value(), 0..4),
+            old_host in "[a-z.\\-]{1,12}",
+            old_port in any::<u16>(),
+            new_host in prop::option::of("[a-z.\\-]{1,12}"),
+            new_port in prop::option::of(1u16..),
+            pretty in any::<bool>(),
+        ) {
+            section.insert("host".into(), Value::from(old_host));
+            section.insert("port".into(), Value::from(old_port));
+            let mut config: serde_json::Map<String, Value> = members.into_iter().collect();
+            config.insert("standby_cluster".into(), Value::Object(section.into_iter().collect()));
+            let original = Value::Object(config);
+            let write = |v: &Value| if pretty { serde_json::to_string_pretty(v) } else { serde_json::to_string(v) }.unwrap();
+            let text = write(&original);
+            let out = set_standby_address(&text, new_host.as_deref(), new_port).unwrap();
+            let mut expected = original.clone();
+            if let Some(h) = &new_host {
+                expected["standby_cluster"]["host"] = Value::from(h.as_str());
+            }
+            if let Some(p) = new_port {
+                expected["standby_cluster"]["port"] = Value::from(p);
+            }
+            match out {
+                None => prop_assert_eq!(&expected, &original, "nothing written only when already so"),
+                Some(out) => {
+                    prop_assert_ne!(&expected, &original);
+                    // The same members in the same order, each value
+                    // formatted as before: every other byte is kept.
+                    prop_assert_eq!(out, write(&expected));
+                }
+            }
+        }
+    }
+
+    const SECTION: &str = r#"{"ttl":30,"standby_cluster":{"host":"patroni-master-gold","port":31234,"create_replica_methods":["basebackup_fast_xlog"]},"slots":{}}"#;
+
+    #[test]
+    fn the_port_alone_is_replaced_in_place() {
+        assert_eq!(
+            set_standby_address(SECTION, None, Some(31999))
+                .unwrap()
+                .as_deref(),
+            Some(SECTION.replace("31234", "31999").as_str())
+        );
+        assert_eq!(
+            set_standby_address(SECTION, Some("gold.example"), Some(31999))
+                .unwrap()
+                .as_deref(),
+            Some(
+                SECTION
+                    .replace("31234", "31999")
+                    .replace("patroni-master-gold", "gold.example")
+                    .as_str()
+            )
+        );
+        assert_eq!(set_standby_address(SECTION, None, Some(31234)).unwrap(), None);
+        assert_eq!(
+            set_standby_address(SECTION, Some("patroni-master-gold"), None).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn a_string_port_becomes_a_number_and_spacing_is_kept() {
+        let text = "{\n  \"standby_cluster\": {\n    \"host\": \"h\",\n    \"port\": \"31234\"\n  }\n}";
+        assert_eq!(
+            set_standby_address(text, None, Some(31999)).unwrap().as_deref(),
+            Some("{\n  \"standby_cluster\": {\n    \"host\": \"h\",\n    \"port\": 31999\n  }\n}")
+        );
+    }
+
+    #[test]
+    fn a_missing_key_is_appended_to_the_section() {
+        assert_eq!(
+            set_standby_address(r#"{"standby_cluster":{"host":"h"},"ttl":1}"#, None, Some(31999))
+                .unwrap()
+                .as_deref(),
+            Some(r#"{"standby_cluster":{"host":"h","port":31999},"ttl":1}"#)
+        );
+        assert_eq!(
+            set_standby_address(r#"{"standby_cluster":{"port":1 }}"#, Some("h"), Some(2))
+                .unwrap()
+                .as_deref(),
+            Some(r#"{"standby_cluster":{"port":2,"host":"h" }}"#)
+        );
+        assert_eq!(
+            set_standby_address(r#"{"standby_cluster":{ }}"#, Some("h"), Some(2))
+                .unwrap()
+                .as_deref(),
+            Some(r#"{"standby_cluster":{"host":"h","port":2 }}"#)
+        );
+        // A host that needs escaping is written as JSON.
+        assert_eq!(
+            set_standby_address(r#"{"standby_cluster":{"port":1}}"#, Some("a\"b"), None)
+                .unwrap()
+                .as_deref(),
+            Some(r#"{"standby_cluster":{"port":1,"host":"a\"b"}}"#)
+        );
+    }
+
+    #[test]
+    fn what_cannot_be_edited_safely_is_an_error() {
+        assert!(matches!(
+            set_standby_address("{\"ttl\":", None, Some(1)),
+            Err(DynamicConfigError::Json(_))
+        ));
+        for (text, want) in [
+            (r#"{"ttl":30}"#, DynamicConfigError::NotStandby),
+            (r#"{"standby_cluster":null}"#, DynamicConfigError::NotStandby),
+            (
+                r#"{"standby_cluster":{"host":"a"},"standby_cluster":{"host":"b"}}"#,
+                DynamicConfigError::Duplicate("standby_cluster"),
+            ),
+            (
+                r#"{"standby_cluster":{"port":1,"port":2}}"#,
+                DynamicConfigError::Duplicate("port"),
+            ),
+        ] {
+            assert_eq!(set_standby_address(text, None, Some(3)), Err(want), "{text}");
         }
     }
 }

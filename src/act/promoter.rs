@@ -64,21 +64,27 @@ pub struct ConfigMapPromoter {
     pub reader: ConfigMapReader,
 }
 
+/// One JSON merge patch of Patroni's config ConfigMap, under our field
+/// manager and the reader's call timeout. Shared by the promotion and the
+/// standby-target fix.
+pub(crate) async fn patch_configmap(r: &ConfigMapReader, patch: &serde_json::Value) -> Result<(), ApiError> {
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    tokio::time::timeout(
+        r.call_timeout,
+        r.api.patch(&r.name, &params, &Patch::Merge(patch)),
+    )
+    .await
+    .map_err(|_| r.timed_out("patch"))?
+    .map_err(|e| r.api_error("patch", e))?;
+    Ok(())
+}
+
 impl ConfigMapPromoter {
     async fn patch(&self, patch: &serde_json::Value) -> Result<(), PromoteError> {
-        let r = &self.reader;
-        let params = PatchParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..Default::default()
-        };
-        tokio::time::timeout(
-            r.call_timeout,
-            r.api.patch(&r.name, &params, &Patch::Merge(patch)),
-        )
-        .await
-        .map_err(|_| r.timed_out("patch"))?
-        .map_err(|e| r.api_error("patch", e))?;
-        Ok(())
+        Ok(patch_configmap(&self.reader, patch).await?)
     }
 
     async fn failback_attempt(&self, section: &serde_json::Value) -> Result<(), PromoteError> {
@@ -173,7 +179,7 @@ impl Promoter for ConfigMapPromoter {
 
 /// About 30 s of retries in all: long enough to ride out an API server or
 /// Patroni restart, short enough to try again on the next tick.
-fn retry_policy() -> ExponentialBuilder {
+pub(crate) fn retry_policy() -> ExponentialBuilder {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(200))
         .with_max_delay(Duration::from_secs(5))

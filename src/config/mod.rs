@@ -88,6 +88,9 @@ pub struct Config<G = GoldConn> {
     pub promoter: PromoterKind,
     pub patroni_configmap: String,
     pub patroni: PatroniApi,
+    /// `WATCHDOG_FOLLOW_TS`: keep `standby_cluster` pointed at the
+    /// Transport Service the target is discovered from.
+    pub follow_ts: bool,
     /// Who acts, in Events and audit annotations: the pod name.
     pub identity: String,
     pub mode: Mode,
@@ -161,6 +164,7 @@ impl<G: GoldConcern> Config<G> {
             promoter: promotion.promoter,
             patroni_configmap: promotion.patroni_configmap,
             patroni: promotion.patroni,
+            follow_ts: promotion.follow_ts,
             identity,
             mode: guards.mode,
             local_pg,

@@ -59,6 +59,7 @@ pub(super) struct Promotion {
     pub promoter: PromoterKind,
     pub patroni_configmap: String,
     pub patroni: PatroniApi,
+    pub follow_ts: bool,
 }
 
 /// `in_cluster`: in a pod, the ConfigMap promoter is the default.
@@ -81,10 +82,19 @@ pub(super) fn load(raw: &mut Raw, in_cluster: bool) -> Result<Promotion, ConfigE
     let patroni_configmap = non_empty("PATRONI_CONFIGMAP", raw.patroni_configmap.take())?
         .unwrap_or_else(|| defaults::PATRONI_CONFIGMAP.to_string());
     parse::k8s_name("PATRONI_CONFIGMAP", &patroni_configmap)?;
+    // The promoter's writer also keeps standby_cluster on the Transport
+    // Service, unless the operator keeps it themselves.
+    let follow_ts = parse::choice(
+        "FOLLOW_TS",
+        raw.follow_ts.take(),
+        true,
+        &[("true", true), ("false", false)],
+    )?;
     Ok(Promotion {
         promoter,
         patroni_configmap,
         patroni: patroni_api(raw)?,
+        follow_ts,
     })
 }
 

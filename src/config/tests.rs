@@ -688,3 +688,19 @@ fn the_dr_watchdog_refuses_a_promote_bound_that_does_not_outlast_the_guards_fenc
     ]);
     assert!(ok.is_ok(), "(5 - 1) x 5 s = 20 s >= 16 s");
 }
+
+#[test]
+fn following_the_transport_service_is_on_unless_switched_off() {
+    assert!(cfg(&[]).unwrap().follow_ts);
+    assert!(cfg(&[("WATCHDOG_FOLLOW_TS", "true")]).unwrap().follow_ts);
+    assert!(!cfg(&[("WATCHDOG_FOLLOW_TS", " false ")]).unwrap().follow_ts);
+    let e = cfg(&[("WATCHDOG_FOLLOW_TS", "no")]).unwrap_err();
+    assert_eq!(err_var(e.clone()), "WATCHDOG_FOLLOW_TS");
+    assert!(e.to_string().contains("must be true or false"), "{e}");
+    // Only the DR watchdog writes standby_cluster.
+    let e = guard_cfg(&[("WATCHDOG_FOLLOW_TS", "false")]).unwrap_err();
+    assert!(
+        matches!(&e, ConfigError::WrongRole { var, .. } if var == "WATCHDOG_FOLLOW_TS"),
+        "{e}"
+    );
+}

@@ -50,7 +50,7 @@ variables! {
     "Kubernetes": [namespace],
     "Promoter": [
         promoter, patroni_configmap, patroni_url, patroni_username, patroni_password,
-        patroni_password_file, patroni_cafile,
+        patroni_password_file, patroni_cafile, follow_ts,
     ],
     "Guards": [mode, wal_receiver_fresh, max_data_age, allow_stale_promotion],
     "Quorum": [witnesses, quorum, witness_max_age, gold_signals],

@@ -317,6 +317,7 @@ mod tests {
                 standby: true,
                 paused: false,
                 disarmed_by: vec![],
+                ..Default::default()
             }),
             wal: Ok(Wal {
                 streaming_for: None,
@@ -365,6 +366,7 @@ mod tests {
                     standby: false,
                     paused: true,
                     disarmed_by: vec![DisarmSwitch::DynamicConfigKey],
+                    ..Default::default()
                 }),
                 ..good()
             };
@@ -505,6 +507,7 @@ mod tests {
                         standby,
                         paused,
                         disarmed_by,
+                        ..Default::default()
                     }));
                 }
             }
@@ -600,6 +603,7 @@ mod tests {
                 } else {
                     vec![]
                 },
+                ..Default::default()
             }));
         }
         let mut checked = (0, 0);
@@ -691,6 +695,7 @@ mod tests {
                 standby: false,
                 paused: false,
                 disarmed_by: vec![],
+                ..Default::default()
             }),
             ..good()
         };

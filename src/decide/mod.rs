@@ -8,5 +8,6 @@ pub mod guard;
 pub mod guards;
 pub mod quorum;
 pub mod rejoin;
+pub mod standby_target;
 pub mod state;
 pub mod witness;

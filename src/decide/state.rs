@@ -14,6 +14,7 @@ use crate::config::Mode;
 use crate::decide::detector::{Detector, Thresholds, Transition, Verdict};
 use crate::decide::guards::{self, Decision, Facts, Limits, Veto};
 use crate::decide::quorum::Tally;
+use crate::decide::standby_target::{self, FixOutcome, FixRequest, FixResult, Follower};
 use crate::observe::cluster::Observation;
 use crate::observe::patroni::Role;
 use crate::observe::probe::{Outcome, ProbeReport};
@@ -85,6 +86,8 @@ pub enum Event {
     Probe(ProbeReport),
     Observed(Observation),
     Written(Written),
+    /// A write of `standby_cluster`'s address finished.
+    StandbyTargetWritten(FixOutcome),
     Stopping,
 }
 
@@ -105,6 +108,13 @@ pub enum AlertKind {
     PromotionFailed,
     SplitBrain,
     SplitBrainOver,
+    /// `standby_cluster` was pointed at the Transport Service.
+    StandbyTargetFixed,
+    /// Pointing it there failed: GoldDR may not be replicating.
+    StandbyTargetFixFailed,
+    DryRunStandbyTarget,
+    /// The fresh read before writing found a reason not to.
+    StandbyTargetCalledOff,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -117,7 +127,10 @@ pub enum Severity {
 impl AlertKind {
     pub fn severity(self) -> Severity {
         match self {
-            AlertKind::AlreadyPromoted | AlertKind::PromotionCalledOff => Severity::Info,
+            AlertKind::AlreadyPromoted
+            | AlertKind::PromotionCalledOff
+            | AlertKind::StandbyTargetFixed
+            | AlertKind::StandbyTargetCalledOff => Severity::Info,
             AlertKind::SplitBrainOver => Severity::Warning,
             AlertKind::PromotedStandbyCluster | AlertKind::PromotionFailed | AlertKind::SplitBrain => {
                 Severity::Error
@@ -132,8 +145,22 @@ impl AlertKind {
     pub fn notifies(self) -> bool {
         !matches!(
             self,
-            AlertKind::PromotionCalledOff | AlertKind::SplitBrainOver | AlertKind::NoPromoter
+            AlertKind::PromotionCalledOff
+                | AlertKind::SplitBrainOver
+                | AlertKind::NoPromoter
+                | AlertKind::StandbyTargetCalledOff
         )
+    }
+
+    /// The Kubernetes Event's action: what the watchdog was doing.
+    pub fn action(self) -> &'static str {
+        match self {
+            AlertKind::StandbyTargetFixed
+            | AlertKind::StandbyTargetFixFailed
+            | AlertKind::DryRunStandbyTarget
+            | AlertKind::StandbyTargetCalledOff => "FollowTransportService",
+            _ => "Promote",
+        }
     }
 
     pub fn reason(self) -> &'static str {
@@ -165,6 +192,12 @@ pub enum Effect {
     Vetoed(Vec<&'static str>),
     Counted(PromotionResult),
     Alert(Alert),
+    /// Write `standby_cluster`'s host/port so it follows the Transport
+    /// Service.
+    FixStandbyTarget(FixRequest),
+    /// A standby-target decision, for its one log line.
+    StandbyTarget(standby_target::Report),
+    StandbyTargetCounted(FixResult),
     /// Whether a loss of Gold now would be promoted changed: one log line.
     Readiness(Vec<Blocker>),
 }
@@ -291,6 +324,8 @@ pub struct LoopState {
     promotion: PromotionRecord,
     /// When the loop last handled a probe tick (monotonic), for `/livez`.
     last_tick: Option<Instant>,
+    /// Keeps `standby_cluster` on the Transport Service.
+    standby: Follower,
     /// Gold's WAL position as the last probe that read one said, and when.
     gold_wal: Option<(Lsn, SystemTime)>,
     /// GoldDR's received and replayed positions as last read, and when.
@@ -321,11 +356,19 @@ impl LoopState {
             reported: None,
             promotion: PromotionRecord::default(),
             last_tick: None,
+            standby: Follower::default(),
             gold_wal: None,
             golddr_wal: None,
             readiness: None,
             readiness_since: None,
         }
+    }
+
+    /// What this site can do when `standby_cluster` points elsewhere than
+    /// the Transport Service.
+    pub fn with_standby_target(mut self, setup: standby_target::Setup) -> Self {
+        self.standby = Follower::new(setup);
+        self
     }
 
     /// Takes one event at `now` and says what to do about it.
@@ -354,8 +397,10 @@ impl LoopState {
                 self.observation = Some(observation);
                 self.judge_readiness(now, &mut effects);
                 self.decide(now, &mut effects);
+                self.follow(now, &mut effects);
             }
             Event::Written(written) => self.written(written, now, &mut effects),
+            Event::StandbyTargetWritten(outcome) => self.standby.written(outcome, now, &mut effects),
         }
         effects
     }
@@ -425,6 +470,37 @@ impl LoopState {
 
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    pub fn standby_target(&self) -> &Follower {
+        &self.standby
+    }
+
+    /// While the last observed `standby_cluster` points elsewhere than the
+    /// Transport Service, what differs; for the readiness blocker
+    /// `standby_target_mismatch` and the gauge of the same name.
+    pub fn standby_target_mismatch(&self) -> Option<String> {
+        let config = self.observation.as_ref()?.config.as_ref().ok()?;
+        standby_target::mismatch(&self.standby.setup().names, &self.target, config)
+    }
+
+    /// Keeps `standby_cluster` on the Transport Service: decided on every
+    /// observation, never while a promotion is written or done.
+    fn follow(&mut self, now: SystemTime, effects: &mut Vec<Effect>) {
+        let speaks = self.speaks_for_site();
+        let Some(observation) = &self.observation else {
+            return;
+        };
+        self.standby.observed(
+            &self.target,
+            observation,
+            self.policy.limits.mode,
+            self.writing || self.latched,
+            speaks,
+            &self.policy.identity,
+            now,
+            effects,
+        );
     }
 
     /// What would hold a promotion back if Gold were lost now: none when
@@ -938,6 +1014,7 @@ mod tests {
             standby: true,
             paused: false,
             disarmed_by: vec![],
+            ..Default::default()
         }
     }
 

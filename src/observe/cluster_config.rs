@@ -11,6 +11,7 @@ use kube::api::Api;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 
+pub use crate::observe::dynamic_config::StandbyAddress;
 use crate::observe::dynamic_config::{self, DynamicConfigError};
 use crate::observe::local_pg::LocalPg;
 use crate::observe::patroni::PatroniClient;
@@ -90,10 +91,14 @@ impl DisarmSwitch {
 }
 
 /// The parts of the DR cluster's configuration a promotion depends on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ClusterConfig {
     /// `standby_cluster` is still in the dynamic config.
     pub standby: bool,
+    /// `standby_cluster.host`/`.port`: where the standby leader replicates
+    /// from, kept on the Transport Service by `decide::standby_target`.
+    /// Empty when not a standby, and for a plain standby (no Patroni).
+    pub standby_address: StandbyAddress,
     /// Patroni maintenance mode.
     pub paused: bool,
     /// The disarm switches that are set right now.
@@ -206,6 +211,7 @@ impl ConfigMapReader {
         }
         let config = ClusterConfig {
             standby: facts.standby,
+            standby_address: facts.standby_address,
             paused: facts.paused,
             disarmed_by,
         };
@@ -260,12 +266,18 @@ impl PatroniConfigReader {
 
     pub async fn read(&self) -> Result<ClusterConfig, ApiError> {
         let text = self.read_text().await?;
-        let facts = dynamic_config::facts(&text).map_err(|source| ApiError::Malformed {
+        self.config_of(&text)
+    }
+
+    /// The facts of a config as `GET /config` served it.
+    pub fn config_of(&self, text: &str) -> Result<ClusterConfig, ApiError> {
+        let facts = dynamic_config::facts(text).map_err(|source| ApiError::Malformed {
             object: self.object(),
             source,
         })?;
         Ok(ClusterConfig {
             standby: facts.standby,
+            standby_address: facts.standby_address,
             paused: facts.paused,
             disarmed_by: if facts.disarmed {
                 vec![DisarmSwitch::DynamicConfigKey]
@@ -298,6 +310,7 @@ impl PostgresConfigReader {
             })?;
         Ok(ClusterConfig {
             standby,
+            standby_address: StandbyAddress::default(),
             paused: false,
             disarmed_by: if disarmed {
                 vec![DisarmSwitch::PostgresSetting]

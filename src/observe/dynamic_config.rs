@@ -1,7 +1,7 @@
 //! Patroni's dynamic configuration as the watchdog reads it: is the cluster a
-//! standby cluster, is it paused, and has an operator disarmed the watchdog
-//! with our own key in it. The one edit we make to it lives in
-//! `act::dynamic_config`.
+//! standby cluster (and where does it replicate from), is it paused, and has
+//! an operator disarmed the watchdog with our own key in it. The edits we
+//! make to it live in `act::dynamic_config`.
 
 use serde_json::Value;
 
@@ -13,13 +13,23 @@ pub enum DynamicConfigError {
     NotAnObject,
     #[error("already has a standby_cluster section: this cluster is already a standby")]
     AlreadyStandby,
+    #[error(
+        "has no standby_cluster section (or it is not an object): not a standby cluster, nothing was written"
+    )]
+    NotStandby,
+    #[error(
+        "has more than one `{0}` member, so which one Patroni uses is unclear; fix it with `patronictl edit-config`, nothing was written"
+    )]
+    Duplicate(&'static str),
 }
 
 /// What the watchdog needs to know of the dynamic config.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Facts {
     /// Patroni treats the cluster as a standby cluster.
     pub standby: bool,
+    /// Where the standby leader replicates from; empty unless `standby`.
+    pub standby_address: StandbyAddress,
     /// Maintenance mode (`pause: true`).
     pub paused: bool,
     /// The operator's disarm switch: `{"patroni_dr_watchdog": {"disarmed": true}}`.
@@ -101,10 +111,57 @@ pub fn fence(text: &str) -> Result<Fence, DynamicConfigError> {
     Ok(mark.map_or(Fence::Foreign, Fence::Ours))
 }
 
+/// `standby_cluster.host` and `.port` as the dynamic config has them: the
+/// address GoldDR's standby leader dials. Kept as written, since Patroni
+/// passes a number or a string alike into `primary_conninfo`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StandbyAddress {
+    /// `None`: no `host` (or `null`).
+    pub host: Option<String>,
+    /// `None`: no `port` (or `null`).
+    pub port: Option<Value>,
+}
+
+impl StandbyAddress {
+    /// The port a standby would dial, when it is one: a JSON number or a
+    /// string of digits, 1-65535.
+    pub fn port_number(&self) -> Option<u16> {
+        let n = match self.port.as_ref()? {
+            Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
+            Value::String(s) => s.trim().parse::<u16>().ok(),
+            _ => None,
+        };
+        n.filter(|p| *p != 0)
+    }
+
+    /// `host:port` as written, `?` for a missing part, for messages.
+    pub fn describe(&self) -> String {
+        let port = match &self.port {
+            None => "?".to_string(),
+            Some(Value::String(s)) => s.clone(),
+            Some(v) => v.to_string(),
+        };
+        format!("{}:{port}", self.host.as_deref().unwrap_or("?"))
+    }
+}
+
+fn standby_address(section: &Value) -> StandbyAddress {
+    let member = |key: &str| section.get(key).filter(|v| !v.is_null());
+    StandbyAddress {
+        host: member("host").map(|v| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }),
+        port: member("port").cloned(),
+    }
+}
+
 pub fn facts(text: &str) -> Result<Facts, DynamicConfigError> {
     let map = parse(text)?;
+    let section = map.get("standby_cluster").filter(|v| is_standby_section(v));
     Ok(Facts {
-        standby: map.get("standby_cluster").is_some_and(is_standby_section),
+        standby: section.is_some(),
+        standby_address: section.map(standby_address).unwrap_or_default(),
         paused: map.get("pause").is_some_and(is_true),
         disarmed: map
             .get(OWN_KEY)
@@ -125,10 +182,58 @@ mod tests {
             facts(PATRONI).unwrap(),
             Facts {
                 standby: true,
+                standby_address: StandbyAddress {
+                    host: Some("patroni-master-gold".into()),
+                    port: Some(Value::from(31234)),
+                },
                 paused: false,
                 disarmed: false
             }
         );
+    }
+
+    #[test]
+    fn the_standby_address_is_read_as_written() {
+        for (text, host, port) in [
+            (
+                r#"{"standby_cluster":{"host":"h","port":5433}}"#,
+                Some("h"),
+                Some(5433),
+            ),
+            (
+                r#"{"standby_cluster":{"host":"h","port":"5433"}}"#,
+                Some("h"),
+                Some(5433),
+            ),
+            (r#"{"standby_cluster":{"host":"h"}}"#, Some("h"), None),
+            (r#"{"standby_cluster":{"host":"h","port":null}}"#, Some("h"), None),
+            (r#"{"standby_cluster":{"port":5433}}"#, None, Some(5433)),
+            (r#"{"standby_cluster":{"host":"h","port":0}}"#, Some("h"), None),
+            (
+                r#"{"standby_cluster":{"host":"h","port":70000}}"#,
+                Some("h"),
+                None,
+            ),
+            (r#"{"standby_cluster":{"host":"h","port":"x"}}"#, Some("h"), None),
+            (
+                r#"{"standby_cluster":{"host":"h","port":5433.5}}"#,
+                Some("h"),
+                None,
+            ),
+            (r#"{"standby_cluster":{"restore_command":"cp"}}"#, None, None),
+            // Not a standby: nothing to dial.
+            (r#"{"standby_cluster":{"primary_slot_name":"x"}}"#, None, None),
+            (r#"{"ttl":30}"#, None, None),
+        ] {
+            let a = facts(text).unwrap().standby_address;
+            assert_eq!(a.host.as_deref(), host, "{text}");
+            assert_eq!(a.port_number(), port, "{text}");
+        }
+        let a = facts(r#"{"standby_cluster":{"host":"h","port":"x"}}"#)
+            .unwrap()
+            .standby_address;
+        assert_eq!(a.port, Some(Value::from("x")), "kept as written");
+        assert_eq!(a.describe(), "h:x");
     }
 
     #[test]

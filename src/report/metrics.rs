@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use crate::decide::detector::Verdict;
 use crate::decide::guards::{self, Veto};
 use crate::decide::quorum::Vote;
+use crate::decide::standby_target::FixResult;
 use crate::decide::state::{NO_PROMOTER, NOT_OBSERVED, PromotionResult, State};
 use crate::observe::probe::{Outcome, ProbeReport};
 use crate::observe::target::Target;
@@ -259,6 +260,7 @@ pub struct Metrics {
     promotions: Family<ResultLabels, Counter>,
     vetoes: Family<GuardLabels, Counter>,
     webhook: WebhookMetrics,
+    standby_target_fixes: Family<ResultLabels, Counter>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -277,6 +279,7 @@ impl Metrics {
             promotions: Family::default(),
             vetoes: Family::default(),
             webhook: WebhookMetrics::register(&mut registry),
+            standby_target_fixes: Family::default(),
             registry,
         };
         let mut m = m;
@@ -296,7 +299,18 @@ impl Metrics {
             "Times a guard held a promotion back while Gold was lost, by guard",
             m.vetoes.clone(),
         );
+        registry.register(
+            "standby_target_fixes",
+            "Writes of standby_cluster's host/port to follow the Transport Service, by result: fixed, \
+             already_right, called_off, failed, dry_run",
+            m.standby_target_fixes.clone(),
+        );
         registry.register_collector(Box::new(StateCollector { status }));
+        for r in FixResult::iter() {
+            let _ = m
+                .standby_target_fixes
+                .get_or_create(&ResultLabels { result: r.into() });
+        }
 
         for r in PromotionResult::iter() {
             let _ = m.promotions.get_or_create(&ResultLabels { result: r.into() });
@@ -347,6 +361,14 @@ impl Metrics {
 
     pub fn target_changed(&self) {
         self.target_changes.inc();
+    }
+
+    pub fn standby_target_fix(&self, result: FixResult) {
+        self.standby_target_fixes
+            .get_or_create(&ResultLabels {
+                result: result.into(),
+            })
+            .inc();
     }
 }
 
@@ -487,6 +509,17 @@ impl Collector for StateCollector {
                 i64::from(s.quorum.reached),
             )?;
         }
+        gauge(
+            e,
+            "standby_target_mismatch",
+            "1 while GoldDR's standby_cluster host/port (as last observed) point elsewhere than the Transport Service",
+            i64::from(
+                s.cluster
+                    .standby_target
+                    .as_ref()
+                    .is_some_and(|t| t.mismatch.is_some()),
+            ),
+        )?;
         gauge(
             e,
             "split_brain",

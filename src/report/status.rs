@@ -11,9 +11,10 @@ use crate::decide::detector::{Detector, Verdict};
 use crate::decide::guards;
 use crate::decide::guards::Veto;
 use crate::decide::quorum::{Ballot, Tally};
+use crate::decide::standby_target::{Decision, Hold};
 use crate::decide::state::{Blocker, Counters, LoopState, Rpo, State};
 use crate::observe::cluster::Observation;
-use crate::observe::cluster_config::DisarmSwitch;
+use crate::observe::cluster_config::{DisarmSwitch, StandbyAddress};
 use crate::observe::patroni::Role;
 use crate::observe::probe::ProbeReport;
 use crate::observe::signal::Reading;
@@ -63,6 +64,78 @@ pub struct ClusterStatus {
     pub local_pg_error: Option<String>,
     #[serde(serialize_with = "rfc3339_opt")]
     pub observed_at: Option<SystemTime>,
+    /// Whether `standby_cluster` points at the Transport Service.
+    pub standby_target: Option<StandbyTargetStatus>,
+}
+
+/// `standby_cluster`'s address against the Transport Service's, and what
+/// this sidecar did about it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StandbyTargetStatus {
+    /// This sidecar keeps `standby_cluster` on the Transport Service (when
+    /// it is beside the standby leader); `why` says why not.
+    pub following: bool,
+    pub why: Option<String>,
+    /// `standby_cluster.host`/`.port` as last observed, as written.
+    pub config: Option<StandbyAddress>,
+    /// The Transport Service's address as probed.
+    pub target: Option<String>,
+    /// What differs, while the config points elsewhere.
+    pub mismatch: Option<String>,
+    /// The last decision: `fix`, `hold`, `dry_run`, `in_sync`,
+    /// `target_unknown`, `static_target`, `config_unreadable`,
+    /// `not_standby`, `no_address`.
+    pub decision: Option<&'static str>,
+    /// Why a mismatch is not fixed from here.
+    pub held_by: Vec<Hold>,
+    pub last: Option<LastFixStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LastFixStatus {
+    pub result: &'static str,
+    #[serde(serialize_with = "rfc3339")]
+    pub at: SystemTime,
+    pub what: String,
+    pub error: Option<String>,
+}
+
+impl StandbyTargetStatus {
+    fn of(state: &LoopState, settings: &Config) -> Self {
+        let follower = state.standby_target();
+        let why = if !settings.gold.address.discovers_port() {
+            Some("the target is a static address: standby_cluster is the operator's".to_string())
+        } else {
+            follower.setup().writes.as_ref().err().map(|w| w.to_string())
+        };
+        let config = state
+            .observation()
+            .and_then(|o| o.config.as_ref().ok())
+            .filter(|c| c.standby)
+            .map(|c| c.standby_address.clone());
+        let target = match state.target() {
+            Target::Known { endpoint, .. } => Some(endpoint.to_string()),
+            Target::Unknown { .. } => None,
+        };
+        StandbyTargetStatus {
+            following: why.is_none(),
+            why,
+            config,
+            target,
+            mismatch: state.standby_target_mismatch(),
+            decision: follower.decision().map(Decision::name),
+            held_by: match follower.decision() {
+                Some(Decision::Hold(_, holds)) => holds.clone(),
+                _ => vec![],
+            },
+            last: follower.last().map(|l| LastFixStatus {
+                result: l.result.into(),
+                at: l.at,
+                what: l.what.clone(),
+                error: l.error.clone(),
+            }),
+        }
+    }
 }
 
 impl From<&Observation> for ClusterStatus {
@@ -303,7 +376,10 @@ impl Status {
                 state.counters(),
                 state.last_probe(),
             ),
-            cluster: state.observation().map(ClusterStatus::from).unwrap_or_default(),
+            cluster: ClusterStatus {
+                standby_target: Some(StandbyTargetStatus::of(state, settings)),
+                ..state.observation().map(ClusterStatus::from).unwrap_or_default()
+            },
             quorum: QuorumStatus::of(state, settings),
             promotion: PromotionStatus {
                 promoter: settings.promoter.as_str(),

@@ -573,3 +573,121 @@ async fn patroni_api_promotes_with_restapi_authentication_and_says_what_to_set_w
     without.stop().await;
     with.stop().await;
 }
+
+/// The Transport Service's claim is re-synced: its Service (on the API
+/// double) gets a new port, a new tunnel, and the old one closes. The
+/// watchdog, beside GoldDR's real Patroni, points `standby_cluster.port` at
+/// the new port through `PATCH /config`; GoldDR's WAL receiver then streams
+/// through it, a row written on Gold afterwards arrives, and nothing else in
+/// the dynamic config changes but our record of the fix.
+#[tokio::test(flavor = "multi_thread")]
+async fn standby_cluster_follows_the_transport_service_to_a_new_port_and_streams_through_it() {
+    use crate::support::kube_env::KubeEnv;
+
+    let site = site().await;
+    let new_ts = FaultProxy::start(site.gold.addr()).await;
+    let env = KubeEnv::double().await;
+    let service = "patroni-master-gold";
+    env.create_service(service, &[(Some("postgres"), site.ts.port())])
+        .await;
+    let (probe_port, local_port) = (site.ts.port().to_string(), site.dr.pg_port.to_string());
+    let mut base = vars(&probe_port, &local_port);
+    // The port comes from the Service; GoldDR's standby_cluster.host is
+    // 127.0.0.1, the host probed, so only the port is the watchdog's.
+    base.retain(|(k, _)| *k != "WATCHDOG_GOLD_PORT");
+    let config = app::config_from(
+        &base,
+        &[
+            ("WATCHDOG_TS_SERVICE", service),
+            ("WATCHDOG_TS_PORT_NAME", "postgres"),
+            ("WATCHDOG_NAMESPACE", env.namespace()),
+            ("WATCHDOG_PATRONI_URL", site.dr.patroni_url.as_str()),
+        ],
+    );
+    let w = app::spawn_with(config, Some(env.client())).await;
+    w.wait_status("up, beside the standby leader, in sync", |s| {
+        s["verdict"] == "up"
+            && s["cluster"]["role"]["role"] == "standby_leader"
+            && s["cluster"]["standby_target"]["decision"] == "in_sync"
+    })
+    .await;
+    let before = site.dr.config_in_dcs().await;
+    assert_eq!(before["standby_cluster"]["port"], site.ts.port());
+    assert_eq!(sender_port(&site.dr).await, Some(site.ts.port()));
+
+    env.set_service_port(service, new_ts.port()).await;
+    site.ts.set(Fault::Refuse).await;
+    let st = w
+        .wait_status("standby_cluster fixed", |s| {
+            s["cluster"]["standby_target"]["last"]["result"] == "fixed"
+        })
+        .await;
+    assert_eq!(st["target"]["endpoint"]["port"], new_ts.port(), "{st:#}");
+    crate::support::wait_for(
+        "standby_cluster.port in the DCS",
+        Duration::from_secs(30),
+        async || site.dr.config_in_dcs().await["standby_cluster"]["port"] == new_ts.port(),
+    )
+    .await;
+    crate::support::wait_for(
+        "GoldDR streaming through the new port",
+        Duration::from_secs(60),
+        async || sender_port(&site.dr).await == Some(new_ts.port()),
+    )
+    .await;
+    site.gold
+        .execute("INSERT INTO orders VALUES (2000, 'written after the move')")
+        .await;
+    crate::support::wait_for("the new row on GoldDR", Duration::from_secs(30), async || {
+        site.dr
+            .try_query_i64("SELECT count(*) FROM orders WHERE id = 2000")
+            .await
+            == Ok(1)
+    })
+    .await;
+    assert_eq!(site.dr.role().await, "standby_leader");
+    assert!(site.dr.is_in_recovery().await);
+
+    let after = site.dr.config_in_dcs().await;
+    let record = &after["patroni_dr_watchdog"]["standby_target"];
+    assert_eq!(record["by"], "golddr-0", "{after:#}");
+    assert!(
+        record["reason"].as_str().is_some_and(|r| r.contains(&format!(
+            "standby_cluster.port from {} to {}",
+            site.ts.port(),
+            new_ts.port()
+        ))),
+        "{after:#}"
+    );
+    let mut expected = before.clone();
+    expected["standby_cluster"]["port"] = new_ts.port().into();
+    expected["patroni_dr_watchdog"] = serde_json::json!({"standby_target": record.clone()});
+    assert_eq!(after, expected, "nothing else in the config changed");
+    assert_eq!(
+        w.metric("patroni_dr_watchdog_standby_target_fixes_total{result=\"fixed\"}")
+            .await,
+        1.0
+    );
+    w.wait_status("in sync again", |s| {
+        s["cluster"]["standby_target"]["decision"] == "in_sync"
+    })
+    .await;
+    assert_eq!(w.metric("patroni_dr_watchdog_standby_target_mismatch").await, 0.0);
+    assert_eq!(
+        w.metric("patroni_dr_watchdog_promotions_total{result=\"promoted\"}")
+            .await,
+        0.0
+    );
+    w.stop().await;
+}
+
+/// The port GoldDR's WAL receiver streams from, while it streams.
+async fn sender_port(dr: &GoldDr) -> Option<u16> {
+    let port = dr
+        .try_query_i64(
+            "SELECT coalesce(max(sender_port), 0)::bigint FROM pg_stat_wal_receiver WHERE status = 'streaming'",
+        )
+        .await
+        .ok()?;
+    u16::try_from(port).ok().filter(|p| *p != 0)
+}

@@ -27,6 +27,8 @@ const FAMILIES: &[&str] = &[
     "patroni_dr_watchdog_state",
     "patroni_dr_watchdog_target",
     "patroni_dr_watchdog_build",
+    "patroni_dr_watchdog_standby_target_fixes",
+    "patroni_dr_watchdog_standby_target_mismatch",
 ];
 
 /// The value of the first sample whose name and labels start with `series`.

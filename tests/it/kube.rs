@@ -49,6 +49,9 @@ contract!(
     a_disarmed_watchdog_observes_only_and_says_so,
     three_sidecars_write_exactly_once,
     the_guard_follows_the_reverse_ts_and_records_its_fence_as_an_event,
+    the_standby_cluster_port_follows_a_moved_transport_service,
+    a_replica_a_paused_a_disarmed_or_a_dry_run_sidecar_never_rewrites_standby_cluster,
+    an_unknown_target_never_rewrites_standby_cluster,
 );
 
 struct Scene {
@@ -97,6 +100,9 @@ impl Scene {
                 // This standby has no upstream, so the age of its data is
                 // unknown; the stale-data guard is shown end to end elsewhere.
                 ("WATCHDOG_ALLOW_STALE_PROMOTION", "true"),
+                // These configs name a fixed port the Service does not
+                // have; following it is shown by the tests that turn it on.
+                ("WATCHDOG_FOLLOW_TS", "false"),
                 ("HOSTNAME", "patroni-0"),
             ],
             extra,
@@ -710,12 +716,20 @@ async fn every_api_call_is_allowed_by_the_rbac_manifest_and_every_rule_is_used()
         patroni,
         local: local_standby(),
     };
-    env.create_service(&scene.service, &[(Some("postgres"), dead_port())])
+    // Every write it makes: standby_cluster follows the Transport Service
+    // (its port is not 31234), then Gold dies and GoldDR is promoted.
+    let gold = PgServer::start(PgOptions::default());
+    env.create_service(&scene.service, &[(Some("postgres"), gold.port())])
         .await;
     env.create_patroni_config(&scene.configmap, STANDBY_CONFIG, &[])
         .await;
     d.clear_requests();
-    let w = scene.spawn(&env, &[]).await;
+    let w = scene.spawn(&env, &[("WATCHDOG_FOLLOW_TS", "true")]).await;
+    w.wait_status("standby_cluster fixed", |s| {
+        s["cluster"]["standby_target"]["last"]["result"] == "fixed"
+    })
+    .await;
+    gold.stop();
     w.wait_status("promoted", |s| s["promotion"]["result"] == "promoted")
         .await;
     for _ in 0..100 {
@@ -1036,6 +1050,410 @@ async fn the_guard_follows_the_reverse_ts_and_records_its_fence_as_an_event(env:
             );
         }
     }
+}
+
+/// `STANDBY_CONFIG` replicating from `host:port` instead.
+fn standby_config(host: &str, port: u16) -> String {
+    let text = STANDBY_CONFIG.replace(
+        r#""host":"patroni-master-gold","port":31234"#,
+        &format!(r#""host":"{host}","port":{port}"#),
+    );
+    assert_ne!(text, STANDBY_CONFIG);
+    text
+}
+
+/// Every PATCH of the ConfigMap the double saw, whatever its answer.
+fn configmap_patches(d: &crate::support::kube_api::ApiDouble, configmap: &str) -> usize {
+    d.requests()
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.path.ends_with(configmap))
+        .count()
+}
+
+/// The claim is re-synced and the Transport Service moves to a new, working
+/// port: `standby_cluster.port` follows, the host (the operator's spelling
+/// of the Service's name) and every other byte stay, and the fix is
+/// audited, recorded as an Event and counted, once.
+async fn the_standby_cluster_port_follows_a_moved_transport_service(env: &KubeEnv) {
+    crate::support::init_tracing();
+    let gold = PgServer::start(PgOptions::default());
+    let route_a = FaultProxy::start(gold.addr()).await;
+    let route_b = FaultProxy::start(gold.addr()).await;
+    let scene = Scene::new(env, route_a.port(), "standby_leader").await;
+    let host = format!("{}.{}.svc.cluster.local", scene.service, env.namespace());
+    let text = standby_config(&host, route_a.port());
+    let before = env
+        .create_patroni_config(&scene.configmap, &text, &[("example.com/owner", "dba-team")])
+        .await;
+    let w = scene.spawn(env, &[("WATCHDOG_FOLLOW_TS", "true")]).await;
+    let st = w
+        .wait_status("up and in sync", |s| {
+            s["verdict"] == "up" && s["cluster"]["standby_target"]["decision"] == "in_sync"
+        })
+        .await;
+    let t = &st["cluster"]["standby_target"];
+    assert_eq!(t["following"], true, "{st:#}");
+    assert_eq!(t["mismatch"], serde_json::Value::Null, "{st:#}");
+    assert_eq!(t["config"]["host"], host.as_str(), "{st:#}");
+    assert_eq!(t["config"]["port"], route_a.port(), "{st:#}");
+    assert_eq!(w.metric("patroni_dr_watchdog_standby_target_mismatch").await, 0.0);
+
+    // The claim is re-synced: the Service's port changes, the old one closes.
+    env.set_service_port(&scene.service, route_b.port()).await;
+    route_a.set(crate::support::proxy::Fault::Refuse).await;
+    let st = w
+        .wait_status("standby_cluster fixed", |s| {
+            s["cluster"]["standby_target"]["last"]["result"] == "fixed"
+                && s["cluster"]["standby_target"]["decision"] == "in_sync"
+        })
+        .await;
+    assert_eq!(st["target"]["endpoint"]["port"], route_b.port(), "{st:#}");
+    assert_eq!(st["verdict"], "up", "probing through the new port: {st:#}");
+    let what = st["cluster"]["standby_target"]["last"]["what"].to_string();
+    assert!(
+        what.contains(&format!(
+            "standby_cluster.port from {} to {}",
+            route_a.port(),
+            route_b.port()
+        )) && what.contains(&scene.configmap),
+        "{what}"
+    );
+
+    let after = env.configmap(&scene.configmap).await;
+    let (a, b) = (annotations(&after), annotations(&before));
+    assert_eq!(
+        a["config"],
+        text.replace(
+            &format!(r#""port":{}"#, route_a.port()),
+            &format!(r#""port":{}"#, route_b.port())
+        ),
+        "exactly the port's value changed, every other byte kept"
+    );
+    assert_eq!(config_json(&after)["standby_cluster"]["host"], host.as_str());
+    assert_eq!(a["patroni-dr-watchdog/standby-target-fixed-by"], "patroni-0");
+    assert!(a.contains_key("patroni-dr-watchdog/standby-target-fixed-at"));
+    let reason = &a["patroni-dr-watchdog/standby-target-reason"];
+    assert!(
+        reason.contains(&format!("to {}", route_b.port()))
+            && reason.contains(&format!("{}/{}", env.namespace(), scene.service)),
+        "{reason}"
+    );
+    let ours = [
+        "config",
+        "patroni-dr-watchdog/standby-target-fixed-at",
+        "patroni-dr-watchdog/standby-target-fixed-by",
+        "patroni-dr-watchdog/standby-target-reason",
+    ];
+    let (mut rest_after, mut rest_before) = (a.clone(), b.clone());
+    for k in ours {
+        rest_after.remove(k);
+        rest_before.remove(k);
+    }
+    assert_eq!(rest_after, rest_before, "no other annotation touched");
+    assert_eq!(labels(&after), labels(&before));
+    assert_eq!(after.data, before.data);
+
+    wait_events(env, &scene.configmap, "StandbyTargetFixed").await;
+    assert_eq!(
+        w.metric("patroni_dr_watchdog_standby_target_fixes_total{result=\"fixed\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(w.metric("patroni_dr_watchdog_standby_target_mismatch").await, 0.0);
+    // Right now: nothing more is written.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let later = env.configmap(&scene.configmap).await;
+    assert_eq!(later.metadata.resource_version, after.metadata.resource_version);
+    assert_eq!(
+        w.metric("patroni_dr_watchdog_standby_target_fixes_total{result=\"fixed\"}")
+            .await,
+        1.0
+    );
+    if let Some(d) = env.api_double() {
+        assert_eq!(updates(d, &scene.configmap), 1);
+    }
+    w.stop().await;
+}
+
+/// A sidecar that must not write `standby_cluster` sees the mismatch, shows
+/// it and holds: the ConfigMap is never patched.
+async fn assert_standby_target_held(
+    env: &KubeEnv,
+    configmap: &str,
+    w: &Running,
+    decision: &str,
+    held_by: &str,
+) {
+    let before = env.configmap(configmap).await;
+    let st = w
+        .wait_status(&format!("standby target {decision} by {held_by}"), |s| {
+            let t = &s["cluster"]["standby_target"];
+            t["decision"] == decision
+                && t["held_by"]
+                    .as_array()
+                    .is_some_and(|h| h.iter().any(|h| h["reason"] == held_by))
+        })
+        .await;
+    let t = &st["cluster"]["standby_target"];
+    assert!(
+        t["mismatch"]
+            .as_str()
+            .is_some_and(|m| m.contains("standby_cluster.port")),
+        "{st:#}"
+    );
+    assert_eq!(w.metric("patroni_dr_watchdog_standby_target_mismatch").await, 1.0);
+    // Several more observations.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let after = env.configmap(configmap).await;
+    assert_eq!(
+        before.metadata.resource_version, after.metadata.resource_version,
+        "{held_by}: the ConfigMap was written"
+    );
+    assert_eq!(
+        w.metric("patroni_dr_watchdog_standby_target_fixes_total{result=\"fixed\"}")
+            .await,
+        0.0
+    );
+    if let Some(d) = env.api_double() {
+        assert_eq!(configmap_patches(d, configmap), 0, "{held_by}: a PATCH was sent");
+    }
+}
+
+async fn a_replica_a_paused_a_disarmed_or_a_dry_run_sidecar_never_rewrites_standby_cluster(env: &KubeEnv) {
+    crate::support::init_tracing();
+    let gold = PgServer::start(PgOptions::default());
+    let route = FaultProxy::start(gold.addr()).await;
+    let scene = Scene::new(env, route.port(), "replica").await;
+    let leader = FakePatroni::start("standby_leader").await;
+    // The Service moved while nobody could follow it: the config still
+    // names the old port.
+    let stale = standby_config(&scene.service, dead_port());
+    let follow = ("WATCHDOG_FOLLOW_TS", "true");
+
+    env.create_patroni_config(&scene.configmap, &stale, &[]).await;
+    let w = scene.spawn(env, &[follow]).await;
+    assert_standby_target_held(env, &scene.configmap, &w, "hold", "not_standby_leader").await;
+    w.stop().await;
+
+    let paused = unique("patroni-config");
+    let text = stale.replacen("{\"ttl\":30", "{\"pause\":true,\"ttl\":30", 1);
+    env.create_patroni_config(&paused, &text, &[]).await;
+    let w = scene
+        .spawn(
+            env,
+            &[
+                follow,
+                ("WATCHDOG_PATRONI_CONFIGMAP", &paused),
+                ("WATCHDOG_PATRONI_URL", &leader.url),
+            ],
+        )
+        .await;
+    assert_standby_target_held(env, &paused, &w, "hold", "paused").await;
+    w.stop().await;
+
+    let disarmed = unique("patroni-config");
+    env.create_patroni_config(&disarmed, &stale, &[("patroni-dr-watchdog/disarmed", "true")])
+        .await;
+    let w = scene
+        .spawn(
+            env,
+            &[
+                follow,
+                ("WATCHDOG_PATRONI_CONFIGMAP", &disarmed),
+                ("WATCHDOG_PATRONI_URL", &leader.url),
+            ],
+        )
+        .await;
+    assert_standby_target_held(env, &disarmed, &w, "hold", "disarmed").await;
+    w.stop().await;
+
+    // A dry run says once what it would write, and writes nothing.
+    let dry = unique("patroni-config");
+    env.create_patroni_config(&dry, &stale, &[]).await;
+    let w = scene
+        .spawn(
+            env,
+            &[
+                follow,
+                ("WATCHDOG_PATRONI_CONFIGMAP", &dry),
+                ("WATCHDOG_PATRONI_URL", &leader.url),
+                ("WATCHDOG_MODE", "dry-run"),
+            ],
+        )
+        .await;
+    assert_standby_target_held(env, &dry, &w, "dry_run", "dry_run").await;
+    let st = w.status().await;
+    let last = &st["cluster"]["standby_target"]["last"];
+    assert_eq!(last["result"], "dry_run", "{st:#}");
+    assert!(
+        last["what"].as_str().is_some_and(|w| w.contains(&format!(
+            "would set standby_cluster.port from {} to {}",
+            dead_port_of(&stale),
+            route.port()
+        ))),
+        "{st:#}"
+    );
+    let reasons = wait_events(env, &dry, "DryRunStandbyTarget").await;
+    assert_eq!(reasons.iter().filter(|r| *r == "DryRunStandbyTarget").count(), 1);
+    assert_eq!(
+        w.metric("patroni_dr_watchdog_standby_target_fixes_total{result=\"dry_run\"}")
+            .await,
+        1.0,
+        "said once"
+    );
+    w.stop().await;
+    for cm in [&paused, &disarmed, &dry] {
+        let _ = env.configmaps().delete(cm, &Default::default()).await;
+    }
+}
+
+/// The port `standby_config` was given.
+fn dead_port_of(text: &str) -> u16 {
+    config_json_str(text)["standby_cluster"]["port"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .expect("a port")
+}
+
+fn config_json_str(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).expect("config is JSON")
+}
+
+/// No Service, or no such port: no target, so nothing to compare with and
+/// nothing written, however the config differs from the last known port.
+async fn an_unknown_target_never_rewrites_standby_cluster(env: &KubeEnv) {
+    let gold = PgServer::start(PgOptions::default());
+    let route = FaultProxy::start(gold.addr()).await;
+    let scene = Scene::new(env, route.port(), "standby_leader").await;
+    let text = standby_config(&scene.service, route.port());
+    env.create_patroni_config(&scene.configmap, &text, &[]).await;
+    let w = scene.spawn(env, &[("WATCHDOG_FOLLOW_TS", "true")]).await;
+    w.wait_status("in sync", |s| {
+        s["cluster"]["standby_target"]["decision"] == "in_sync"
+    })
+    .await;
+    let before = env.configmap(&scene.configmap).await;
+
+    env.delete_service(&scene.service).await;
+    let st = w
+        .wait_status("target unknown, nothing compared", |s| {
+            s["state"] == "target_unknown" && s["cluster"]["standby_target"]["decision"] == "target_unknown"
+        })
+        .await;
+    assert_eq!(
+        st["cluster"]["standby_target"]["mismatch"],
+        serde_json::Value::Null
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+
+    // Back with another port under another name: still no target.
+    env.create_service(&scene.service, &[(Some("metrics"), dead_port())])
+        .await;
+    w.wait_status("port missing", |s| {
+        s["target"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("no port named \"postgres\""))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let st = w.status().await;
+    assert_eq!(
+        st["cluster"]["standby_target"]["decision"], "target_unknown",
+        "{st:#}"
+    );
+    let after = env.configmap(&scene.configmap).await;
+    assert_eq!(before.metadata.resource_version, after.metadata.resource_version);
+    assert_eq!(annotations(&after)["config"], text);
+    assert_eq!(w.metric("patroni_dr_watchdog_standby_target_mismatch").await, 0.0);
+    if let Some(d) = env.api_double() {
+        assert_eq!(configmap_patches(d, &scene.configmap), 0);
+    }
+    w.stop().await;
+}
+
+/// The fix is one conditional patch: a writer that changes the config
+/// between our read and our write causes a 409, and the retry keeps both
+/// its change and ours.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_concurrent_writer_causes_a_conflict_and_the_standby_target_fix_keeps_both_changes() {
+    let env = KubeEnv::double().await;
+    let d = env.api_double().expect("double");
+    let gold = PgServer::start(PgOptions::default());
+    let route = FaultProxy::start(gold.addr()).await;
+    let scene = Scene::new(&env, route.port(), "standby_leader").await;
+    let stale_port = dead_port();
+    let text = standby_config(&scene.service, stale_port);
+    env.create_patroni_config(&scene.configmap, &text, &[]).await;
+    let concurrent = text.replace("\"loop_wait\":10", "\"loop_wait\":5");
+    let injected = concurrent.clone();
+    d.before_next_write("configmaps", "default", &scene.configmap, move |obj| {
+        if let Some(obj) = obj {
+            obj["metadata"]["annotations"]["config"] = serde_json::Value::String(injected);
+        }
+    });
+    let w = scene.spawn(&env, &[("WATCHDOG_FOLLOW_TS", "true")]).await;
+    w.wait_status("standby_cluster fixed", |s| {
+        s["cluster"]["standby_target"]["last"]["result"] == "fixed"
+    })
+    .await;
+    let cm = env.configmap(&scene.configmap).await;
+    assert_eq!(
+        annotations(&cm)["config"],
+        concurrent.replace(
+            &format!(r#""port":{stale_port}"#),
+            &format!(r#""port":{}"#, route.port())
+        ),
+        "the concurrent change survives beside ours"
+    );
+    assert_eq!(
+        patch_statuses(d, &scene.configmap),
+        [409, 200],
+        "one conflict, one retry"
+    );
+    w.stop().await;
+}
+
+/// A write the API refuses is said once, as a Warning Event, counted each
+/// time, and tried again on every observation until it passes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_standby_target_fix_is_said_once_and_tried_again() {
+    let env = KubeEnv::double().await;
+    let d = env.api_double().expect("double");
+    let gold = PgServer::start(PgOptions::default());
+    let route = FaultProxy::start(gold.addr()).await;
+    let scene = Scene::new(&env, route.port(), "standby_leader").await;
+    let text = standby_config(&scene.service, dead_port());
+    env.create_patroni_config(&scene.configmap, &text, &[]).await;
+    // RBAC without patch, say, for three rounds: not retried within a round.
+    d.fail_next("PATCH", &scene.configmap, 3, 403);
+    let w = scene.spawn(&env, &[("WATCHDOG_FOLLOW_TS", "true")]).await;
+    let st = w
+        .wait_status("a failed fix", |s| {
+            s["cluster"]["standby_target"]["last"]["result"] == "failed"
+        })
+        .await;
+    let error = st["cluster"]["standby_target"]["last"]["error"].to_string();
+    assert!(
+        error.contains("403") && error.contains(&scene.configmap),
+        "{error}"
+    );
+    w.wait_status("fixed once the API allows it", |s| {
+        s["cluster"]["standby_target"]["last"]["result"] == "fixed"
+    })
+    .await;
+    assert_eq!(
+        w.metric("patroni_dr_watchdog_standby_target_fixes_total{result=\"failed\"}")
+            .await,
+        3.0
+    );
+    assert_eq!(patch_statuses(d, &scene.configmap), [403, 403, 403, 200]);
+    let reasons = wait_events(&env, &scene.configmap, "StandbyTargetFixed").await;
+    assert_eq!(
+        reasons.iter().filter(|r| *r == "StandbyTargetFixFailed").count(),
+        1,
+        "said once: {reasons:?}"
+    );
+    w.stop().await;
 }
 
 /// A DR watchdog with a configmap promoter (the API double), a fake local
