@@ -129,7 +129,7 @@ for run in $(seq "$BENCH_RUNS"); do
 done
 
 mmm() { # min / median / max of the arguments
-    printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END{printf "%.3f / %.3f / %.3f", v[1], v[int((NR+1)/2)], v[NR]}'
+    printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END{m=(NR%2)?v[(NR+1)/2]:(v[NR/2]+v[NR/2+1])/2; printf "%.3f / %.3f / %.3f", v[1], m, v[NR]}'
 }
 rep ""
 rep "min / median / max: A $(mmm "${a_ms[@]}") ms, B $(mmm "${b_ms[@]}") ms per probe; B / A $(mmm "${ratios[@]}")."

@@ -253,6 +253,8 @@ impl Blocker {
 /// promoter, or has not observed its cluster yet.
 pub const NO_PROMOTER: &str = "no_promoter";
 pub const NOT_OBSERVED: &str = "not_observed";
+/// GoldDR's `standby_cluster` points elsewhere than the Transport Service.
+pub const STANDBY_TARGET_MISMATCH: &str = "standby_target_mismatch";
 
 /// The situations reported once each per loss of Gold.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -509,7 +511,7 @@ impl LoopState {
         if self.policy.promotes.is_none() {
             return vec![Blocker::named(NO_PROMOTER)];
         }
-        match &self.readiness {
+        let mut blockers = match &self.readiness {
             None => vec![Blocker::named(NOT_OBSERVED)],
             Some(guards::Readiness::Ready) => vec![],
             Some(guards::Readiness::AlreadyPromoted) => vec![Blocker::named(guards::ALREADY_PROMOTED)],
@@ -520,7 +522,16 @@ impl LoopState {
                     detail: v.detail().map(str::to_string),
                 })
                 .collect(),
+        };
+        // Not a veto (a promotion does not need the tunnel), but a standby
+        // dialling the wrong port replicates nothing: DR is not armed.
+        if let Some(detail) = self.standby_target_mismatch() {
+            blockers.push(Blocker {
+                guard: STANDBY_TARGET_MISMATCH,
+                detail: Some(detail),
+            });
         }
+        blockers
     }
 
     /// How much a promotion now would lose, from the last positions read on

@@ -26,7 +26,7 @@ use crate::decide::detector::Verdict;
 use crate::decide::guards::{self, Veto};
 use crate::decide::quorum::Vote;
 use crate::decide::standby_target::FixResult;
-use crate::decide::state::{NO_PROMOTER, NOT_OBSERVED, PromotionResult, State};
+use crate::decide::state::{NO_PROMOTER, NOT_OBSERVED, PromotionResult, STANDBY_TARGET_MISMATCH, State};
 use crate::observe::probe::{Outcome, ProbeReport};
 use crate::observe::target::Target;
 use crate::report::status::{ProbeStatus, Status};
@@ -584,7 +584,10 @@ impl Collector for StateCollector {
 /// Every name a readiness blocker can have: each guard, and the states in
 /// which there is nothing to judge.
 pub fn readiness_blocker_names() -> impl Iterator<Item = &'static str> {
-    Veto::iter()
-        .map(|v| v.name())
-        .chain([guards::ALREADY_PROMOTED, NO_PROMOTER, NOT_OBSERVED])
+    Veto::iter().map(|v| v.name()).chain([
+        guards::ALREADY_PROMOTED,
+        NO_PROMOTER,
+        NOT_OBSERVED,
+        STANDBY_TARGET_MISMATCH,
+    ])
 }

@@ -1485,7 +1485,9 @@ impl Replicating {
         };
         env.create_service(&scene.service, &[(Some("postgres"), gold.port())])
             .await;
-        env.create_patroni_config(&scene.configmap, STANDBY_CONFIG, &[])
+        // standby_cluster on the Transport Service, as a ready DR site has it.
+        let host = format!("{}.{}.svc.cluster.local", scene.service, env.namespace());
+        env.create_patroni_config(&scene.configmap, &standby_config(&host, gold.port()), &[])
             .await;
         Replicating {
             env,
@@ -1583,10 +1585,13 @@ async fn readiness_flips_to_each_blocker_and_back() {
     let config = async |text: &str| r.env.annotate(&r.scene.configmap, "config", text).await;
     ready().await;
 
-    let paused = STANDBY_CONFIG.replacen("{\"ttl\":30", "{\"pause\":true,\"ttl\":30", 1);
+    let host = format!("{}.{}.svc.cluster.local", r.scene.service, r.env.namespace());
+    let standby = standby_config(&host, r.gold.port());
+    let paused = standby.replacen("{\"ttl\":30", "{\"pause\":true,\"ttl\":30", 1);
+    assert_ne!(paused, standby);
     config(&paused).await;
     blocked("paused").await;
-    config(STANDBY_CONFIG).await;
+    config(&standby).await;
     ready().await;
 
     r.env
@@ -1683,5 +1688,33 @@ async fn replication_lag_grows_while_the_tunnel_is_cut_and_is_kept_when_gold_is_
         w.metric("patroni_dr_watchdog_last_probe_timestamp_seconds").await > stamp + 1.0,
         "while probes go on"
     );
+    w.stop().await;
+}
+
+/// A `standby_cluster` that does not point at the Transport Service (and is
+/// not followed: WATCHDOG_FOLLOW_TS=false) blocks readiness, as scraped,
+/// until it does.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_cluster_off_the_tunnel_blocks_readiness_until_it_points_at_it() {
+    let env = KubeEnv::double().await;
+    let gold = PgServer::start(PgOptions::default());
+    let scene = Scene::new(&env, gold.port(), "standby_leader").await;
+    let host = format!("{}.{}.svc.cluster.local", scene.service, env.namespace());
+    env.create_patroni_config(&scene.configmap, &standby_config(&host, dead_port()), &[])
+        .await;
+    let w = scene.spawn(&env, &[("WATCHDOG_FOLLOW_TS", "false")]).await;
+    let mismatch = |s: &serde_json::Value| blockers(s).iter().any(|b| b == "standby_target_mismatch");
+    let st = w.wait_status("the mismatch blocking readiness", mismatch).await;
+    assert_eq!(st["readiness"]["ready"], false, "{st:#}");
+    let series = "patroni_dr_watchdog_promotion_blockers{guard=\"standby_target_mismatch\"}";
+    assert_eq!(w.metric(series).await, 1.0);
+
+    env.annotate(&scene.configmap, "config", &standby_config(&host, gold.port()))
+        .await;
+    w.wait_status("the blocker gone", |s| {
+        !mismatch(s) && s["cluster"]["observed_at"].is_string()
+    })
+    .await;
+    assert_eq!(w.metric(series).await, 0.0);
     w.stop().await;
 }
