@@ -7,9 +7,9 @@
 #   BENCH_DURATION=60 BENCH_RUNS=3 bench/probe-cpu-ab.sh /tmp/old-patroni-dr-watchdog
 #
 # Each run starts both watchdogs (no promoter, probe every 200 ms), the
-# baseline first in odd runs and the candidate first in even ones (the
-# order alone moves the figures: run it with the same binary twice to see),
-# waits until both see Gold up, warms up 5 s, then reads utime+stime from
+# baseline first in odd runs and the candidate first in even ones, both
+# from copies in the work directory (the same binary run from the build
+# directory and from /tmp differed by half here), waits until both see Gold up, warms up 5 s, then reads utime+stime from
 # /proc/PID/stat and the probe counter from /status at the start and the end
 # of BENCH_DURATION seconds. Prints the report and writes it to
 # bench/results-probe-ab.md. Loopback only; everything started is stopped on
