@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::config::Mode;
-use crate::decide::state::{Alert, AlertKind, Audit, Effect};
+use crate::decide::state::{AlertKind, Audit, Effect, alert};
 use crate::observe::cluster::Observation;
 use crate::observe::cluster_config::{ClusterConfig, DisarmSwitch, StandbyAddress};
 use crate::observe::patroni::Role;
@@ -601,14 +601,6 @@ impl Follower {
             what,
             error,
         });
-    }
-}
-
-fn alert(kind: AlertKind, text: String) -> Alert {
-    Alert {
-        kind,
-        text,
-        guards: String::new(),
     }
 }
 

@@ -178,6 +178,15 @@ pub struct Alert {
     pub guards: String,
 }
 
+/// An alert that names no guard.
+pub(crate) fn alert(kind: AlertKind, text: String) -> Alert {
+    Alert {
+        kind,
+        text,
+        guards: String::new(),
+    }
+}
+
 /// What the shell must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
@@ -892,14 +901,6 @@ impl LoopState {
         if !site_wide || self.speaks_for_site() {
             effects.push(Effect::Alert(alert));
         }
-    }
-}
-
-fn alert(kind: AlertKind, text: String) -> Alert {
-    Alert {
-        kind,
-        text,
-        guards: String::new(),
     }
 }
 
