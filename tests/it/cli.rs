@@ -434,6 +434,62 @@ fn check_says_per_line_whether_gold_answers_and_exits_accordingly() {
     assert!(stderr.contains("WATCHDOG_FALL"), "{stderr}");
 }
 
+/// `check` with a promoter and a real standby of Gold: the positions on both
+/// sides as an `rpo` line, and a last line saying whether a loss of Gold now
+/// would be promoted — and what would hold it back.
+#[test]
+fn check_shows_the_rpo_and_ends_with_the_readiness_verdict() {
+    let gold = PgServer::start(PgOptions::default());
+    let standby = PgServer::start(PgOptions {
+        replica_of: Some(gold.addr()),
+        ..Default::default()
+    });
+    let (port, local) = (gold.port().to_string(), standby.port().to_string());
+    let mut vars = gold_vars(&port);
+    vars.extend([
+        ("WATCHDOG_PROMOTER", "pg-promote"),
+        ("WATCHDOG_LOCAL_PG_PORT", local.as_str()),
+    ]);
+    let mut stdout = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Until the standby has received something from Gold.
+    while Instant::now() < deadline {
+        let (code, out, err) = output(watchdog(&vars).arg("check"));
+        assert_eq!(code, Some(0), "{out}{err}");
+        stdout = out;
+        if stdout.contains("lag 0 bytes") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let rpo = stdout
+        .lines()
+        .find(|l| l.starts_with("ok   rpo: Gold at "))
+        .unwrap_or("");
+    assert!(
+        rpo.contains("GoldDR received ")
+            && rpo.contains("lag 0 bytes (replay 0 bytes)")
+            && rpo.contains(" s old"),
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout.lines().last(),
+        Some("ready to promote: a loss of Gold now would pass every guard"),
+        "{stdout}"
+    );
+    assert_no_debug_text(&stdout);
+
+    standby.stop();
+    let (code, stdout, _) = output(watchdog(&vars).arg("check"));
+    assert_eq!(code, Some(1), "{stdout}");
+    let last = stdout.lines().last().unwrap_or("");
+    // pg-promote reads its config from that server too.
+    assert!(
+        last.starts_with("not ready: config_unreadable (") && last.contains(", local_pg_unreachable ("),
+        "{stdout}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn status_prints_a_running_watchdogs_state() {
     let gold = PgServer::start(PgOptions::default());
@@ -473,6 +529,12 @@ async fn status_prints_a_running_watchdogs_state() {
     assert!(stdout.contains("last probe   up/writable"), "{stdout}");
     assert!(
         stdout.contains("judging      single observer: no witness is listed, so this watchdog cannot tell"),
+        "{stdout}"
+    );
+    // No promoter: never ready, and no position of GoldDR's to compare.
+    assert!(stdout.contains("readiness    not ready: no_promoter"), "{stdout}");
+    assert!(
+        stdout.contains("rpo          lag unknown (replay unknown) as of -; newest data of unknown age"),
         "{stdout}"
     );
     // Without --url, from the same settings the watchdog runs with.

@@ -342,6 +342,18 @@ async fn promotion_removes_exactly_standby_cluster_and_nothing_else(env: &KubeEn
     if let Some(d) = env.api_double() {
         assert_eq!(updates(d, &scene.configmap), 1);
     }
+    // Promoted, the site is no longer "not ready" in a way to alert on:
+    // DRNotReady keys on this blocker to stay silent until failback.
+    w.wait_status("readiness: already promoted", |s| {
+        s["readiness"]["blockers"][0]["guard"] == "already_promoted"
+    })
+    .await;
+    assert_eq!(
+        w.metric("patroni_dr_watchdog_promotion_blockers{guard=\"already_promoted\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(w.metric("patroni_dr_watchdog_promotion_ready").await, 0.0);
     w.stop().await;
 }
 
@@ -1615,6 +1627,11 @@ async fn readiness_flips_to_each_blocker_and_back() {
 
     r.repl.set(crate::support::proxy::Fault::Blackhole).await;
     blocked("stale_data").await;
+    // What DataAgeHigh compares, as scraped: the age past half the limit.
+    let age = w.metric("patroni_dr_watchdog_data_age_seconds").await;
+    let limit = w.metric("patroni_dr_watchdog_max_data_age_seconds").await;
+    assert_eq!(limit, 4.0);
+    assert!(age > limit / 2.0, "data age {age} s, limit {limit} s");
     r.repl.set(crate::support::proxy::Fault::Forward).await;
     ready().await;
 
